@@ -1,0 +1,85 @@
+"""Checkpoints: written atomically, rotated without a window where none is valid, loaded without pickle code.
+
+A run directory holds ``ckpt-<step>.pt`` files. Each is complete or absent (temporary file, fsync, rename);
+the newest ``keep_last`` and the best by validation loss are kept. Loading uses
+``torch.load(weights_only=True)``, so a malicious file cannot run code.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minigpt.storage import atomic_write
+
+FORMAT = "minigpt-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated, foreign, or does not fit the run."""
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / f"ckpt-{step:07d}.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in a run directory as ``(step, path)``, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def save_checkpoint(
+    run_dir: str | Path, state: dict[str, Any], keep_last: int = 2, best_step: int | None = None
+) -> Path:
+    """Write ``state`` as the checkpoint of ``state['step']``, then delete checkpoints no longer kept.
+
+    The new file is in place before anything is deleted, so there is always a complete checkpoint.
+    """
+    step = int(state["step"])
+    path = checkpoint_path(run_dir, step)
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    atomic_write(path, lambda f: torch.save(payload, f))
+    keep = {s for s, _ in list_checkpoints(run_dir)[-max(keep_last, 1) :]} | {step}
+    if best_step is not None:
+        keep.add(best_step)
+    for old_step, old_path in list_checkpoints(run_dir):
+        if old_step not in keep:
+            old_path.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file, or the newest one in a run directory, refusing anything but plain data."""
+    path = Path(path)
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {path}")
+        path = found[-1][1]
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, objects weights_only refuses
+        raise CheckpointError(
+            f"{path} is not a loadable MiniGPT checkpoint (truncated, corrupt, or holding objects other than "
+            f"tensors and plain data): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a MiniGPT checkpoint (no '{FORMAT}' marker); for a Hugging Face GPT-2 directory "
+            "use the --hf option of minigpt.sample, or data.init_from for training"
+        )
+    if state.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} was written by a newer MiniGPT (format version {state['version']})")
+    state["path"] = str(path)
+    return state

@@ -1,0 +1,360 @@
+"""Experiment configuration: typed dataclasses, experiment files, and ``--key=value`` overrides.
+
+An experiment is a Python file that defines ``config = ExperimentConfig(...)``. The command line then
+overrides any field with ``--section.field=value`` or, when the field name is unique, ``--field=value``
+(the form ``wandb agent`` passes). Every value is converted to the field's declared type and validated
+before any data is loaded, so a typo costs a second, not a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import runpy
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from minigpt.model import GPTConfig
+
+
+class ConfigError(ValueError):
+    """A bad experiment file, override key or value. The message says what is wrong and how to fix it."""
+
+
+def _check(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{name}: {message}")
+
+
+def _check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, name, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+WIKITEXT_DATASETS = ("wikitext-2-raw-v1", "wikitext-2-v1", "wikitext-103-raw-v1", "wikitext-103-v1")
+
+
+@dataclass
+class DataConfig:
+    """Where the text and the tokenizer come from."""
+
+    dataset: str = "wikitext-2-raw-v1"
+    """A WikiText config name (``wikitext-2-raw-v1``, ``wikitext-2-v1``, ``wikitext-103-raw-v1``,
+    ``wikitext-103-v1``) or ``text`` for the plain files named below."""
+    data_dir: str = ""
+    """Local asset root holding ``<dataset>/`` and ``gpt2-tokenizer/``; empty means ``$MINIGPT_DATA_DIR``,
+    and without either the Hugging Face Hub is used."""
+    train_file: str = ""
+    """With ``dataset="text"``: the training text file (the split files below likewise)."""
+    val_file: str = ""
+    test_file: str = ""
+    tokenizer: str = "gpt2"
+    """A tokenizer directory or a Hub name; ``gpt2`` is found as ``<data_dir>/gpt2-tokenizer`` if present."""
+    cache_dir: str = ""
+    """Where token caches live; empty means ``$MINIGPT_CACHE_DIR``, else ``~/.cache/minigpt``."""
+
+    def __post_init__(self) -> None:
+        _check_choice(self.dataset, "data.dataset", (*WIKITEXT_DATASETS, "text"))
+        if self.dataset == "text":
+            _check(bool(self.train_file), "data.train_file", 'is required with data.dataset="text"')
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, evaluation and checkpointing."""
+
+    seed: int = 1337
+    device: str = "auto"
+    """``auto`` (cuda, then mps, then cpu), or a torch device string."""
+    precision: str = "auto"
+    """``auto`` (bf16 autocast where the hardware runs it fast, else fp32), ``fp32``, ``bf16`` or ``fp16``
+    (CUDA only, with a gradient scaler)."""
+    compile: bool = False
+    """Wrap the model in ``torch.compile``."""
+    threads: int = 0
+    """CPU threads for torch; 0 keeps torch's default."""
+    batch_size: int = 32
+    """Sequences per optimizer step, over all processes and accumulation steps."""
+    micro_batch_size: int = 8
+    """Sequences per forward pass on one process; ``batch_size`` must be a multiple of it times the
+    number of processes, and the quotient is the gradient-accumulation count."""
+    max_steps: int = 5000
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    """The cosine schedule ends at ``lr * min_lr_ratio``."""
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    """Applied to weight matrices and embeddings only, never to biases or LayerNorm parameters."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping (the norm is logged either way)."""
+    eval_interval: int = 500
+    """Steps between validation passes (0: only at the end)."""
+    eval_batches: int = 20
+    """Micro-batches per periodic validation pass (0: the whole split). The final evaluation always covers
+    whole splits."""
+    eval_stride: int = 0
+    """If > 0, the final evaluation also reports sliding-window perplexity with this stride."""
+    ckpt_interval: int = 500
+    """Steps between checkpoints (0: only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept besides the best one."""
+    skip_nonfinite: bool = False
+    """On a non-finite loss or gradient, skip the step instead of stopping the run."""
+    log_interval: int = 10
+    log_layer_grad_norms: bool = False
+    """Also log each block's gradient norm (for pre-LN versus post-LN comparisons)."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "micro_batch_size", "max_steps", "log_interval"):
+            _check(getattr(self, name) > 0, f"train.{name}", f"must be positive, got {getattr(self, name)}")
+        for name in (
+            "warmup_steps",
+            "eval_interval",
+            "eval_batches",
+            "eval_stride",
+            "ckpt_interval",
+            "keep_last",
+            "threads",
+            "weight_decay",
+            "grad_clip",
+        ):
+            _check(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
+        _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
+        _check(
+            0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"
+        )
+        for name in ("beta1", "beta2"):
+            _check(
+                0 <= getattr(self, name) < 1, f"train.{name}", f"must be in [0, 1), got {getattr(self, name)}"
+            )
+        _check_choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
+        _check(
+            self.batch_size % self.micro_batch_size == 0,
+            "train.batch_size",
+            f"{self.batch_size} is not a multiple of train.micro_batch_size={self.micro_batch_size}",
+        )
+
+
+@dataclass
+class LogConfig:
+    """Where a run is recorded: always a local run directory, and W&B unless disabled."""
+
+    project: str = "minigpt"
+    run_name: str = ""
+    """Empty means ``<experiment name>-<timestamp>``."""
+    out_dir: str = "runs"
+    """Run directories are created under this folder."""
+    wandb: str = "auto"
+    """``auto`` (``$WANDB_MODE``, else offline), ``offline``, ``online`` or ``disabled``."""
+    group: str = ""
+    tags: str = ""
+    """Comma-separated W&B tags."""
+
+    def __post_init__(self) -> None:
+        _check_choice(self.wandb, "log.wandb", ("auto", "offline", "online", "disabled"))
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: what to train, on what, how, and where to record it."""
+
+    name: str = "experiment"
+    model: GPTConfig = field(default_factory=GPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
+        return cls(
+            name=values.get("name", "experiment"),
+            **{s.name: s.type_cls(**values.get(s.name, {})) for s in _sections()},
+        )
+
+
+@dataclass(frozen=True)
+class _Section:
+    name: str
+    type_cls: type
+
+
+def _sections() -> list[_Section]:
+    hints = typing.get_type_hints(ExperimentConfig)
+    return [
+        _Section(f.name, hints[f.name])
+        for f in dataclasses.fields(ExperimentConfig)
+        if dataclasses.is_dataclass(hints[f.name])
+    ]
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def all_keys() -> dict[str, type]:
+    """Every overridable key, dotted (``train.lr``), mapped to its type."""
+    keys: dict[str, type] = {"name": str}
+    for section in _sections():
+        for name, tp in _field_types(section.type_cls).items():
+            keys[f"{section.name}.{name}"] = tp
+    return keys
+
+
+def resolve_key(key: str) -> str:
+    """Map a dotted or unique bare key to its dotted form; unknown or ambiguous keys raise ``ConfigError``."""
+    keys = all_keys()
+    if key in keys:
+        return key
+    matches = [k for k in keys if k.rsplit(".", 1)[-1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(f"--{key} is ambiguous: say which one of {', '.join('--' + m for m in matches)}")
+    candidates = list(keys) + sorted({k.rsplit(".", 1)[-1] for k in keys})
+    close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join('--' + c for c in close)}?" if close else ""
+    raise ConfigError(f"unknown config key --{key}{hint} (see `python run.py --help` for every key)")
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def convert(key: str, raw: str, tp: type) -> Any:
+    """Convert a command-line string to the field's type, or raise ``ConfigError`` naming the field."""
+    origin_args = typing.get_args(tp) if isinstance(tp, types.UnionType) else ()
+    if origin_args:  # ``X | None``: "none" gives None, anything else converts as X
+        if raw.lower() in ("none", "null"):
+            return None
+        tp = next(a for a in origin_args if a is not type(None))
+    try:
+        if tp is bool:
+            if raw.lower() in _TRUE:
+                return True
+            if raw.lower() in _FALSE:
+                return False
+            raise ValueError
+        if tp is int:
+            value = float(raw)
+            if not value.is_integer():
+                raise ValueError
+            return int(value)
+        if tp is float:
+            return float(raw)
+        if tp is str:
+            return raw
+    except ValueError:
+        accepted = {bool: "true or false", int: "an integer", float: "a number"}[tp]
+        raise ConfigError(f"--{key}={raw}: expected {accepted}") from None
+    raise ConfigError(f"--{key}: fields of type {tp} cannot be set from the command line")
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """Parse ``--key=value`` (also ``--key value``, and a bare ``--flag`` for true) into a dict of strings."""
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}: overrides look like --key=value")
+        body = arg[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            key, value = body, args[i + 1]
+            i += 1
+        else:
+            key, value = body, "true"
+        overrides[key] = value
+        i += 1
+    return overrides
+
+
+def apply_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """Return a new config with ``overrides`` (dotted or bare keys; string or typed values) applied.
+
+    Every section is rebuilt through its constructor, so each section's validation runs on the result.
+    """
+    keys = all_keys()
+    per_section: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in overrides.items():
+        dotted = resolve_key(key)
+        if isinstance(value, str):
+            value = convert(dotted, value, keys[dotted])
+        if "." in dotted:
+            section, name = dotted.split(".", 1)
+            per_section.setdefault(section, {})[name] = value
+        else:
+            top[dotted] = value
+    try:
+        changed = {
+            name: dataclasses.replace(getattr(config, name), **values) for name, values in per_section.items()
+        }
+        return dataclasses.replace(config, **top, **changed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Execute an experiment file and return the ``ExperimentConfig`` it defines as ``config``.
+
+    Experiment files are Python and are run as such: only run files you trust.
+    """
+    path = Path(path)
+    if not path.is_file():
+        nearby = sorted(p.name for p in path.parent.glob("*.py")) if path.parent.is_dir() else []
+        close = difflib.get_close_matches(path.name, nearby, n=3)
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else (f"; experiments there: {', '.join(nearby)}" if nearby else "")
+        )
+        raise ConfigError(f"experiment file {path} does not exist{hint}")
+    try:
+        namespace = runpy.run_path(str(path), run_name="__experiment__")
+    except SyntaxError as e:
+        raise ConfigError(f"experiment file {path} has a syntax error at line {e.lineno}: {e.msg}") from None
+    except ConfigError as e:
+        raise ConfigError(f"in experiment file {path}: {e}") from None
+    except ValueError as e:  # a dataclass's validation rejected a value set in the file
+        raise ConfigError(f"in experiment file {path}: {e}") from None
+    config = namespace.get("config")
+    if not isinstance(config, ExperimentConfig):
+        found = "nothing" if config is None else f"a {type(config).__name__}"
+        raise ConfigError(
+            f"experiment file {path} defines no experiment: expected `config = ExperimentConfig(...)`, found "
+            f"{found} named `config`"
+        )
+    return config
+
+
+def derive(base: ExperimentConfig | str | Path, overrides: dict[str, Any]) -> ExperimentConfig:
+    """An experiment that differs from ``base`` (a config or an experiment file) only in ``overrides``.
+
+    Ablation files use this so that they state their difference from the baseline and nothing else.
+    """
+    if not isinstance(base, ExperimentConfig):
+        base = load_experiment(base)
+    return apply_overrides(base, overrides)
+
+
+def describe_keys() -> str:
+    """A help text listing every key with its type and default."""
+    default = ExperimentConfig()
+    lines = []
+    for key, tp in all_keys().items():
+        obj: Any = default
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        type_name = getattr(tp, "__name__", str(tp))
+        lines.append(f"  --{key}=<{type_name}>  (default: {obj!r})")
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""Train, evaluate and log one experiment.
+
+    python run.py experiments/baseline.py [--key=value ...] [--resume=RUN_DIR]
+    python run.py --resume=RUN_DIR [--key=value ...]
+
+Overrides use dotted names (``--train.lr=1e-3``) or unique bare names (``--lr=1e-3``), the form
+``wandb agent`` passes. ``python run.py --help`` lists every key. Experiment files are Python and are
+executed: run only files you trust.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from minigpt.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    describe_keys,
+    load_experiment,
+    parse_overrides,
+)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("Keys:\n" + describe_keys())
+        return 0 if argv else 2
+    from minigpt.checkpoint import CheckpointError, load_checkpoint
+    from minigpt.data import DataError
+    from minigpt.train import NonFiniteLossError, run
+
+    try:
+        experiment = None if argv[0].startswith("--") else argv[0]
+        overrides = parse_overrides(argv[1:] if experiment else argv)
+        resume = overrides.pop("resume", None)
+        if experiment is not None:
+            config = load_experiment(experiment)
+        elif resume is not None:
+            config = ExperimentConfig.from_dict(load_checkpoint(resume)["config"])
+        else:
+            raise ConfigError(
+                "name an experiment file (python run.py experiments/tiny.py) or --resume=RUN_DIR"
+            )
+        config = apply_overrides(config, overrides)
+        run(config, resume=resume, command=[sys.executable, *sys.argv])
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

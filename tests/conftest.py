@@ -1,0 +1,45 @@
+"""Shared set-up: W&B and the Hugging Face Hub stay offline and quiet; tests find the local assets."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Tiny models gain nothing from intra-op threads, and on a shared CPU their spin-waiting turns
+# milliseconds into seconds. Subprocesses started by tests inherit the same setting.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_wandb_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The local asset root (``MINIGPT_DATA_DIR``, else ``../shared/data`` beside the repository)."""
+    root = Path(os.environ.get("MINIGPT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    if not (root / "gpt2-tokenizer").is_dir():
+        pytest.fail(f"local asset root {root} has no gpt2-tokenizer/: set MINIGPT_DATA_DIR")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(data_root: Path) -> Path:
+    return data_root / "gpt2-tokenizer"

@@ -1,0 +1,199 @@
+"""Sampling: filters on hand-made distributions, the KV cache against plain recomputation, EOS, the CLI."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from minigpt import sample
+from minigpt.model import GPT, GPTConfig, top_k_filter, top_p_filter
+
+
+def tiny_model(**overrides) -> GPT:
+    fields = dict(vocab_size=61, block_size=32, n_layer=2, n_head=2, n_embd=16)
+    fields.update(overrides)
+    return GPT(GPTConfig(**fields)).eval()
+
+
+def greedy_without_cache(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """The reference: at every step run the whole model on the last block_size tokens."""
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -model.config.block_size :])
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+def log_probs(*probs: float) -> torch.Tensor:
+    return torch.tensor([math.log(p) for p in probs])
+
+
+def survivors(filtered: torch.Tensor) -> list[int]:
+    return torch.isfinite(filtered).nonzero().flatten().tolist()
+
+
+def test_top_k_keeps_exactly_the_k_largest():
+    logits = torch.tensor([0.5, 3.0, -1.0, 2.0, 1.0])
+    assert survivors(top_k_filter(logits, 1)) == [1]
+    assert survivors(top_k_filter(logits, 3)) == [1, 3, 4]
+    assert survivors(top_k_filter(logits, 10)) == [0, 1, 2, 3, 4]
+    kept = top_k_filter(logits, 2)
+    assert kept[1] == 3.0 and kept[3] == 2.0  # survivors are unchanged
+    batch = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    assert torch.isfinite(top_k_filter(batch, 2)).tolist() == [[False, True, True], [True, True, False]]
+
+
+def test_top_p_keeps_the_smallest_sufficient_set():
+    logits = log_probs(0.1, 0.5, 0.05, 0.3, 0.05)
+    assert survivors(top_p_filter(logits, 0.4)) == [1]  # 0.5 alone reaches 0.4
+    assert survivors(top_p_filter(logits, 0.5)) == [1]  # exactly reached counts
+    assert survivors(top_p_filter(logits, 0.6)) == [1, 3]  # 0.5 < 0.6 <= 0.8
+    assert survivors(top_p_filter(logits, 0.85)) == [0, 1, 3]  # 0.8 < 0.85 <= 0.9
+    assert survivors(top_p_filter(logits, 1.0)) == [0, 1, 2, 3, 4]
+    assert survivors(top_p_filter(logits, 1e-6)) == [1]  # never empty
+    batch = torch.stack([log_probs(0.7, 0.2, 0.1), log_probs(0.25, 0.15, 0.6)])
+    assert torch.isfinite(top_p_filter(batch, 0.75)).tolist() == [[True, True, False], [True, False, True]]
+
+
+def test_greedy_with_cache_equals_recomputation_past_block_size():
+    model = tiny_model()
+    prompt = torch.randint(0, 61, (2, 8))
+    cached = model.generate(prompt, 60, do_sample=False)
+    assert cached.shape == (2, 68)
+    assert torch.equal(cached, greedy_without_cache(model, prompt, 60))
+
+
+def test_greedy_with_cache_manual_attention_and_full_prompt():
+    model = tiny_model(attention="manual", n_head=1, norm_position="post")
+    prompt = torch.randint(0, 61, (1, 40))  # longer than block_size: the model crops
+    assert torch.equal(model.generate(prompt, 20, do_sample=False), greedy_without_cache(model, prompt, 20))
+
+
+def test_cache_makes_each_new_token_one_position():
+    model = tiny_model()  # block_size 32
+    lengths = []
+    model.transformer.wte.register_forward_hook(lambda module, args, out: lengths.append(args[0].size(1)))
+    model.generate(torch.randint(0, 61, (1, 8)), 30, do_sample=False)
+    # Prefill 8, then one position per token until the window is full (at 32), then whole windows.
+    assert lengths == [8] + [1] * 24 + [32] * 5
+
+
+def test_stream_yields_the_generated_tokens():
+    model = tiny_model()
+    prompt = torch.randint(0, 61, (3, 4))
+    steps = list(model.generate_stream(prompt, 10, do_sample=False))
+    assert len(steps) == 10 and all(s.shape == (3,) for s in steps)
+    assert torch.equal(torch.stack(steps, 1), model.generate(prompt, 10, do_sample=False)[:, 4:])
+
+
+def test_seeded_sampling_is_reproducible():
+    model = tiny_model()
+    prompt = torch.randint(0, 61, (2, 3))
+
+    def draw(seed: int, **kwargs) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return model.generate(prompt, 30, generator=generator, **kwargs)
+
+    assert torch.equal(draw(1), draw(1))
+    assert not torch.equal(draw(1), draw(2))
+    assert torch.equal(
+        draw(3, top_k=5, top_p=0.9, temperature=0.7), draw(3, top_k=5, top_p=0.9, temperature=0.7)
+    )
+
+
+def test_low_temperature_and_top_k_1_are_greedy():
+    model = tiny_model()
+    prompt = torch.randint(0, 61, (2, 3))
+    greedy = model.generate(prompt, 20, do_sample=False)
+    assert torch.equal(model.generate(prompt, 20, temperature=0.0), greedy)
+    assert torch.equal(model.generate(prompt, 20, top_k=1), greedy)
+    assert torch.equal(model.generate(prompt, 20, temperature=1e-4), greedy)
+
+
+def test_sampling_respects_top_k():
+    model = tiny_model()
+    prompt = torch.randint(0, 61, (1, 3))
+    generator = torch.Generator().manual_seed(0)
+    steps = model.generate_stream(prompt.expand(64, 3), 1, top_k=3, generator=generator)
+    first = next(steps)
+    allowed = torch.topk(model(prompt)[0][0, -1], 3).indices
+    assert set(first.tolist()) <= set(allowed.tolist())
+    assert len(set(first.tolist())) > 1
+
+
+def test_eos_stops_finished_sequences():
+    model = tiny_model()
+    prompt = torch.randint(0, 61, (3, 4))
+    free = model.generate(prompt, 12, do_sample=False)[:, 4:]
+    eos = int(free[0, 2])
+    # Where each sequence first produces EOS when unconstrained (12 = never).
+    first = [int((row == eos).nonzero()[0]) if (row == eos).any() else 12 for row in free]
+    out = model.generate(prompt, 12, do_sample=False, eos_token_id=eos)[:, 4:]
+    assert out.size(1) == min(12, max(first) + 1)  # stops once all have finished
+    for b, at in enumerate(first):
+        assert torch.equal(out[b, : at + 1], free[b, : at + 1])
+        assert torch.all(out[b, at:] == eos)  # a finished sequence keeps emitting EOS
+    single = model.generate(prompt[:1], 12, do_sample=False, eos_token_id=eos)
+    assert single.size(1) == 4 + first[0] + 1 and int(single[0, -1]) == eos
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(temperature=-0.1), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=0), "top_k"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+    ],
+)
+def test_invalid_sampling_arguments_raise_at_the_call(kwargs, field):
+    model = tiny_model()
+    args = dict(max_new_tokens=5)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=field):
+        model.generate_stream(torch.zeros(1, 2, dtype=torch.long), **args)  # no iteration needed
+
+
+def test_empty_prompt_and_zero_tokens():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="prompt"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 5)
+    prompt = torch.randint(0, 61, (1, 3))
+    assert torch.equal(model.generate(prompt, 0), prompt)
+
+
+def write_checkpoint(path, model: GPT) -> None:
+    torch.save(
+        {"model": model.state_dict(), "model_config": dataclasses.asdict(model.config), "step": 7}, path
+    )
+
+
+def test_load_model_for_sampling_from_checkpoint(tmp_path):
+    model = tiny_model(tie_embeddings=False)
+    write_checkpoint(tmp_path / "ckpt.pt", model)
+    loaded = sample.load_model_for_sampling(checkpoint=tmp_path / "ckpt.pt")
+    assert loaded.config == model.config and not loaded.training
+    idx = torch.randint(0, 61, (1, 6))
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
+    with pytest.raises(ValueError):
+        sample.load_model_for_sampling()
+
+
+def test_sample_cli_streams_text(tmp_path, tokenizer_dir, capsys):
+    model = GPT(GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    write_checkpoint(tmp_path / "ckpt.pt", model)
+    base = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--tokenizer", str(tokenizer_dir)]
+    texts = sample.main([*base, "--prompt", "Hello world", "--max-new-tokens", "5", "--greedy"])
+    assert len(texts) == 1 and texts[0].startswith("Hello world")
+    assert texts[0] in capsys.readouterr().out
+    texts = sample.main(
+        [*base, "--prompt", "Hi", "--max-new-tokens", "3", "--num-samples", "2", "--seed", "1"]
+    )
+    assert len(texts) == 2
+    for prompt in ("", "word " * 20):  # empty, and longer than block_size=16
+        with pytest.raises(SystemExit):
+            sample.main([*base, "--prompt", prompt])
+    assert "prompt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sample.main([*base, "--prompt", "Hi", "--top-p", "2"])

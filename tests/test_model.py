@@ -1,0 +1,201 @@
+"""The core model: configuration checks, forward pass, attention paths, init, parameter counts, training."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minigpt.model import GPT, GPTConfig
+
+
+def tiny(**overrides) -> GPTConfig:
+    fields = dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    fields.update(overrides)
+    return GPTConfig(**fields)
+
+
+def test_defaults_are_gpt2_small():
+    cfg = GPTConfig()
+    assert (cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd) == (50257, 1024, 12, 12, 768)
+    assert (cfg.dropout, cfg.bias, cfg.norm_position, cfg.tie_embeddings, cfg.attention) == (
+        0.0,
+        True,
+        "pre",
+        True,
+        "sdpa",
+    )
+    assert cfg.layer_norm_epsilon == 1e-5
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("vocab_size", 0),
+        ("block_size", -1),
+        ("n_layer", 0),
+        ("n_head", 0),
+        ("n_embd", 0),
+        ("n_embd", 17),  # not divisible by n_head=2
+        ("dropout", 1.0),
+        ("dropout", -0.1),
+        ("norm_position", "middle"),
+        ("attention", "flash"),
+        ("layer_norm_epsilon", 0.0),
+    ],
+)
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny(**{field: value})
+
+
+def test_config_is_a_plain_dataclass():
+    cfg = tiny()
+    assert dataclasses.replace(cfg, n_layer=3).n_layer == 3
+    assert GPTConfig(**dataclasses.asdict(cfg)) == cfg
+    with pytest.raises(ValueError, match="n_head"):
+        dataclasses.replace(cfg, n_head=3)
+
+
+def test_forward_shapes_and_loss():
+    model = GPT(tiny())
+    idx = torch.randint(0, 97, (3, 10))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 10, 97) and loss is None
+    targets = torch.randint(0, 97, (3, 10))
+    logits, loss = model(idx, targets)
+    assert logits is None and loss.dtype == torch.float32
+    full = model(idx)[0]
+    assert torch.allclose(loss, F.cross_entropy(full.flatten(0, 1), targets.flatten()), atol=1e-6)
+    # Random init predicts roughly uniformly.
+    assert abs(loss.item() - math.log(97)) < 0.2
+
+
+def test_loss_ignores_minus_100():
+    model = GPT(tiny())
+    idx = torch.randint(0, 97, (2, 8))
+    targets = torch.randint(0, 97, (2, 8))
+    masked = targets.clone()
+    masked[:, 4:] = -100
+    logits = model(idx)[0]
+    expected = F.cross_entropy(logits[:, :4].flatten(0, 1), targets[:, :4].flatten())
+    assert torch.allclose(model(idx, masked)[1], expected, atol=1e-6)
+
+
+def test_forward_rejects_sequences_longer_than_block_size():
+    model = GPT(tiny(block_size=8))
+    model(torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"T=9.*block_size=8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+@pytest.mark.parametrize("n_head", [1, 3])
+def test_manual_and_sdpa_attention_agree(norm_position, n_head):
+    cfg = tiny(n_head=n_head, n_embd=36, norm_position=norm_position)
+    manual = GPT(dataclasses.replace(cfg, attention="manual")).eval()
+    sdpa = GPT(dataclasses.replace(cfg, attention="sdpa")).eval()
+    sdpa.load_state_dict(manual.state_dict())
+    idx = torch.randint(0, 97, (2, 16))
+    assert torch.allclose(manual(idx)[0], sdpa(idx)[0], atol=1e-5, rtol=0)
+
+
+def test_causality():
+    """Changing a later token must not change earlier logits."""
+    for attention in ("manual", "sdpa"):
+        model = GPT(tiny(attention=attention)).eval()
+        idx = torch.randint(0, 97, (1, 12))
+        changed = idx.clone()
+        changed[0, 7] = (idx[0, 7] + 1) % 97
+        a, b = model(idx)[0], model(changed)[0]
+        assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6)
+        assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_tied_and_untied_heads():
+    tied = GPT(tiny())
+    assert tied.lm_head.weight is tied.transformer.wte.weight
+    untied = GPT(tiny(tie_embeddings=False))
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    assert untied.num_params() - tied.num_params() == 97 * 16
+    assert untied.num_params(non_embedding=True) == tied.num_params(non_embedding=True)
+
+
+def test_num_params_by_hand():
+    L, C, V, T = 2, 16, 97, 16
+    block = 2 * 2 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
+    non_embedding = L * block + 2 * C  # + ln_f
+    model = GPT(tiny())
+    assert model.num_params(non_embedding=True) == non_embedding
+    assert model.num_params() == non_embedding + V * C + T * C
+    assert model.flops_per_token() == 6 * (non_embedding + V * C) + 12 * L * C * T
+    assert model.flops_per_token(seq_len=4) == 6 * (non_embedding + V * C) + 12 * L * C * 4
+
+
+def test_post_ln_has_no_final_layernorm_and_no_bias_variant():
+    assert "ln_f" not in GPT(tiny(norm_position="post")).transformer
+    model = GPT(tiny(bias=False))
+    assert not any(name.endswith("bias") for name, _ in model.named_parameters())
+    logits, _ = model(torch.randint(0, 97, (1, 5)))
+    assert logits.shape == (1, 5, 97)
+
+
+def test_init_statistics():
+    cfg = GPTConfig(vocab_size=512, block_size=64, n_layer=4, n_head=4, n_embd=256)
+    model = GPT(cfg)
+    residual_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+    for name, param in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            assert param.std().item() == pytest.approx(residual_std, rel=0.05), name
+        elif name.endswith(("c_attn.weight", "c_fc.weight", "wte.weight", "wpe.weight")):
+            assert param.std().item() == pytest.approx(0.02, rel=0.05), name
+        elif name.endswith("bias"):
+            assert torch.all(param == 0), name
+        elif "ln" in name:
+            assert torch.all(param == 1), name
+    assert abs(model.transformer.wte.weight.mean().item()) < 1e-3
+
+
+def test_optimizer_param_groups():
+    model = GPT(tiny(tie_embeddings=False))
+    decay, no_decay = model.optimizer_param_groups(weight_decay=0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert sum(p.numel() for group in (decay, no_decay) for p in group["params"]) == model.num_params()
+    by_id = {id(p) for p in decay["params"]}
+    assert id(model.lm_head.weight) in by_id and id(model.transformer.wpe.weight) in by_id
+    torch.optim.AdamW(model.optimizer_param_groups(0.1), lr=1e-3)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(),
+        dict(norm_position="post"),
+        dict(tie_embeddings=False),
+        dict(norm_position="post", tie_embeddings=False, bias=False, attention="manual", dropout=0.1),
+    ],
+)
+def test_variants_train(overrides):
+    model = GPT(tiny(**overrides))
+    optimizer = torch.optim.AdamW(model.optimizer_param_groups(0.01), lr=3e-3)
+    data = torch.randint(0, 97, (4, 17))
+    idx, targets = data[:, :-1], data[:, 1:]
+    losses = []
+    for _ in range(15):
+        _, loss = model(idx, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_dropout_is_active_only_in_training():
+    model = GPT(tiny(dropout=0.5))
+    idx = torch.randint(0, 97, (1, 8))
+    model.eval()
+    assert torch.equal(model(idx)[0], model(idx)[0])
+    model.train()
+    assert not torch.equal(model(idx)[0], model(idx)[0])
