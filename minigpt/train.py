@@ -251,6 +251,8 @@ class Trainer:
         self.block_size = config.model.block_size
         self.sampler = data.BlockSampler(splits.train.tokens, self.block_size, t.seed)
         self.accum_steps = t.batch_size // t.micro_batch_size
+        # Evaluation keeps no activations for backward, so it can take bigger batches (and bigger matmuls).
+        self.eval_batch_size = max(t.micro_batch_size, 8192 // self.block_size)
         self.optimizer = build_optimizer(model, config, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.compiled = torch.compile(model) if t.compile else model
@@ -405,7 +407,7 @@ class Trainer:
             self.compiled,
             split.tokens,
             self.block_size,
-            self.config.train.micro_batch_size,
+            self.eval_batch_size,
             self.device,
             stride=stride,
             num_bytes=split.num_bytes,
