@@ -1,6 +1,6 @@
 """Generate text from a trained checkpoint or a Hugging Face GPT-2, streaming it as it is produced.
 
-python -m minigpt.sample --checkpoint runs/x/ckpt.pt --prompt "Once upon a time" --max-new-tokens 100
+python -m minigpt.sample --checkpoint runs/x --prompt "Once upon a time" --max-new-tokens 100
 python -m minigpt.sample --hf path/to/gpt2 --prompt "Hello" --greedy
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from minigpt.checkpoint import load_checkpoint
 from minigpt.model import GPT, GPTConfig
 
 
@@ -21,13 +22,13 @@ def load_model_for_sampling(
 ) -> GPT:
     """An eval-mode GPT from exactly one source: a project checkpoint or a Hugging Face GPT-2.
 
-    A checkpoint is a ``torch.save``d dict with ``"model"`` (the GPT's state_dict) and
-    ``"model_config"`` (``dataclasses.asdict`` of its GPTConfig); other keys are ignored.
+    A checkpoint is a ``ckpt-*.pt`` file of a run, or a run directory (its newest checkpoint), read by
+    ``minigpt.checkpoint.load_checkpoint`` (plain tensors and data only, never pickled code).
     """
     if (checkpoint is None) == (hf is None):
         raise ValueError("give exactly one of checkpoint and hf")
     if checkpoint is not None:
-        state = torch.load(checkpoint, weights_only=True, map_location=device)
+        state = load_checkpoint(checkpoint, map_location=device)
         model = GPT(GPTConfig(**state["model_config"]))
         model.load_state_dict(state["model"])
     else:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint of this project (ckpt.pt)")
+    source.add_argument("--checkpoint", help="a run directory (its newest checkpoint) or a ckpt-*.pt file")
     source.add_argument("--hf", help="a Hugging Face GPT-2 directory or Hub name")
     parser.add_argument("--prompt", required=True, help="text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=100)

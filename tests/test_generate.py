@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from minigpt import sample
+from minigpt.checkpoint import save_checkpoint
 from minigpt.model import GPT, GPTConfig, top_k_filter, top_p_filter
 
 
@@ -163,27 +164,28 @@ def test_empty_prompt_and_zero_tokens():
     assert torch.equal(model.generate(prompt, 0), prompt)
 
 
-def write_checkpoint(path, model: GPT) -> None:
-    torch.save(
-        {"model": model.state_dict(), "model_config": dataclasses.asdict(model.config), "step": 7}, path
-    )
+def write_checkpoint(run_dir, model: GPT):
+    """A checkpoint in the project's own format, as a training run writes it."""
+    state = {"model": model.state_dict(), "model_config": dataclasses.asdict(model.config), "step": 7}
+    return save_checkpoint(run_dir, state)
 
 
 def test_load_model_for_sampling_from_checkpoint(tmp_path):
     model = tiny_model(tie_embeddings=False)
-    write_checkpoint(tmp_path / "ckpt.pt", model)
-    loaded = sample.load_model_for_sampling(checkpoint=tmp_path / "ckpt.pt")
-    assert loaded.config == model.config and not loaded.training
-    idx = torch.randint(0, 61, (1, 6))
-    assert torch.equal(loaded(idx)[0], model(idx)[0])
+    path = write_checkpoint(tmp_path, model)
+    for source in (path, tmp_path):  # the file itself, or the run directory (its newest checkpoint)
+        loaded = sample.load_model_for_sampling(checkpoint=source)
+        assert loaded.config == model.config and not loaded.training
+        idx = torch.randint(0, 61, (1, 6))
+        assert torch.equal(loaded(idx)[0], model(idx)[0])
     with pytest.raises(ValueError):
         sample.load_model_for_sampling()
 
 
 def test_sample_cli_streams_text(tmp_path, tokenizer_dir, capsys):
     model = GPT(GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=8))
-    write_checkpoint(tmp_path / "ckpt.pt", model)
-    base = ["--checkpoint", str(tmp_path / "ckpt.pt"), "--tokenizer", str(tokenizer_dir)]
+    path = write_checkpoint(tmp_path, model)
+    base = ["--checkpoint", str(path), "--tokenizer", str(tokenizer_dir)]
     texts = sample.main([*base, "--prompt", "Hello world", "--max-new-tokens", "5", "--greedy"])
     assert len(texts) == 1 and texts[0].startswith("Hello world")
     assert texts[0] in capsys.readouterr().out
