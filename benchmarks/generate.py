@@ -1,43 +1,31 @@
 """Generation speed: our KV-cached ``GPT.generate`` against Hugging Face ``generate`` on the same weights.
 
-    python benchmarks/generate.py                      # seed config: 6 layers, 512 wide, 8 heads
-    python benchmarks/generate.py --config small --out gen.json
+    python -m benchmarks.generate                      # seed config: 6 layers, 512 wide, 8 heads
+    python -m benchmarks.generate --config gpt2 --out gen.json
 
 Both sides run in float32 with the same torch thread count, decode greedily (or with the same fixed
-seed when --sample) for exactly --new-tokens tokens (HF's early stop is disabled), after a warm-up.
-Reported: median tokens/s over --reps runs, per batch size, and our speed-up over HF.
+seed when --sample) for exactly --new-tokens tokens (HF's early stop is disabled). After one untimed run
+each (whose greedy outputs are compared), the two sides alternate for --reps runs. Reported: median
+tokens/s (min-max), per batch size, and our speed-up over HF.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 
 import torch
-from rich.console import Console
-from rich.table import Table
 
-from minigpt.hf import to_hf
-from minigpt.model import GPT, GPTConfig
-
-CONFIGS = {
-    "tiny": dict(n_layer=2, n_head=4, n_embd=128, block_size=256),
-    "seed": dict(n_layer=6, n_head=8, n_embd=512, block_size=512),
-    "small": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
-}
-
-
-def timed(fn, reps: int) -> tuple[float, torch.Tensor]:
-    """Median seconds of fn over reps runs after a warm-up run, and the warm-up's output."""
-    output = fn()  # warm-up: first-call allocations and lazy initialisation
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), output
+from benchmarks.common import (
+    CONFIGS,
+    build_peers,
+    environment,
+    print_table,
+    range_cell,
+    rate,
+    ratio_cell,
+    time_alternating,
+    write_json,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -63,10 +51,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=50257, **CONFIGS[args.config])
-    ours = GPT(config).eval()
-    hf = to_hf(ours, attn_implementation="sdpa").eval()
+    device = torch.device("cpu")
+    ours, hf = build_peers(args.config, device)
+    ours.eval(), hf.eval()
+    config = ours.config
     top_k = 50 if args.sample else None
 
     rows = []
@@ -94,9 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
                 )
 
         tokens = batch_size * args.new_tokens
-        ours_s, ours_out = timed(run_ours, args.reps)
-        hf_s, hf_out = timed(run_hf, args.reps)
-        ours_tps, hf_tps = tokens / ours_s, tokens / hf_s
+        ours_out, hf_out = run_ours(), run_hf()  # also the warm-up
+        stats = time_alternating({"minigpt": run_ours, "hf": run_hf}, 0, args.reps, device)
+        ours_tps, hf_tps = rate(stats["minigpt"], tokens), rate(stats["hf"], tokens)
         # Sampling draws from the same distributions but not the same random stream, so only greedy compares.
         same = None if args.sample else torch.equal(ours_out, hf_out)
         rows.append(
@@ -104,42 +92,38 @@ def main(argv: list[str] | None = None) -> dict:
                 batch_size=batch_size,
                 ours_tokens_per_s=ours_tps,
                 hf_tokens_per_s=hf_tps,
-                speedup=ours_tps / hf_tps,
+                speedup=ours_tps["median"] / hf_tps["median"],
                 same_tokens=same,
             )
         )
 
-    table = Table(
-        title=f"generate: {args.config} config ({ours.num_params() / 1e6:.1f}M params), "
+    print_table(
+        f"generate: {args.config} config ({ours.num_params() / 1e6:.1f}M params), "
         f"{'sampling' if args.sample else 'greedy'}, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
-        f"{args.threads} threads, median of {args.reps}"
+        f"{args.threads} threads, median (min-max) of {args.reps} alternating runs",
+        ["batch", "minigpt tok/s", "HF tok/s", "speed-up", "same tokens"],
+        [
+            [
+                str(row["batch_size"]),
+                range_cell(row["ours_tokens_per_s"], 1),
+                range_cell(row["hf_tokens_per_s"], 1),
+                ratio_cell(row["ours_tokens_per_s"]["median"], row["hf_tokens_per_s"]["median"]),
+                "-" if row["same_tokens"] is None else str(row["same_tokens"]),
+            ]
+            for row in rows
+        ],
     )
-    for column in ("batch", "minigpt tok/s", "HF tok/s", "speed-up", "same tokens"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(
-            str(row["batch_size"]),
-            f"{row['ours_tokens_per_s']:.1f}",
-            f"{row['hf_tokens_per_s']:.1f}",
-            f"{row['speedup']:.2f}x",
-            "-" if row["same_tokens"] is None else str(row["same_tokens"]),
-        )
-    Console().print(table)
-
     result = dict(
+        environment=environment(args.threads, device),
         config=args.config,
         model_config=CONFIGS[args.config],
         sample=args.sample,
         prompt_len=args.prompt_len,
         new_tokens=args.new_tokens,
         reps=args.reps,
-        threads=args.threads,
-        torch=torch.__version__,
         rows=rows,
     )
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    write_json(args.out, result)
     return result
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from minigpt.storage import atomic_write
+from minigpt.storage import atomic_write, remove_interrupted_writes
 
 FORMAT = "minigpt-checkpoint"
 VERSION = 1
@@ -54,17 +54,21 @@ def save_checkpoint(
     for old_step, old_path in list_checkpoints(run_dir):
         if old_step not in keep:
             old_path.unlink(missing_ok=True)
+    remove_interrupted_writes(run_dir, "ckpt-*.pt")  # never listed as checkpoints, but they hold disk
     return path
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint file, or the newest one in a run directory, refusing anything but plain data."""
     path = Path(path)
+    earlier = ""
     if path.is_dir():
         found = list_checkpoints(path)
         if not found:
             raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {path}")
         path = found[-1][1]
+        if len(found) > 1:
+            earlier = f"; to continue from the one before it, pass {found[-2][1]}"
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -73,6 +77,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path} is not a loadable MiniGPT checkpoint (truncated, corrupt, or holding objects other than "
             f"tensors and plain data): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"{earlier}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(

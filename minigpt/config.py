@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import runpy
+import traceback
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from minigpt.lora import LoRAConfig
 from minigpt.model import GPTConfig
 
 
@@ -94,10 +96,13 @@ class TrainConfig:
     eval_interval: int = 500
     """Steps between validation passes (0: only at the end)."""
     eval_batches: int = 20
-    """Micro-batches per periodic validation pass (0: the whole split). The final evaluation always covers
-    whole splits."""
+    """Micro-batches per periodic validation pass (0: the whole split). The final evaluation covers
+    whole splits unless ``eval_max_tokens`` is set."""
     eval_stride: int = 0
     """If > 0, the final evaluation also reports sliding-window perplexity with this stride."""
+    eval_max_tokens: int = 0
+    """If > 0, the final evaluation scores only the first this-many tokens of each split (a cheaper estimate
+    for short runs; the scored token count is recorded with the result). 0: whole splits."""
     ckpt_interval: int = 500
     """Steps between checkpoints (0: only at the end)."""
     keep_last: int = 2
@@ -116,6 +121,7 @@ class TrainConfig:
             "eval_interval",
             "eval_batches",
             "eval_stride",
+            "eval_max_tokens",
             "ckpt_interval",
             "keep_last",
             "threads",
@@ -163,20 +169,37 @@ class ExperimentConfig:
     """One experiment: what to train, on what, how, and where to record it."""
 
     name: str = "experiment"
+    init_from: str = ""
+    """Start from trained weights: a MiniGPT checkpoint or run directory, or a Hugging Face GPT-2 directory
+    or Hub name. The base then fixes the architecture: only ``model.dropout`` and ``model.attention`` are
+    taken from this config (see ``minigpt.train.adopt_base_architecture``). Empty: train from scratch."""
     model: GPTConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.train.eval_stride <= self.model.block_size,
+            "train.eval_stride",
+            f"{self.train.eval_stride} is longer than the context model.block_size={self.model.block_size}: "
+            "a sliding window moves by at most one context",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
-        return cls(
-            name=values.get("name", "experiment"),
-            **{s.name: s.type_cls(**values.get(s.name, {})) for s in _sections()},
-        )
+        try:
+            return cls(
+                name=values.get("name", "experiment"),
+                init_from=values.get("init_from", ""),
+                **{s.name: s.type_cls(**values.get(s.name, {})) for s in _sections()},
+            )
+        except TypeError as e:  # a key this version does not know, e.g. from another version's checkpoint
+            raise ConfigError(f"saved config does not fit this version of MiniGPT: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -201,7 +224,7 @@ def _field_types(cls: type) -> dict[str, type]:
 
 def all_keys() -> dict[str, type]:
     """Every overridable key, dotted (``train.lr``), mapped to its type."""
-    keys: dict[str, type] = {"name": str}
+    keys: dict[str, type] = {"name": str, "init_from": str}
     for section in _sections():
         for name, tp in _field_types(section.type_cls).items():
             keys[f"{section.name}.{name}"] = tp
@@ -226,6 +249,7 @@ def resolve_key(key: str) -> str:
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+_ACCEPTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "none"}
 
 
 def convert(key: str, raw: str, tp: type) -> Any:
@@ -243,7 +267,10 @@ def convert(key: str, raw: str, tp: type) -> Any:
                 return False
             raise ValueError
         if tp is int:
-            value = float(raw)
+            try:
+                return int(raw)
+            except ValueError:  # "1e3" is an integer too; a float only stands in when it is exact
+                value = float(raw)
             if not value.is_integer():
                 raise ValueError
             return int(value)
@@ -252,9 +279,23 @@ def convert(key: str, raw: str, tp: type) -> Any:
         if tp is str:
             return raw
     except ValueError:
-        accepted = {bool: "true or false", int: "an integer", float: "a number"}[tp]
-        raise ConfigError(f"--{key}={raw}: expected {accepted}") from None
+        raise ConfigError(f"--{key}={raw}: expected {_ACCEPTED[tp]}") from None
     raise ConfigError(f"--{key}: fields of type {tp} cannot be set from the command line")
+
+
+def check_type(key: str, value: Any, tp: type) -> Any:
+    """A Python value (from ``derive`` or a sweep) must already have the field's type; an int may stand
+    in for a float (``dropout=0``), but a bool is not an int."""
+    options = typing.get_args(tp) if isinstance(tp, types.UnionType) else (tp,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, option) and not (option is int and isinstance(value, bool)):
+            return value
+    accepted = " or ".join(_ACCEPTED.get(o, getattr(o, "__name__", str(o))) for o in options)
+    raise ConfigError(f"{key}={value!r}: expected {accepted}, got a {type(value).__name__}")
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -290,6 +331,8 @@ def apply_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> Expe
         dotted = resolve_key(key)
         if isinstance(value, str):
             value = convert(dotted, value, keys[dotted])
+        else:
+            value = check_type(dotted, value, keys[dotted])
         if "." in dotted:
             section, name = dotted.split(".", 1)
             per_section.setdefault(section, {})[name] = value
@@ -327,6 +370,10 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"in experiment file {path}: {e}") from None
     except ValueError as e:  # a dataclass's validation rejected a value set in the file
         raise ConfigError(f"in experiment file {path}: {e}") from None
+    except Exception as e:  # any other mistake in the file: say where, without a traceback into runpy
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename) == path]
+        where = f" at line {frames[-1].lineno}" if frames else ""
+        raise ConfigError(f"experiment file {path} failed{where}: {type(e).__name__}: {e}") from None
     config = namespace.get("config")
     if not isinstance(config, ExperimentConfig):
         found = "nothing" if config is None else f"a {type(config).__name__}"

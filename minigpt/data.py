@@ -160,10 +160,12 @@ def _safe_chunks(text: str, target_size: int = 1 << 16) -> list[str]:
     chunks, start = [], 0
     while start < len(text):
         cut = start + target_size
-        while cut < len(text) - 2 and not (
+        while cut < len(text) - 1 and not (
             text[cut - 1] == "\n" and text[cut] == " " and not text[cut + 1].isspace()
         ):
             cut += 1
+        if cut >= len(text) - 1:  # no safe place before the end: the rest is one chunk
+            cut = len(text)
         chunks.append(text[start:cut])
         start = cut
     return chunks
@@ -181,7 +183,9 @@ def tokenize(text: str, tokenizer, show_progress: bool = True) -> np.ndarray:
     with Progress(transient=True, disable=not show_progress) as progress:
         task = progress.add_task("tokenizing", total=len(chunks))
         for i in range(0, len(chunks), batch):
-            encoded = tokenizer(chunks[i : i + batch], add_special_tokens=False)["input_ids"]
+            # verbose=False: the warning about sequences longer than the model's context is meant for model
+            # inputs, not for a corpus that is cut into blocks later.
+            encoded = tokenizer(chunks[i : i + batch], add_special_tokens=False, verbose=False)["input_ids"]
             parts.extend(np.asarray(ids, dtype=np.uint16) for ids in encoded)
             progress.advance(task, len(encoded))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
@@ -221,7 +225,7 @@ def load_split(config: DataConfig, split: str, tokenizer, show_progress: bool = 
                 if meta["num_tokens"]
                 else np.zeros(0, np.uint16)
             )
-            return TokenSplit(tokens, meta["num_bytes"], source.key)
+            return _scorable(TokenSplit(tokens, meta["num_bytes"], source.key), split)
     text = source.read()
     if not text.strip():
         raise DataError(f"the {split} split of {source.key} is empty ({source.path or source.hub_name})")
@@ -235,7 +239,19 @@ def load_split(config: DataConfig, split: str, tokenizer, show_progress: bool = 
         "num_bytes": len(text.encode("utf-8")),
     }
     atomic_write_json(meta_path, meta)
-    return TokenSplit(np.memmap(bin_path, dtype=np.uint16, mode="r"), meta["num_bytes"], source.key)
+    return _scorable(
+        TokenSplit(np.memmap(bin_path, dtype=np.uint16, mode="r"), meta["num_bytes"], source.key), split
+    )
+
+
+def _scorable(tokens: TokenSplit, split: str) -> TokenSplit:
+    """A split with fewer than two tokens has nothing to predict; say so now, not after training."""
+    if len(tokens) < 2:
+        raise DataError(
+            f"the {split} split of {tokens.source} is {len(tokens)} token long; scoring it needs at least 2 "
+            "(and training one block of block_size + 1): use more text"
+        )
+    return tokens
 
 
 # ----------------------------------------------------------------------------------------------- batches

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from minigpt import distributed
 from minigpt.data import eval_windows
 
 
@@ -82,9 +83,14 @@ def evaluate(
     num_bytes: int | None = None,
     max_batches: int = 0,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> EvalResult:
     """Score ``tokens`` with ``model``, whose ``forward(idx, targets)`` returns the mean loss over targets
-    that are not -100. ``max_batches`` > 0 stops early (a cheap estimate for periodic evaluation)."""
+    that are not -100. ``max_batches`` > 0 stops early (a cheap estimate for periodic evaluation).
+
+    With ``world_size`` > 1 every process of the group must call this: process ``rank`` scores every
+    ``world_size``-th batch, and the sums are added over processes, so each returns the whole result."""
     was_training = model.training
     model.eval()
     total_nll = torch.zeros((), dtype=torch.float64)
@@ -92,6 +98,8 @@ def evaluate(
     for i, (inputs, targets) in enumerate(_batches(eval_windows(tokens, block_size, stride), batch_size)):
         if max_batches and i >= max_batches:
             break
+        if i % world_size != rank:
+            continue
         inputs, targets = inputs.to(device), targets.to(device)
         with autocast():
             _, loss = model(inputs, targets)
@@ -99,6 +107,10 @@ def evaluate(
         total_nll += loss.detach().double().cpu() * count
         total_tokens += count
     model.train(was_training)
+    if world_size > 1:
+        totals = torch.stack([total_nll, torch.tensor(float(total_tokens), dtype=torch.float64)])
+        totals = distributed.all_reduce_sum(totals.to(device)).cpu()
+        total_nll, total_tokens = totals[0], int(totals[1])
     if total_tokens == 0:
         raise ValueError("nothing to evaluate: the split has fewer than two tokens")
     return EvalResult(

@@ -12,11 +12,38 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
+# Bytes of float32 logits per chunk. Bigger chunks make the three head matmuls more efficient; smaller
+# ones use less memory. 64 MB (about 330 rows at V = 50,257) measured best at the seed config on CPU
+# (benchmarks/README.md, performance log).
+CHUNK_BYTES = 64 * 2**20
 
 
-def _chunk_rows(vocab_size: int, budget_bytes: int = 32 * 2**20) -> int:
+def _chunk_rows(vocab_size: int, budget_bytes: int = CHUNK_BYTES) -> int:
     """Rows per chunk so that one chunk of float32 logits fits in ``budget_bytes``."""
     return max(16, budget_bytes // (4 * vocab_size))
+
+
+def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    """Softmax, loss and weight gradient run in float32, or in float64 for float64 inputs."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _nll_in_place(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row negative log-likelihood of ``logits`` (n, V) at ``targets`` (n,), ignored rows 0.
+
+    To spare a vocabulary-wide tensor and a second exponential, ``logits`` is overwritten with
+    ``exp(logits - row max)``, which is returned with its row sums for the gradient.
+    """
+    valid = targets != IGNORE_INDEX
+    safe_targets = targets.clamp(min=0)
+    row_max = logits.amax(dim=1, keepdim=True)
+    target_logit = logits.gather(1, safe_targets[:, None])
+    exp_logits = logits.sub_(row_max).exp_()
+    row_sum = exp_logits.sum(dim=1, keepdim=True)
+    nll = (row_max + row_sum.log() - target_logit).squeeze(1) * valid
+    return nll, exp_logits, row_sum
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -24,26 +51,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # x (N, C), weight (V, C), targets (N,). Under autocast the matmuls run in its dtype.
         n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
+        acc_dtype = _accumulation_dtype(x)
         grad_x = torch.empty_like(x)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        loss_sum = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_w = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device)
+        loss_sum = torch.zeros((), dtype=acc_dtype, device=x.device)
         rows = _chunk_rows(weight.size(0))
         for start in range(0, x.size(0), rows):
             xc, tc = x[start : start + rows], targets[start : start + rows]
-            valid = tc != IGNORE_INDEX
-            safe_targets = tc.clamp(min=0)
             raw = xc @ weight.t()  # (n, V): the only vocabulary-wide tensor, one chunk at a time
-            logits = raw.float()
-            lse = torch.logsumexp(logits, dim=-1)
-            target_logit = logits.gather(1, safe_targets[:, None]).squeeze(1)
-            loss_sum += ((lse - target_logit) * valid).sum()
-            # d(sum of losses)/d(logits) = softmax - onehot, for the rows that count; computed in place.
-            grad_logits = logits.sub_(lse[:, None]).exp_()
-            grad_logits[torch.arange(len(tc), device=tc.device), safe_targets] -= 1
-            grad_logits *= valid[:, None]
+            nll, exp_logits, row_sum = _nll_in_place(raw.to(acc_dtype), tc)
+            loss_sum += nll.sum()
+            # d(sum of losses)/d(logits) = softmax - onehot on the rows that count; built in place.
+            valid = (tc != IGNORE_INDEX).to(exp_logits.dtype)
+            grad_logits = exp_logits.mul_(valid[:, None] / row_sum)
+            grad_logits[torch.arange(len(tc), device=tc.device), tc.clamp(min=0)] -= valid
             grad_logits = grad_logits.to(raw.dtype)  # the matmuls below run at the forward's precision
             grad_x[start : start + rows] = grad_logits @ weight
-            grad_w += grad_logits.t() @ xc
+            if grad_logits.dtype == grad_w.dtype:
+                grad_w.addmm_(grad_logits.t(), xc)  # accumulates without a (V, C) temporary
+            else:
+                grad_w += grad_logits.t() @ xc
         ctx.save_for_backward(grad_x, grad_w, n_valid)
         ctx.weight_dtype = weight.dtype
         return loss_sum / n_valid
@@ -56,10 +83,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``x @ weight.T`` against ``targets`` (``-100`` ignored), in float32.
+    """Mean cross-entropy of ``x @ weight.T`` against ``targets`` (``-100`` ignored), in float32 (float64
+    for float64 inputs).
 
     ``x`` is ``(..., C)``, ``weight`` ``(V, C)``, ``targets`` ``(...)``. Equal to
-    ``F.cross_entropy((x @ weight.T).float().flatten(0, -2), targets.flatten())`` in value and gradient,
+    ``F.cross_entropy((x @ weight.T).float().flatten(0, -2), targets.flatten())`` in value and gradient
+    (up to summation order),
     with peak memory of one chunk of logits instead of all of them.
     """
     x2, t1 = x.reshape(-1, x.size(-1)), targets.reshape(-1)
@@ -67,11 +96,9 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
         return _LinearCrossEntropy.apply(x2, weight, t1)
     # Evaluation: the same chunked loop without gradients.
     n_valid = (t1 != IGNORE_INDEX).sum().clamp(min=1)
-    total = torch.zeros((), dtype=torch.float32, device=x.device)
+    total = torch.zeros((), dtype=_accumulation_dtype(x), device=x.device)
     rows = _chunk_rows(weight.size(0))
     for start in range(0, x2.size(0), rows):
-        xc, tc = x2[start : start + rows], t1[start : start + rows]
-        logits = (xc @ weight.t()).float()
-        nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, tc.clamp(min=0)[:, None]).squeeze(1)
-        total += (nll * (tc != IGNORE_INDEX)).sum()
+        logits = (x2[start : start + rows] @ weight.t()).to(total.dtype)
+        total += _nll_in_place(logits, t1[start : start + rows])[0].sum()
     return total / n_valid

@@ -266,7 +266,8 @@ class GPT(nn.Module):
         Biases and LayerNorm gains are 1-D; pulling them towards zero would only fight the
         normalisation, so they get ``weight_decay=0``.
         """
-        params = list(self.parameters())  # tied tensors appear once
+        # Tied tensors appear once; frozen ones (a LoRA base) are left to no optimizer.
+        params = [p for p in self.parameters() if p.requires_grad]
         return [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},

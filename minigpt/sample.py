@@ -2,6 +2,7 @@
 
 python -m minigpt.sample --checkpoint runs/x --prompt "Once upon a time" --max-new-tokens 100
 python -m minigpt.sample --hf path/to/gpt2 --prompt "Hello" --greedy
+python -m minigpt.sample --checkpoint runs/base --adapter runs/finetune/adapter.pt --prompt "Hello"
 """
 
 from __future__ import annotations
@@ -14,27 +15,42 @@ from pathlib import Path
 import torch
 
 from minigpt.checkpoint import load_checkpoint
+from minigpt.lora import AdapterError, LoRAConfig, apply_lora, attach_adapter, load_adapter, merge_lora
 from minigpt.model import GPT, GPTConfig
 
 
 def load_model_for_sampling(
-    checkpoint: str | Path | None = None, hf: str | Path | None = None, device: str = "cpu"
+    checkpoint: str | Path | None = None,
+    hf: str | Path | None = None,
+    device: str = "cpu",
+    adapter: str | Path | None = None,
+    merge_adapter: bool = False,
 ) -> GPT:
     """An eval-mode GPT from exactly one source: a project checkpoint or a Hugging Face GPT-2.
 
     A checkpoint is a ``ckpt-*.pt`` file of a run, or a run directory (its newest checkpoint), read by
-    ``minigpt.checkpoint.load_checkpoint`` (plain tensors and data only, never pickled code).
+    ``minigpt.checkpoint.load_checkpoint`` (plain tensors and data only, never pickled code); a LoRA run's
+    checkpoint loads with its adapters. ``adapter`` attaches a LoRA adapter file to the model, which must be
+    the base it was trained on; ``merge_adapter`` folds the adapters into the weights, so that generating
+    costs what the base costs.
     """
     if (checkpoint is None) == (hf is None):
         raise ValueError("give exactly one of checkpoint and hf")
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, map_location=device)
         model = GPT(GPTConfig(**state["model_config"]))
+        lora_config = LoRAConfig(**state.get("config", {}).get("lora", {}))
+        if lora_config.rank:
+            apply_lora(model, lora_config)
         model.load_state_dict(state["model"])
     else:
         from minigpt.hf import from_hf
 
         model = from_hf(hf)
+    if adapter is not None:
+        attach_adapter(model, load_adapter(adapter))
+    if merge_adapter:
+        merge_lora(model)
     return model.to(device).eval()
 
 
@@ -72,6 +88,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a run directory (its newest checkpoint) or a ckpt-*.pt file")
     source.add_argument("--hf", help="a Hugging Face GPT-2 directory or Hub name")
+    parser.add_argument("--adapter", help="a LoRA adapter file (adapter.pt) trained on that base, to attach")
+    parser.add_argument("--merge-adapter", action="store_true", help="fold the adapters into the weights")
     parser.add_argument("--prompt", required=True, help="text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
@@ -87,7 +105,12 @@ def main(argv: list[str] | None = None) -> list[str]:
     from transformers import GPT2TokenizerFast
 
     tokenizer = GPT2TokenizerFast.from_pretrained(args.tokenizer)
-    model = load_model_for_sampling(args.checkpoint, args.hf, args.device)
+    try:
+        model = load_model_for_sampling(
+            args.checkpoint, args.hf, args.device, adapter=args.adapter, merge_adapter=args.merge_adapter
+        )
+    except AdapterError as err:
+        parser.error(str(err))
     prompt_ids = tokenizer.encode(args.prompt)
     block_size = model.config.block_size
     if not prompt_ids:

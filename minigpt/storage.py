@@ -9,6 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+TEMP_SUFFIX = ".tmp"
+"""Temporary files are ``.<name>.<random>.tmp`` beside their target; one left behind was cut off."""
+
 
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
@@ -18,12 +21,19 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# mkstemp creates files readable by their owner only; give the final file the permissions that a plain
+# open() would, so that run records and checkpoints stay readable by whoever may read the folder.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write through ``write(file)`` to a temporary file beside ``path``, flush it to disk, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -33,6 +43,15 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def remove_interrupted_writes(directory: str | Path, name: str) -> None:
+    """Delete the temporary files that writes of ``directory/name`` (a glob) cut off by a crash left behind.
+
+    Call it only where no other process writes those files at the same time.
+    """
+    for partial in Path(directory).glob(f".{name}.*{TEMP_SUFFIX}"):
+        partial.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

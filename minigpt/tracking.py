@@ -12,11 +12,14 @@ import contextlib
 import json
 import math
 import os
+import socket
+import threading
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
 
-from minigpt.storage import atomic_write_bytes, atomic_write_json
+from minigpt.storage import atomic_write_bytes, atomic_write_json, remove_interrupted_writes
 
 
 class Logger:
@@ -84,9 +87,11 @@ class RunDirLogger(Logger):
 
     def start(self, config: dict[str, Any], total_steps: int, first_step: int = 0) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "metrics.jsonl", "summary.json"):
+            remove_interrupted_writes(self.run_dir, name)
         atomic_write_json(self.run_dir / "config.json", config)
         path = self.run_dir / "metrics.jsonl"
-        if first_step > 0 and path.exists():
+        if path.exists():  # a fresh start after a crash before the first checkpoint keeps nothing
             self._truncate_after(path, first_step)
         self._file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - open for the whole run
         summary_path = self.run_dir / "summary.json"
@@ -142,9 +147,32 @@ def wandb_mode(option: str) -> str:
     return {"dryrun": "offline", "run": "online"}.get(mode, mode)
 
 
+PROBE_SECONDS = 3.0
+
+
+def can_connect(url: str, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to the host of ``url`` opens within ``timeout`` seconds, name lookup
+    included (it runs in a daemon thread, since a stalled DNS lookup ignores socket timeouts)."""
+    parsed = urllib.parse.urlparse(url)
+    if not parsed.hostname:
+        return False
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    connected = threading.Event()
+
+    def connect() -> None:
+        with contextlib.suppress(OSError), socket.create_connection((parsed.hostname, port), timeout=timeout):
+            connected.set()
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return connected.is_set()
+
+
 class WandbLogger(Logger):
     """Weights & Biases. The mode goes into ``WANDB_MODE`` before ``wandb.init`` (passing ``mode=`` alone
-    still lets wandb reach for the network); an online start that fails falls back to offline."""
+    still lets wandb reach for the network). An online start first checks that the W&B server answers at
+    all (a few seconds at most, instead of wandb's long retries), and any failure falls back to offline."""
 
     def __init__(
         self,
@@ -172,7 +200,12 @@ class WandbLogger(Logger):
         os.environ.setdefault("WANDB_SILENT", "true")
         directory = os.environ.get("WANDB_DIR") or str(self.run_dir)
         Path(directory).mkdir(parents=True, exist_ok=True)
-        settings = wandb.Settings(init_timeout=30, silent=True)
+        if self.mode == "online":
+            base_url = wandb.setup().settings.base_url
+            if not can_connect(base_url):
+                self._go_offline(f"{base_url} did not accept a connection")
+        # The mode is also passed explicitly: wandb keeps the settings of its first start in a process, so
+        # the environment variable alone would not switch a later run (or the fallback) to offline.
         kwargs = dict(
             project=self.project,
             name=self.name,
@@ -182,24 +215,39 @@ class WandbLogger(Logger):
             dir=directory,
             id=self.resume_id,
             resume="allow" if self.resume_id else None,
-            settings=settings,
+            settings=wandb.Settings(init_timeout=30, silent=True),
         )
         try:
-            self._run = wandb.init(**kwargs)
+            self._run = wandb.init(mode=self.mode, **kwargs)
         except Exception as e:  # noqa: BLE001 - any failure to reach W&B must not stop training
             if self.mode != "online":
                 raise
-            warnings.warn(f"W&B online start failed ({e}); logging offline instead", stacklevel=2)
-            os.environ["WANDB_MODE"] = self.mode = "offline"
-            self._run = wandb.init(**kwargs)
+            self._go_offline(str(e).splitlines()[0])
+            self._run = wandb.init(mode=self.mode, **kwargs)
+
+    def _go_offline(self, reason: str) -> None:
+        warnings.warn(
+            f"W&B online start failed ({reason}); logging offline instead (upload later with `wandb sync`)",
+            stacklevel=3,
+        )
+        os.environ["WANDB_MODE"] = self.mode = "offline"
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self._run is not None:
-            self._run.log(metrics, step=step)
+            self._guarded(lambda: self._run.log(metrics, step=step))
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self._run is not None:
-            self._run.summary.update(metrics)
+            self._guarded(lambda: self._run.summary.update(metrics))
+
+    def _guarded(self, call) -> None:
+        """W&B failing in the middle of a run must not stop training: warn once and carry on without it
+        (the run directory still records everything)."""
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"W&B stopped working ({e}); training goes on without it", stacklevel=3)
+            self.resume_id, self._run = self._run.id, None
 
     def finish(self, failed: bool = False) -> None:
         if self._run is not None:

@@ -26,6 +26,17 @@ def _isolated_wandb_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
 
 
+@pytest.fixture(scope="session")
+def token_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One token cache for the session: each text is tokenized once, and ``~/.cache`` is never touched."""
+    return tmp_path_factory.mktemp("token-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_token_cache(token_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINIGPT_CACHE_DIR", str(token_cache_dir))
+
+
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     torch.manual_seed(0)
@@ -43,3 +54,11 @@ def data_root() -> Path:
 @pytest.fixture(scope="session")
 def tokenizer_dir(data_root: Path) -> Path:
     return data_root / "gpt2-tokenizer"
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Small train/val/test files of real WikiText, as ``data.*`` config values (see tests/helpers.py)."""
+    from helpers import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("corpus"), data_root)

@@ -1,0 +1,170 @@
+"""What the benchmarks share: model configurations, the two peers built on the same weights, timing that
+alternates the peers, peak-memory probes, and the rich table + JSON output.
+
+Every benchmark times MiniGPT and Hugging Face ``GPT2LMHeadModel`` in the same process, one repetition of
+each in turn after a warm-up, so that both see the same load on a shared machine; it reports medians with
+min-max and the ratio ours / HF.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from minigpt.hf import to_hf
+from minigpt.model import GPT, GPTConfig
+from minigpt.storage import atomic_write_json
+
+CONFIGS = {
+    "tiny": dict(n_layer=2, n_head=4, n_embd=128, block_size=256),
+    "seed": dict(n_layer=6, n_head=8, n_embd=512, block_size=512),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # GPT-2 small, 124M
+}
+GPU_ONLY = {"gpt2"}
+
+
+def skip_reason(config_name: str, device: torch.device) -> str | None:
+    """Why a configuration is not run on this device, or None."""
+    if config_name in GPU_ONLY and device.type != "cuda":
+        return f"{config_name}: GPU only (a training step at 124M x 1024 context takes minutes on this CPU)"
+    return None
+
+
+def build_peers(config_name: str, device: torch.device, **overrides: Any) -> tuple[GPT, torch.nn.Module]:
+    """MiniGPT and a Hugging Face GPT-2 computing the same function with the same weights."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=50257, dropout=0.0, **{**CONFIGS[config_name], **overrides})
+    ours = GPT(config).to(device)
+    hf = to_hf(ours, attn_implementation="sdpa").to(device)
+    return ours, hf
+
+
+def random_batches(
+    count: int, batch_size: int, block_size: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` fixed (inputs, targets) pairs of shape (batch_size, block_size), targets shifted by one."""
+    generator = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(count):
+        block = torch.randint(0, 50257, (batch_size, block_size + 1), generator=generator)
+        batches.append((block[:, :-1].to(device), block[:, 1:].to(device)))
+    return batches
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_alternating(
+    fns: dict[str, Callable[[], None]], warmup: int, reps: int, device: torch.device
+) -> dict[str, dict[str, float]]:
+    """Seconds per call of each function: ``warmup`` untimed calls each, then ``reps`` rounds in which every
+    function runs once, in turn. Returns median, min, max of wall time and the mean system (kernel) CPU
+    seconds per call, which on CPU is mostly the allocator mapping and unmapping large blocks."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    system: dict[str, float] = dict.fromkeys(fns, 0.0)
+    for _ in range(reps):
+        for name, fn in fns.items():
+            sys_start, start = os.times().system, time.perf_counter()
+            fn()
+            sync(device)
+            wall[name].append(time.perf_counter() - start)
+            system[name] += os.times().system - sys_start
+    return {
+        name: dict(
+            median=statistics.median(times),
+            min=min(times),
+            max=max(times),
+            sys_per_call=system[name] / reps,
+        )
+        for name, times in wall.items()
+    }
+
+
+def rate(stats: dict[str, float], work: float) -> dict[str, float]:
+    """Work per second from seconds per call: median, and min-max (from the slowest and fastest call)."""
+    return dict(median=work / stats["median"], min=work / stats["max"], max=work / stats["min"])
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
+
+
+def reset_peak_rss() -> None:
+    """Make the kernel's peak-RSS counter (VmHWM) restart from the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_memory_increase_mb(fn: Callable[[], None], device: torch.device) -> float:
+    """How far ``fn`` raises this process's memory above where it started: CUDA allocator peak on a GPU,
+    resident set size (VmHWM after a reset, minus VmRSS before) on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    reset_peak_rss()
+    before = _status_kb("VmRSS")
+    fn()
+    return (_status_kb("VmHWM") - before) / 2**10
+
+
+# ----------------------------------------------------------------------------------------------- output
+
+
+def ratio_cell(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}x"
+
+
+def range_cell(r: dict[str, float], digits: int = 0) -> str:
+    return f"{r['median']:.{digits}f} ({r['min']:.{digits}f}-{r['max']:.{digits}f})"
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]], notes: list[str] = ()) -> None:
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console = Console(width=200)
+    console.print(table)
+    for note in notes:
+        console.print(note)
+
+
+def environment(threads: int, device: torch.device) -> dict[str, Any]:
+    """What a reader needs to compare numbers across runs."""
+    return dict(
+        torch=torch.__version__,
+        device=str(device),
+        threads=threads,
+        cuda=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        malloc_env={k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        cpu_count=os.cpu_count(),
+        load_average=os.getloadavg(),
+    )
+
+
+def write_json(path: str | None, result: dict[str, Any]) -> None:
+    if path:
+        atomic_write_json(path, result)

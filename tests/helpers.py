@@ -1,0 +1,73 @@
+"""Tiny experiments for tests that train, resume or break things: real text, a model of a few thousand
+parameters besides its embeddings, a handful of steps."""
+
+from __future__ import annotations
+
+import functools
+import lzma
+from pathlib import Path
+from typing import Any
+
+from minigpt.config import DataConfig, ExperimentConfig, LogConfig, TrainConfig, apply_overrides
+from minigpt.model import GPTConfig
+
+WIKI_VALID_RAW = Path("wikitext-2-raw-v1") / "wiki.valid.raw.xz"
+
+
+@functools.cache
+def wiki_valid_text(data_root: Path) -> str:
+    """WikiText-2's raw validation split, exactly as released."""
+    with lzma.open(data_root / WIKI_VALID_RAW, "rt", encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+def write_corpus(directory: Path, data_root: Path) -> dict[str, str]:
+    """Train/val/test text files cut from WikiText-2 valid, with a token cache beside them, as ``data.*``
+    config values."""
+    text = wiki_valid_text(data_root)
+    # Evaluation scores every token against all 50,257 GPT-2 ids, so short val/test texts keep runs quick.
+    pieces = {"train_file": text[:20_000], "val_file": text[20_000:21_500], "test_file": text[21_500:23_000]}
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for key, piece in pieces.items():
+        path = directory / f"{key.removesuffix('_file')}.txt"
+        path.write_text(piece, encoding="utf-8")
+        files[key] = str(path)
+    tokenizer = str(data_root / "gpt2-tokenizer")
+    return {"dataset": "text", "tokenizer": tokenizer, "cache_dir": str(directory / "cache"), **files}
+
+
+def tiny_config(
+    corpus: dict[str, str], out_dir: Path, overrides: dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """A one-layer, 16-wide model with a 16-token context on ``corpus``, recorded under ``out_dir/run``."""
+    config = ExperimentConfig(
+        name="tiny-test",
+        model=GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0),
+        data=DataConfig(**corpus),
+        train=TrainConfig(
+            device="cpu",
+            threads=1,
+            batch_size=4,
+            micro_batch_size=2,
+            max_steps=6,
+            lr=3e-3,
+            warmup_steps=2,
+            eval_interval=3,
+            eval_batches=2,
+            ckpt_interval=3,
+            log_interval=1,
+        ),
+        log=LogConfig(out_dir=str(out_dir), run_name="run", wandb="disabled"),
+    )
+    return apply_overrides(config, overrides or {})
+
+
+def write_experiment(path: Path, config: ExperimentConfig) -> Path:
+    """An experiment file that defines ``config``."""
+    path.write_text(
+        "from minigpt.config import ExperimentConfig\n\n"
+        f"config = ExperimentConfig.from_dict({config.to_dict()!r})\n",
+        encoding="utf-8",
+    )
+    return path

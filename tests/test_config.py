@@ -1,0 +1,232 @@
+"""Experiment files and ``--key=value`` overrides: types, names, and every way they can be wrong."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from helpers import write_experiment
+
+import run as run_script
+from minigpt import config as config_module
+from minigpt import data
+from minigpt.config import (
+    ConfigError,
+    ExperimentConfig,
+    all_keys,
+    apply_overrides,
+    derive,
+    load_experiment,
+    parse_overrides,
+    resolve_key,
+)
+
+
+def overridden(*args: str) -> ExperimentConfig:
+    return apply_overrides(ExperimentConfig(), parse_overrides(list(args)))
+
+
+def test_dotted_and_bare_names_set_the_same_field():
+    assert overridden("--train.lr=0.01").train.lr == overridden("--lr=0.01").train.lr == 0.01
+    assert overridden("--model.n_layer=3").model.n_layer == overridden("--n_layer=3").model.n_layer == 3
+    assert overridden("--name=abc").name == "abc"
+
+
+def test_values_take_the_type_of_their_field():
+    config = overridden("--dropout=0", "--max_steps=1e3", "--compile=True", "--lr=3e-4", "--run_name=7")
+    assert config.model.dropout == 0.0 and isinstance(config.model.dropout, float)
+    assert config.train.max_steps == 1000 and isinstance(config.train.max_steps, int)
+    assert config.train.compile is True
+    assert config.train.lr == 3e-4
+    assert config.log.run_name == "7"
+    for spelling, expected in [
+        ("True", True),
+        ("true", True),
+        ("1", True),
+        ("false", False),
+        ("False", False),
+    ]:
+        assert overridden(f"--compile={spelling}").train.compile is expected
+    assert overridden("--seed=123456789012345678").train.seed == 123456789012345678  # no float round trip
+
+
+def test_wandb_agent_style_arguments_parse():
+    args = ["--lr=0.001", "--n_layer", "3", "--compile", "--train.warmup_steps=-0", "--tags", "a,b"]
+    assert parse_overrides(args) == {
+        "lr": "0.001",
+        "n_layer": "3",
+        "compile": "true",
+        "train.warmup_steps": "-0",
+        "tags": "a,b",
+    }
+    config = apply_overrides(ExperimentConfig(), parse_overrides(args))
+    assert (config.train.lr, config.model.n_layer, config.train.compile) == (0.001, 3, True)
+    with pytest.raises(ConfigError, match="unexpected argument 'stray'"):
+        parse_overrides(["stray"])
+
+
+def test_python_values_are_type_checked_too():
+    assert derive(ExperimentConfig(), {"dropout": 0}).model.dropout == 0.0
+    with pytest.raises(ConfigError, match=r"model.n_layer=2.5: expected an integer, got a float"):
+        derive(ExperimentConfig(), {"n_layer": 2.5})
+    with pytest.raises(ConfigError, match=r"train.max_steps=True: expected an integer, got a bool"):
+        derive(ExperimentConfig(), {"max_steps": True})
+
+
+def test_derive_changes_only_what_it_names():
+    base = ExperimentConfig()
+    derived = derive(base, {"n_head": 4, "train.lr": 1e-3})
+    assert (derived.model.n_head, derived.train.lr) == (4, 1e-3)
+    assert dataclasses.replace(derived.model, n_head=base.model.n_head) == base.model
+    assert dataclasses.replace(derived.train, lr=base.train.lr) == base.train
+    assert base.model.n_head == 12  # the base is not modified
+
+
+def test_config_round_trips_through_a_dict():
+    config = overridden("--n_layer=2", "--lr=0.5", "--wandb=disabled", "--tags=x")
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+
+
+def test_from_dict_with_an_unknown_key_is_a_config_error():
+    values = ExperimentConfig().to_dict()
+    values["train"]["learning_rate"] = 1.0
+    with pytest.raises(ConfigError, match="learning_rate"):
+        ExperimentConfig.from_dict(values)
+
+
+@pytest.mark.parametrize(
+    "key, suggestions",
+    [
+        ("n_layr", ["--n_layer", "--model.n_layer"]),
+        ("train.lrr", ["--train.lr"]),
+        ("dropuot", ["--dropout"]),
+        ("model.heads", ["--model.n_head"]),
+    ],
+)
+def test_unknown_key_names_the_closest_valid_keys(key, suggestions):
+    with pytest.raises(ConfigError, match=f"unknown config key --{key}") as error:
+        resolve_key(key)
+    for suggestion in suggestions:
+        assert suggestion in str(error.value)
+    assert "python run.py --help" in str(error.value)
+
+
+def test_ambiguous_bare_key_lists_the_dotted_names(monkeypatch):
+    keys = {**all_keys(), "log.seed": int}  # a second field named ``seed``
+    monkeypatch.setattr(config_module, "all_keys", lambda: keys)
+    with pytest.raises(ConfigError, match=r"--seed is ambiguous: say which one of --train.seed, --log.seed"):
+        resolve_key("seed")
+    assert resolve_key("train.seed") == "train.seed"
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("--n_layer=2.5", "--model.n_layer=2.5: expected an integer"),
+        ("--max_steps=ten", "--train.max_steps=ten: expected an integer"),
+        ("--dropout=lots", "--model.dropout=lots: expected a number"),
+        ("--compile=maybe", "--train.compile=maybe: expected true or false"),
+        ("--lr=", "--train.lr=: expected a number"),
+    ],
+)
+def test_wrong_type_names_the_field_and_what_it_accepts(arg, message):
+    with pytest.raises(ConfigError) as error:
+        overridden(arg)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--n_embd=30", "--n_head=4"], "n_embd (30) must be divisible by GPTConfig.n_head (4)"),
+        (["--lr=-1e-3"], "train.lr: must be positive, got -0.001"),
+        (["--batch_size=10", "--micro_batch_size=4"], "train.batch_size: 10 is not a multiple of"),
+        (["--norm_position=middle"], "norm_position must be 'pre' or 'post', got 'middle'"),
+        (["--dropout=1.5"], "dropout must be in [0, 1), got 1.5"),
+        (["--max_steps=0"], "train.max_steps: must be positive, got 0"),
+        (["--wandb=sometimes"], "log.wandb: must be one of 'auto', 'offline', 'online', 'disabled'"),
+        (["--block_size=64", "--eval_stride=128"], "train.eval_stride: 128 is longer than the context"),
+        (["--dataset=text"], 'data.train_file: is required with data.dataset="text"'),
+    ],
+)
+def test_impossible_values_name_the_field_and_the_rule(args, message):
+    with pytest.raises(ConfigError) as error:
+        overridden(*args)
+    assert message in str(error.value)
+
+
+def test_missing_experiment_file_suggests_a_close_name(tmp_path):
+    (tmp_path / "baseline.py").write_text("")
+    with pytest.raises(ConfigError, match=r"basline.py does not exist; did you mean baseline.py\?"):
+        load_experiment(tmp_path / "basline.py")
+    with pytest.raises(ConfigError, match="experiments there: baseline.py"):
+        load_experiment(tmp_path / "zzz.py")
+
+
+def test_experiment_file_with_a_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text("from minigpt.config import ExperimentConfig\n\nconfig = ExperimentConfig(\n")
+    with pytest.raises(ConfigError, match=r"broken.py has a syntax error at line 3"):
+        load_experiment(path)
+
+
+def test_experiment_file_that_raises_names_the_line(tmp_path):
+    path = tmp_path / "raises.py"
+    path.write_text("x = 1\nconfig = undefined_name\n")
+    with pytest.raises(ConfigError, match=r"raises.py failed at line 2: NameError"):
+        load_experiment(path)
+
+
+def test_experiment_file_with_a_bad_value_says_which_file(tmp_path):
+    path = tmp_path / "bad_value.py"
+    path.write_text("from minigpt.config import *\nconfig = derive(ExperimentConfig(), {'lr': -1})\n")
+    with pytest.raises(ConfigError, match=r"in experiment file .*bad_value.py: train.lr: must be positive"):
+        load_experiment(path)
+
+
+@pytest.mark.parametrize("body, found", [("x = 1\n", "nothing"), ("config = {'lr': 1}\n", "a dict")])
+def test_experiment_file_without_a_config_says_what_it_needs(tmp_path, body, found):
+    path = tmp_path / "empty.py"
+    path.write_text(body)
+    with pytest.raises(
+        ConfigError, match=f"defines no experiment: expected `config = ExperimentConfig.*found {found}"
+    ):
+        load_experiment(path)
+
+
+def test_the_shipped_experiments_load():
+    for path in sorted(Path(run_script.__file__).parent.glob("experiments/**/*.py")):
+        assert isinstance(load_experiment(path), ExperimentConfig), path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--n_layr=2"],
+        ["--n_layer=2.5"],
+        ["--n_embd=30", "--n_head=4"],
+        ["--lr=-1"],
+        ["--batch_size=10", "--micro_batch_size=4"],
+        ["--norm_position=middle"],
+    ],
+)
+def test_config_errors_come_before_any_data_is_loaded(tmp_path, tiny_corpus, monkeypatch, capsys, args):
+    def fail(*_args, **_kwargs):
+        raise AssertionError("data was loaded before the config was checked")
+
+    monkeypatch.setattr(data, "load_tokenizer", fail)
+    monkeypatch.setattr(data, "load_split", fail)
+    cache = tmp_path / "cache"
+    config = ExperimentConfig.from_dict(
+        {**ExperimentConfig().to_dict(), "data": {**tiny_corpus, "cache_dir": str(cache)}}
+    )
+    experiment = write_experiment(tmp_path / "exp.py", derive(config, {"out_dir": str(tmp_path / "runs")}))
+    assert run_script.main([str(experiment), *args]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not cache.exists() and not (tmp_path / "runs").exists()
+
+
+def test_help_lists_every_key(capsys):
+    assert run_script.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for key in all_keys():
+        assert f"--{key}=" in out

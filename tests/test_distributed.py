@@ -1,0 +1,207 @@
+"""Data-parallel training under torchrun, on two CPU processes with gloo over loopback.
+
+Two processes with the same global batch must train the same model as one process: the same samples per
+step, gradients averaged over processes, evaluation split and summed. One launch of two processes trains
+six steps; the tests compare it with a single in-process run, resume it from its step-3 checkpoint on two
+processes and on one, and check what it left on disk.
+"""
+
+import json
+import lzma
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minigpt import checkpoint, train
+from minigpt.config import ConfigError, TrainConfig, apply_overrides, load_experiment
+from minigpt.evaluate import evaluate
+from minigpt.tracking import read_metrics
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STEPS, CKPT_STEP = 6, 3
+TOLERANCE = 1e-5
+
+
+def overrides(corpus: Path, tokenizer: Path, out_dir: Path) -> dict[str, str]:
+    """A model small enough to start and train in seconds; a global batch of 8 that 1 and 2 processes split.
+    ``corpus`` holds the text files and the token cache."""
+    return {
+        "dataset": "text",
+        "tokenizer": str(tokenizer),
+        "cache_dir": str(corpus / "cache"),
+        "train_file": str(corpus / "train.txt"),
+        "val_file": str(corpus / "val.txt"),
+        "block_size": "32",
+        "n_layer": "1",
+        "n_head": "2",
+        "n_embd": "32",
+        "dropout": "0",
+        "batch_size": "8",
+        "micro_batch_size": "2",
+        "max_steps": str(STEPS),
+        "warmup_steps": "2",
+        "eval_interval": str(CKPT_STEP),
+        "eval_batches": "2",
+        "eval_stride": "0",
+        "ckpt_interval": str(CKPT_STEP),
+        "keep_last": "5",
+        "log_interval": "1",
+        "device": "cpu",
+        "precision": "fp32",
+        "wandb": "disabled",
+        "out_dir": str(out_dir),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args: dict[str, str], experiment: str | None = "experiments/tiny.py") -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "run.py",
+        *([experiment] if experiment else []),
+        *(f"--{key}={value}" for key, value in args.items()),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+
+
+def run_in_process(args: dict[str, str], resume: str | None = None) -> dict:
+    config = apply_overrides(load_experiment(REPO_ROOT / "experiments" / "tiny.py"), args)
+    return train.run(config, resume=resume)
+
+
+def only_run_dir(out_dir: Path) -> Path:
+    entries = list(out_dir.iterdir())
+    assert len(entries) == 1, f"expected one run directory in {out_dir}, found {entries}"
+    return entries[0]
+
+
+def losses(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
+    return {row["step"]: row[key] for row in read_metrics(run_dir / "metrics.jsonl") if key in row}
+
+
+def assert_close(actual: dict[int, float], expected: dict[int, float]) -> None:
+    assert actual.keys() == expected.keys()
+    worst = max(abs(actual[s] - expected[s]) for s in expected)
+    assert worst <= TOLERANCE, f"largest difference {worst:.2e}:\n{actual}\n{expected}"
+
+
+def copy_resumable_at(run_dir: Path, step: int, destination: Path) -> Path:
+    """A copy of ``run_dir`` as an interruption right after the checkpoint of ``step`` would leave it."""
+    shutil.copytree(run_dir, destination)
+    for later, path in checkpoint.list_checkpoints(destination):
+        if later > step:
+            path.unlink()
+    return destination
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory, data_root: Path, tokenizer_dir: Path) -> dict:
+    """The corpus and one two-process run of ``STEPS`` steps."""
+    corpus = tmp_path_factory.mktemp("corpus")
+    with lzma.open(data_root / "wikitext-2-raw-v1" / "wiki.valid.raw.xz", "rt", encoding="utf-8") as f:
+        text = f.read()
+    # About 14k training tokens, and 935 validation tokens: 29 whole windows in one evaluation batch and the
+    # shorter last window alone in a second, which leaves the two processes unequal shares.
+    (corpus / "train.txt").write_text(text[:60_000], encoding="utf-8")
+    (corpus / "val.txt").write_text(text[60_000:64_000], encoding="utf-8")
+    out_dir = tmp_path_factory.mktemp("two")
+    torchrun(overrides(corpus, tokenizer_dir, out_dir))
+    return {"args": lambda out: overrides(corpus, tokenizer_dir, out), "run_dir": only_run_dir(out_dir)}
+
+
+@pytest.fixture(scope="module")
+def single_process_run(setting, tmp_path_factory) -> Path:
+    out_dir = tmp_path_factory.mktemp("one")
+    run_in_process(setting["args"](out_dir))
+    return only_run_dir(out_dir)
+
+
+def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(setting, single_process_run):
+    two, one = setting["run_dir"], single_process_run
+    assert len(losses(two)) == STEPS
+    assert_close(losses(two), losses(one))
+    assert_close(losses(two, "train/grad_norm"), losses(one, "train/grad_norm"))
+    assert_close(losses(two, "val/loss"), losses(one, "val/loss"))
+    two_summary = json.loads((two / "summary.json").read_text())
+    one_summary = json.loads((one / "summary.json").read_text())
+    assert two_summary["status"] == "finished"
+    assert two_summary["val/tokens"] == one_summary["val/tokens"]
+    assert abs(two_summary["val/loss"] - one_summary["val/loss"]) <= TOLERANCE
+    assert json.loads((two / "config.json").read_text())["_run"]["world_size"] == 2
+
+
+def test_two_processes_write_one_run_directory_and_one_set_of_checkpoints(setting):
+    run_dir = setting["run_dir"]
+    assert [step for step, _ in checkpoint.list_checkpoints(run_dir)] == [CKPT_STEP, STEPS]
+    assert not list(run_dir.glob(".*.tmp")), "a temporary file was left behind"
+    metrics_steps = [row["step"] for row in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in row]
+    assert metrics_steps == list(range(1, STEPS + 1)), "each step must be logged once, by one process"
+    state = checkpoint.load_checkpoint(run_dir)
+    assert not [k for k in state["model"] if k.startswith(("module.", "_orig_mod."))]
+    assert len(state["rng_by_rank"]) == 2
+
+
+def test_an_interrupted_two_process_run_resumes_exactly(setting, tmp_path):
+    original = setting["run_dir"]
+    resumed = copy_resumable_at(original, CKPT_STEP, tmp_path / original.name)
+    torchrun({"resume": str(resumed)}, experiment=None)
+    assert losses(resumed) == losses(original)
+    assert losses(resumed, "val/loss") == losses(original, "val/loss")
+    assert [step for step, _ in checkpoint.list_checkpoints(resumed)] == [CKPT_STEP, STEPS]
+
+
+def test_a_two_process_checkpoint_resumes_on_one_process(setting, tmp_path):
+    original = setting["run_dir"]
+    resumed = copy_resumable_at(original, CKPT_STEP, tmp_path / original.name)
+    run_in_process(setting["args"](tmp_path), resume=str(resumed))
+    assert_close(losses(resumed), losses(original))
+    assert json.loads((resumed / "config.json").read_text())["_run"]["world_size"] == 1
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "micro_batch_size", "world_size", "accumulation"),
+    [(8, 2, 1, 4), (8, 2, 2, 2), (8, 2, 4, 1), (12, 2, 3, 2)],
+)
+def test_the_global_batch_is_split_over_processes_and_micro_batches(
+    batch_size, micro_batch_size, world_size, accumulation
+):
+    config = TrainConfig(batch_size=batch_size, micro_batch_size=micro_batch_size)
+    assert train.accumulation_steps(config, world_size) == accumulation
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"batch_size=8 .*micro_batch_size=2 times the 3 processes = 6"):
+        train.accumulation_steps(TrainConfig(batch_size=8, micro_batch_size=2), 3)
+
+
+def test_evaluation_shares_of_the_ranks_add_up_to_the_whole():
+    class Scorer(torch.nn.Module):
+        def forward(self, idx, targets):
+            return None, (idx.float() - targets.float()).abs().mean()
+
+    model = Scorer()
+    tokens = torch.randint(0, 50, (1000,)).numpy().astype("uint16")
+    whole = evaluate(model, tokens, block_size=16, batch_size=5)
+    # Without a process group the per-rank shares do not reduce: each rank's own share, added up here.
+    shares = [evaluate(model, tokens, block_size=16, batch_size=5, rank=r, world_size=3) for r in range(3)]
+    assert sum(s.tokens for s in shares) == whole.tokens
+    total_nll = sum(s.loss * s.tokens for s in shares)
+    assert abs(total_nll / whole.tokens - whole.loss) < 1e-9

@@ -1,0 +1,458 @@
+"""Crashes lose nothing, bad input gets a clear early error, and untrusted files cannot run code."""
+
+import io
+import json
+import multiprocessing
+import os
+import random
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_config, write_experiment
+
+import run as run_script
+from minigpt import checkpoint, data, sample, train
+from minigpt.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from minigpt.model import GPT
+from minigpt.tracking import read_metrics
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------------------------- SIGKILL
+
+
+def train_in_child(argv: list[str], hang_at_save: int, marker: Path) -> None:
+    """A training process: ``run.py``'s main, optionally stalled halfway through writing its
+    ``hang_at_save``-th checkpoint (after touching ``marker``), so that a kill lands mid-write for sure."""
+    if hang_at_save:
+        real_save, saves = torch.save, []
+
+        def save_half_then_hang(obj, f, *args, **kwargs):
+            saves.append(1)
+            if len(saves) < hang_at_save:
+                return real_save(obj, f, *args, **kwargs)
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            f.write(buffer.getvalue()[: buffer.tell() // 2])
+            f.flush()
+            marker.touch()
+            time.sleep(600)
+
+        torch.save = save_half_then_hang  # this process only: it is a fork of the test
+    sys.exit(run_script.main(argv))
+
+
+def wait_until(condition: Callable[[], bool], child: multiprocessing.Process, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and child.is_alive():
+        if time.monotonic() > deadline:
+            child.kill()
+            pytest.fail(f"training process made no progress in {seconds} s")
+        time.sleep(0.005)
+
+
+def last_logged_step(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return (
+        max((row["step"] for row in read_metrics(path) if "train/loss" in row), default=0)
+        if path.exists()
+        else 0
+    )
+
+
+def check_run_dir_after_a_crash(run_dir: Path, keep_last: int) -> list[int]:
+    """Every listed checkpoint loads (weights only) and is the step it is named for; temporary files are
+    never listed; the metrics file reads. Returns the checkpoint steps."""
+    found = list_checkpoints(run_dir)
+    for step, path in found:
+        assert not path.name.startswith(".")
+        assert load_checkpoint(path)["step"] == step
+    assert len(found) <= keep_last + 2  # the kept ones, the best, and one being rotated in
+    if (run_dir / "metrics.jsonl").exists():
+        read_metrics(run_dir / "metrics.jsonl")
+    return [step for step, _ in found]
+
+
+def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(tiny_corpus, tmp_path):
+    overrides = {
+        "dropout": 0.1,
+        "max_steps": 30,
+        "ckpt_interval": 2,
+        "keep_last": 2,
+        "eval_interval": 5,
+        "eval_batches": 1,
+    }
+    reference = tiny_config(tiny_corpus, tmp_path / "reference", overrides)
+    summary = train.run(reference)  # also warms every import, so forked children start training at once
+    step_seconds = summary["train_seconds"] / summary["step"]
+    experiment = write_experiment(
+        tmp_path / "experiment.py", tiny_config(tiny_corpus, tmp_path / "crashing", overrides)
+    )
+    run_dir = tmp_path / "crashing" / "run"
+
+    fork = multiprocessing.get_context("fork")
+    rng = random.Random(4)
+    # 0: kill at a random moment of training; k > 0: kill halfway through writing the k-th checkpoint.
+    plan = [0, 2, 0, 0, 1, 0, 3, 0]
+    landed = mid_write = 0
+    finished = False
+    for attempt, hang_at_save in enumerate(plan):
+        steps_before = check_run_dir_after_a_crash(run_dir, keep_last=2)
+        resume = [f"--resume={run_dir}"] if steps_before else []
+        logged_before = last_logged_step(run_dir)
+        marker = tmp_path / f"writing-{attempt}"
+        child = fork.Process(target=train_in_child, args=([str(experiment), *resume], hang_at_save, marker))
+        child.start()
+        if hang_at_save:
+            wait_until(marker.exists, child)
+        else:
+            # Once it has trained past everything logged before, a few steps' time at most.
+            wait_until(lambda: last_logged_step(run_dir) > logged_before, child)  # noqa: B023 - used at once
+            time.sleep(rng.uniform(0, 3 * step_seconds))
+        if child.is_alive():
+            os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        if child.exitcode == 0:  # this machine finished the run before the kill
+            finished = True
+            break
+        assert child.exitcode == -signal.SIGKILL
+        landed += 1
+        steps_after = check_run_dir_after_a_crash(run_dir, keep_last=2)
+        assert not steps_before or steps_after, "a crash left no valid checkpoint"
+        if hang_at_save:
+            partial = list(run_dir.glob(".ckpt-*.pt.*.tmp"))
+            assert len(partial) == 1 and partial[0].stat().st_size > 0
+            mid_write += 1
+        if attempt == 3:  # a line torn by the crash: the reader skips it and the resume drops it
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write('{"step": 999, "train/lo')
+    assert landed >= 5 and mid_write == 3
+
+    if not finished:
+        child = fork.Process(
+            target=train_in_child, args=([str(experiment), f"--resume={run_dir}"], 0, marker)
+        )
+        child.start()
+        child.join(300)
+        assert child.exitcode == 0
+
+    reference_dir = tmp_path / "reference" / "run"
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]  # every line whole
+    train_rows = [(row["step"], row["train/loss"]) for row in rows if "train/loss" in row]
+    expected = [
+        (row["step"], row["train/loss"])
+        for row in read_metrics(reference_dir / "metrics.jsonl")
+        if "train/loss" in row
+    ]
+    assert train_rows == expected  # bit for bit, each step once
+    # Validation by step (a kill between the final evaluation's line and the exit logs that line twice).
+    val = {row["step"]: row["val/loss"] for row in rows if "val/loss" in row}
+    assert val == {
+        row["step"]: row["val/loss"]
+        for row in read_metrics(reference_dir / "metrics.jsonl")
+        if "val/loss" in row
+    }
+    final, final_reference = load_checkpoint(run_dir), load_checkpoint(reference_dir)
+    assert final["step"] == 30
+    for key in final_reference["model"]:
+        assert torch.equal(final["model"][key], final_reference["model"][key]), key
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert not list(run_dir.glob(".*.tmp"))  # interrupted writes were cleared
+    assert len(list_checkpoints(run_dir)) <= 3
+
+
+def test_rotation_keeps_the_last_and_the_best_with_always_one_valid(tmp_path, monkeypatch):
+    real_unlink = Path.unlink
+    newest: list[int] = []
+
+    def checked_unlink(path: Path, missing_ok: bool = False) -> None:
+        if re.fullmatch(r"ckpt-\d+\.pt", path.name):  # about to delete a checkpoint: the new one is complete
+            assert load_checkpoint(path.parent)["step"] == newest[-1]
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", checked_unlink)
+    weights = {"w": torch.zeros(3)}
+    for step, best in [(1, None), (2, 1), (3, 1), (4, 1), (5, 4), (6, 4), (7, 4)]:
+        newest.append(step)
+        save_checkpoint(tmp_path, {"step": step, "model": weights}, keep_last=2, best_step=best)
+        steps = [s for s, _ in list_checkpoints(tmp_path)]
+        assert steps == sorted({step - 1, step} - {0} | ({best} if best else set()))
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 6, 7]
+
+
+# ----------------------------------------------------------------------------------------------- security
+
+
+class CreatesAFile:
+    """A pickle payload: unpickling it calls ``Path.touch`` on a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_malicious_checkpoint_is_refused_without_running_its_code(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "ckpt-0000001.pt"
+    torch.save({"format": checkpoint.FORMAT, "step": 1, "model": CreatesAFile(marker)}, path)
+    with pytest.raises(CheckpointError, match="not a loadable MiniGPT checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError):
+        sample.load_model_for_sampling(checkpoint=tmp_path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is live: a plain pickle load runs it
+    assert marker.exists()
+
+
+def test_every_torch_load_in_the_package_is_weights_only():
+    for path in sorted((REPO_ROOT / "minigpt").glob("*.py")):
+        for call in re.findall(r"torch\.load\(([^)]*)\)", path.read_text()):
+            assert "weights_only=True" in call, f"{path.name}: torch.load({call})"
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+@dataclass
+class Workspace:
+    """A folder with a tiny experiment; runs would go to ``root/runs``."""
+
+    root: Path
+    corpus: dict[str, str]
+
+    def experiment(self, overrides: dict | None = None, name: str = "experiment.py") -> str:
+        return str(
+            write_experiment(self.root / name, tiny_config(self.corpus, self.root / "runs", overrides))
+        )
+
+    def text_file(self, name: str, text: str) -> str:
+        path = self.root / name
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    def checkpoint(self, lr: float = 3e-3) -> Path:
+        """A real checkpoint of the tiny model, in ``root/saved``, made with learning rate ``lr``."""
+        config = tiny_config(self.corpus, self.root / "runs", {"lr": lr})
+        model = GPT(config.model)
+        state = {"step": 1, "model": model.state_dict(), "config": config.to_dict()}
+        state["model_config"] = config.to_dict()["model"]
+        return save_checkpoint(self.root / "saved", state)
+
+    def foreign_tokenizer_cache(self) -> str:
+        """An experiment whose train split's token cache claims to come from another tokenizer."""
+        config = tiny_config(self.corpus, self.root / "runs", {"cache_dir": str(self.root / "cache")})
+        data.load_split(config.data, "train", data.load_tokenizer(config.data), show_progress=False)
+        (meta_path,) = (self.root / "cache").rglob("train.*.json")
+        meta_path.write_text(
+            json.dumps({**json.loads(meta_path.read_text()), "tokenizer": "0123456789abcdef"})
+        )
+        return self.experiment({"cache_dir": str(self.root / "cache")})
+
+
+def truncated(path: Path) -> str:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return str(path)
+
+
+def foreign(path: Path) -> str:
+    torch.save({"weights": torch.zeros(2)}, path)
+    return str(path)
+
+
+def sampling(ws: Workspace, *args: str) -> list[str]:
+    return ["--checkpoint", str(ws.checkpoint()), "--tokenizer", ws.corpus["tokenizer"], *args]
+
+
+# (id, entry point, arguments built in the workspace, the message on stderr)
+BAD_INPUTS: list[tuple[str, str, Callable[[Workspace], list[str]], str]] = [
+    ("experiment file missing", "run", lambda ws: [str(ws.root / "expriment.py")], "does not exist"),
+    (
+        "experiment file with a syntax error",
+        "run",
+        lambda ws: [ws.text_file("broken.py", "config = (\n")],
+        "broken.py has a syntax error at line 1",
+    ),
+    (
+        "experiment file without a config",
+        "run",
+        lambda ws: [ws.text_file("none.py", "lr = 1\n")],
+        "defines no experiment: expected `config = ExperimentConfig(...)`",
+    ),
+    (
+        "unknown key",
+        "run",
+        lambda ws: [ws.experiment(), "--n_layr=2"],
+        "unknown config key --n_layr; did you mean --n_layer or --model.n_layer?",
+    ),
+    (
+        "wrong type: integer",
+        "run",
+        lambda ws: [ws.experiment(), "--max_steps=1.5"],
+        "--train.max_steps=1.5: expected an integer",
+    ),
+    (
+        "wrong type: boolean",
+        "run",
+        lambda ws: [ws.experiment(), "--compile=yes please"],
+        "expected true or false",
+    ),
+    (
+        "n_embd not divisible by n_head",
+        "run",
+        lambda ws: [ws.experiment(), "--n_embd=30", "--n_head=4"],
+        "GPTConfig.n_embd (30) must be divisible by GPTConfig.n_head (4)",
+    ),
+    (
+        "evaluation context beyond the model's positions",
+        "run",
+        lambda ws: [ws.experiment(), "--eval_stride=32"],
+        "train.eval_stride: 32 is longer than the context model.block_size=16",
+    ),
+    (
+        "negative learning rate",
+        "run",
+        lambda ws: [ws.experiment(), "--lr=-0.1"],
+        "train.lr: must be positive, got -0.1",
+    ),
+    (
+        "batch sizes that do not divide",
+        "run",
+        lambda ws: [ws.experiment(), "--batch_size=5", "--micro_batch_size=2"],
+        "train.batch_size: 5 is not a multiple of train.micro_batch_size=2",
+    ),
+    (
+        "vocabulary smaller than the tokenizer's",
+        "run",
+        lambda ws: [ws.experiment(), "--vocab_size=1000"],
+        "model.vocab_size=1000 is smaller than the tokenizer's 50257 tokens",
+    ),
+    ("fp16 without CUDA", "run", lambda ws: [ws.experiment(), "--precision=fp16"], "fp16 needs CUDA"),
+    (
+        "missing dataset",
+        "run",
+        lambda ws: [ws.experiment({"dataset": "wikitext-103-v1", "data_dir": str(ws.root / "assets")})],
+        "wikitext-103-v1 train split not found: looked in {root}/assets/wikitext-103-v1/wiki.train.tokens",
+    ),
+    (
+        "missing split",
+        "run",
+        lambda ws: [ws.experiment(), f"--val_file={ws.root / 'valid.txt'}"],
+        "val text file {root}/valid.txt does not exist",
+    ),
+    (
+        "empty split",
+        "run",
+        lambda ws: [ws.experiment({"train_file": ws.text_file("empty.txt", " \n \n")})],
+        "the train split of text-empty-",
+    ),
+    (
+        "text shorter than one block",
+        "run",
+        lambda ws: [ws.experiment({"train_file": ws.text_file("short.txt", "Only a few words here.")})],
+        "fewer than one block of block_size + 1 = 17; use more text or a smaller --block_size",
+    ),
+    (
+        "token cache from another tokenizer",
+        "run",
+        lambda ws: [ws.foreign_tokenizer_cache()],
+        "was made with another tokenizer (0123456789abcdef, now",
+    ),
+    (
+        "truncated checkpoint",
+        "run",
+        lambda ws: [f"--resume={truncated(ws.checkpoint())}"],
+        "is not a loadable MiniGPT checkpoint (truncated, corrupt",
+    ),
+    (
+        "foreign checkpoint",
+        "run",
+        lambda ws: [f"--resume={foreign(ws.root / 'other.pt')}"],
+        "is not a MiniGPT checkpoint (no 'minigpt-checkpoint' marker)",
+    ),
+    (
+        "run directory without checkpoints",
+        "run",
+        lambda ws: [f"--resume={ws.root}"],
+        "no checkpoint (ckpt-*.pt) in",
+    ),
+    (
+        "resuming with an incompatible config",
+        "run",
+        lambda ws: [ws.experiment(), f"--resume={ws.checkpoint(lr=0.5)}"],
+        "cannot resume with an incompatible config: train.lr is 0.5 in the checkpoint but 0.003 now",
+    ),
+    (
+        "a fresh run into a run directory with checkpoints",
+        "run",
+        lambda ws: [ws.experiment({"out_dir": str(ws.root), "run_name": ws.checkpoint().parent.name})],
+        "already has checkpoints: continue it with --resume=",
+    ),
+    ("neither an experiment nor --resume", "run", lambda ws: ["--lr=0.1"], "name an experiment file"),
+    ("empty prompt", "sample", lambda ws: sampling(ws, "--prompt="), "the prompt is empty"),
+    (
+        "prompt longer than the context",
+        "sample",
+        lambda ws: sampling(ws, "--prompt", " ".join(["one two three"] * 10)),
+        "the prompt is 30 tokens, longer than the context of 16",
+    ),
+    (
+        "top_p above 1",
+        "sample",
+        lambda ws: sampling(ws, "--prompt=Hi", "--top-p=1.5"),
+        "top_p must be in (0, 1], got 1.5",
+    ),
+    (
+        "top_p of 0",
+        "sample",
+        lambda ws: sampling(ws, "--prompt=Hi", "--top-p=0"),
+        "top_p must be in (0, 1], got 0.0",
+    ),
+    (
+        "negative temperature",
+        "sample",
+        lambda ws: sampling(ws, "--prompt=Hi", "--temperature=-1"),
+        "temperature must be >= 0 (0 means greedy), got -1.0",
+    ),
+]
+
+
+def files_under(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and "cache" not in p.relative_to(root).parts
+    }
+
+
+@pytest.mark.parametrize(
+    "entry, make_args, message", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS]
+)
+def test_bad_input_gets_a_specific_early_error_and_leaves_nothing_behind(
+    entry, make_args, message, tmp_path, tiny_corpus, capsys
+):
+    workspace = Workspace(tmp_path, tiny_corpus)
+    args = make_args(workspace)
+    before = files_under(tmp_path)
+    if entry == "run":
+        code = run_script.main(args)
+    else:
+        with pytest.raises(SystemExit) as exit_info:
+            sample.main(args)
+        code = exit_info.value.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: " in err and message.format(root=tmp_path) in err, err
+    assert "Traceback" not in err
+    assert files_under(tmp_path) == before  # nothing created, changed or half-written
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -1,0 +1,195 @@
+"""Where metrics go: the run directory's files, torn lines, W&B modes, and W&B without a network."""
+
+import json
+import socket
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from minigpt import tracking
+from minigpt.tracking import (
+    Logger,
+    MultiLogger,
+    RunDirLogger,
+    WandbLogger,
+    can_connect,
+    read_metrics,
+    wandb_mode,
+)
+
+
+def strict_json(line: str):
+    def refuse(name: str):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_run_directory_logger_writes_config_metrics_and_summary(tmp_path):
+    logger = RunDirLogger(tmp_path / "run")
+    logger.start({"name": "x", "train": {"lr": 0.1}}, total_steps=3)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == {"status": "running"}
+    logger.log({"train/loss": 2.5}, step=1)
+    logger.log({"train/loss": float("nan"), "train/grad_norm": float("inf")}, step=2)
+    # Line-buffered: a line is on disk as soon as it is logged, before the run ends.
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    logger.summary({"val/ppl": 12.5})
+    logger.finish()
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == {"name": "x", "train": {"lr": 0.1}}
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [strict_json(line) for line in lines] == [
+        {"step": 1, "train/loss": 2.5},
+        {"step": 2, "train/loss": "nan", "train/grad_norm": "inf"},
+    ]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == {
+        "val/ppl": 12.5,
+        "status": "finished",
+    }
+
+
+def test_a_failed_run_is_marked_failed(tmp_path):
+    logger = RunDirLogger(tmp_path)
+    logger.start({}, total_steps=1)
+    logger.finish(failed=True)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
+def test_reader_skips_torn_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "a": 1}\n{"step": 2, "a"\n[1, 2]\n{"step": 3, "a": 3}\n{"step": 4, "a": 4')
+    assert read_metrics(path) == [{"step": 1, "a": 1}, {"step": 3, "a": 3}]
+
+
+def test_resume_drops_lines_after_the_checkpoint_and_torn_ones(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": step, "train/loss": float(step)} for step in range(1, 7)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"step": 7, "train/lo')
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "running", "val/ppl": 9.0}))
+    logger = RunDirLogger(tmp_path)
+    logger.start({}, total_steps=10, first_step=4)
+    logger.log({"train/loss": 50.0}, step=5)
+    logger.finish()
+    assert [strict_json(line) for line in path.read_text().splitlines()] == [
+        *rows[:4],
+        {"step": 5, "train/loss": 50.0},
+    ]
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"status": "finished", "val/ppl": 9.0}
+
+
+def test_a_fresh_start_clears_the_lines_of_a_run_that_crashed_before_its_first_checkpoint(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train/loss": 10.0}\n{"step": 2, "tr')
+    logger = RunDirLogger(tmp_path)
+    logger.start({}, total_steps=2)
+    logger.log({"train/loss": 9.0}, step=1)
+    logger.finish()
+    assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "train/loss": 9.0}]
+
+
+def test_wandb_mode_comes_from_the_option_then_the_environment_then_offline(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert wandb_mode("disabled") == "disabled"
+    assert wandb_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert wandb_mode("auto") == "offline"
+    monkeypatch.delenv("WANDB_MODE")
+    assert wandb_mode("auto") == "offline"
+
+
+class Recorder(Logger):
+    def __init__(self, run_id=None):
+        self.calls = []
+        self._id = run_id
+
+    def log(self, metrics, step):
+        self.calls.append((step, metrics))
+
+    @property
+    def run_id(self):
+        return self._id
+
+
+def test_multi_logger_fans_out_and_reports_the_first_run_id():
+    a, b = Recorder(), Recorder("abc")
+    multi = MultiLogger([a, b])
+    multi.log({"x": 1.0}, step=3)
+    assert a.calls == b.calls == [(3, {"x": 1.0})]
+    assert multi.run_id == "abc"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connection_probe_answers_for_open_closed_and_stalled_hosts(monkeypatch):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert can_connect(f"http://127.0.0.1:{server.getsockname()[1]}")
+    assert not can_connect(f"http://127.0.0.1:{closed_port()}")
+    assert not can_connect("not a url")
+
+    def stall(*_args, **_kwargs):
+        time.sleep(5)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(tracking.socket, "create_connection", stall)
+    start = time.perf_counter()
+    assert not can_connect("https://api.example.invalid", timeout=0.2)
+    assert time.perf_counter() - start < 2
+
+
+def test_wandb_online_without_a_network_falls_back_to_offline_quickly(tmp_path, monkeypatch):
+    # An API key is configured, so wandb itself would retry the server for its whole init_timeout.
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger("online", "minigpt-test", tmp_path / "run", "fallback")
+    start = time.perf_counter()
+    with pytest.warns(UserWarning, match=r"W&B online start failed .* logging offline instead"):
+        logger.start({"lr": 0.1}, total_steps=1)
+    logger.log({"train/loss": 1.0}, step=1)
+    logger.finish()
+    assert time.perf_counter() - start < 25  # wandb's own retries would take 30 s or more
+    assert logger.mode == "offline"
+    assert [p.name.startswith("offline-run-") for p in (tmp_path / "wandb").glob("*run-*")] == [True]
+
+    # A later run in the same process still starts in the mode it asks for.
+    monkeypatch.setenv("WANDB_MODE", "online")
+    offline = WandbLogger("offline", "minigpt-test", tmp_path / "run2", "later")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        offline.start({}, total_steps=1)
+    offline.finish()
+    assert len(list(Path(tmp_path / "wandb").glob("offline-run-*"))) == 2
+
+
+class BrokenRun:
+    """A W&B run whose backend has gone away."""
+
+    id = "abc123"
+
+    def log(self, *_args, **_kwargs):
+        raise ConnectionError("wandb-core exited")
+
+    def finish(self, *_args, **_kwargs):
+        raise ConnectionError("wandb-core exited")
+
+
+def test_wandb_failing_mid_run_does_not_stop_training(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setattr(wandb, "init", lambda **_kwargs: BrokenRun())
+    logger = WandbLogger("offline", "minigpt-test", tmp_path, "broken")
+    logger.start({}, total_steps=3)
+    with pytest.warns(UserWarning, match=r"W&B stopped working \(wandb-core exited\); training goes on"):
+        logger.log({"train/loss": 1.0}, step=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, then quiet
+        logger.log({"train/loss": 0.9}, step=2)
+        logger.summary({"val/ppl": 3.0})
+        logger.finish()
+    assert logger.run_id == "abc123"  # a resumed run can still continue the same W&B run

@@ -1,0 +1,289 @@
+"""The training job: it learns, records itself, checkpoints, resumes exactly, and stops on NaN."""
+
+import functools
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_config, write_experiment
+
+import run as run_script
+from minigpt import checkpoint, data, tracking, train
+from minigpt.config import ExperimentConfig, derive
+from minigpt.model import GPT, GPTConfig
+from minigpt.tracking import read_metrics
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {
+        row["step"]: row["train/loss"]
+        for row in read_metrics(run_dir / "metrics.jsonl")
+        if "train/loss" in row
+    }
+
+
+def val_losses(run_dir: Path) -> list[tuple[int, float]]:
+    return [
+        (row["step"], row["val/loss"]) for row in read_metrics(run_dir / "metrics.jsonl") if "val/loss" in row
+    ]
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            assert_same_tensors(a[key], b[key])
+        elif isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_corpus, tmp_path_factory) -> tuple[ExperimentConfig, Path, dict]:
+    """One complete six-step run with periodic evaluation, checkpoints and sliding-window evaluation."""
+    out = tmp_path_factory.mktemp("runs")
+    config = tiny_config(tiny_corpus, out, {"dropout": 0.1, "eval_stride": 8})
+    summary = train.run(config, command=["run.py", "experiment.py", "--dropout=0.1"])
+    return config, out / "run", summary
+
+
+def test_tiny_model_overfits_a_single_batch():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=61, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    config = derive(ExperimentConfig(), {"lr": 3e-2, "weight_decay": 0.0})
+    optimizer = train.build_optimizer(model, config, torch.device("cpu"))
+    batch = torch.randint(0, 61, (4, 17))
+    x, y = batch[:, :-1], batch[:, 1:]
+    losses = []
+    for _ in range(60):
+        _, loss = model(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] > 3.5  # about ln(61) = 4.1 at the start
+    assert losses[-1] < 0.01
+
+
+def test_run_directory_records_config_metrics_and_summary(finished_run):
+    config, run_dir, summary = finished_run
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert ExperimentConfig.from_dict({k: v for k, v in saved.items() if k != "_run"}) == config
+    assert saved["_run"]["command"] == ["run.py", "experiment.py", "--dropout=0.1"]
+    if (REPO_ROOT / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}", saved["_run"]["git_commit"])
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    train_rows = [row for row in rows if "train/loss" in row]
+    assert [row["step"] for row in train_rows] == [1, 2, 3, 4, 5, 6]
+    for key in (
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens",
+        "perf/tokens_per_sec",
+        "perf/step_ms",
+        "perf/mfu",
+    ):
+        assert all(math.isfinite(row[key]) for row in train_rows), key
+    assert train_rows[-1]["train/tokens"] == 6 * 4 * 16
+    assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"]
+    assert [step for step, _ in val_losses(run_dir)] == [3, 6]  # periodic, then final
+
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["status"] == "finished"
+    for split in ("val", "test"):
+        assert on_disk[f"{split}/ppl"] == pytest.approx(math.exp(on_disk[f"{split}/loss"]))
+        assert on_disk[f"{split}/ppl"] == pytest.approx(summary[f"{split}/ppl"])
+        assert "context 16, stride 16" in on_disk[f"{split}/describe"]
+        assert on_disk[f"{split}_sliding/stride"] == 8
+    assert not (run_dir / "wandb").exists()  # W&B disabled
+
+
+def test_logged_learning_rate_follows_the_schedule(finished_run):
+    config, run_dir, _ = finished_run
+    for row in read_metrics(run_dir / "metrics.jsonl"):
+        if "train/lr" in row:
+            assert row["train/lr"] == pytest.approx(train.lr_at(row["step"] - 1, config))
+
+
+def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor():
+    config = derive(
+        ExperimentConfig(), {"lr": 1.0, "min_lr_ratio": 0.1, "warmup_steps": 10, "max_steps": 110}
+    )
+    assert train.lr_at(0, config) == pytest.approx(0.1)
+    assert train.lr_at(4, config) == pytest.approx(0.5)
+    assert train.lr_at(9, config) == pytest.approx(1.0)
+    assert train.lr_at(10, config) == pytest.approx(1.0)
+    assert train.lr_at(60, config) == pytest.approx(0.55)  # halfway: the mean of peak and floor
+    assert train.lr_at(110, config) == pytest.approx(0.1)
+    assert train.lr_at(500, config) == pytest.approx(0.1)
+    decay = [train.lr_at(step, config) for step in range(10, 111)]
+    assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))
+    no_warmup = derive(config, {"warmup_steps": 0})
+    assert train.lr_at(0, no_warmup) == pytest.approx(1.0)
+
+
+def test_checkpoints_hold_plain_data_without_compile_prefixes(finished_run):
+    config, run_dir, _ = finished_run
+    found = checkpoint.list_checkpoints(run_dir)
+    assert [step for step, _ in found] == [3, 6]
+    expected_keys = GPT(config.model).state_dict().keys()
+    for _, path in found:
+        state = torch.load(path, weights_only=True)
+        assert state["model"].keys() == expected_keys
+        for key in ("optimizer", "scaler", "rng", "samples_seen", "config", "best_val_loss", "wandb_run_id"):
+            assert key in state
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_compiled_model_saves_unprefixed_weights(tiny_corpus, tmp_path, monkeypatch):
+    # The wrapper, not the compiler, adds the prefix; the eager backend makes the same wrapper without
+    # loading the inductor compiler.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    config = tiny_config(tiny_corpus, tmp_path, {"compile": True})
+    tokenizer = data.load_tokenizer(config.data)
+    model = GPT(config.model)
+    trainer = train.Trainer(
+        config,
+        model,
+        train.load_splits(config, tokenizer),
+        torch.device("cpu"),
+        "fp32",
+        tracking.Logger(),
+        tmp_path,
+    )
+    assert trainer.compiled is not model  # the compiled wrapper, whose own keys carry ``_orig_mod.``
+    assert any(key.startswith("_orig_mod.") for key in trainer.compiled.state_dict())
+    assert trainer.state_dict()["model"].keys() == model.state_dict().keys()
+
+
+class Interrupted(Exception):
+    """Stands in for a crash in the middle of a run."""
+
+
+def test_resume_is_bit_exact_on_cpu(tiny_corpus, tmp_path, monkeypatch):
+    overrides = {"dropout": 0.1, "max_steps": 8, "eval_interval": 4}  # dropout: the RNG state must resume too
+    reference = tiny_config(tiny_corpus, tmp_path / "reference", overrides)
+    train.run(reference)
+
+    config = tiny_config(tiny_corpus, tmp_path / "interrupted", overrides)
+    experiment = write_experiment(tmp_path / "experiment.py", config)
+    real_step = train.Trainer.train_step
+
+    def crash_in_step_five(self, *args, **kwargs):
+        if self.step == 4:  # after the checkpoint of step 3 and the log line of step 4
+            raise Interrupted
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.Trainer, "train_step", crash_in_step_five)
+    with pytest.raises(Interrupted):
+        run_script.main([str(experiment)])
+    run_dir = tmp_path / "interrupted" / "run"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    assert max(train_losses(run_dir)) == 4
+    monkeypatch.setattr(train.Trainer, "train_step", real_step)
+
+    assert run_script.main([f"--resume={run_dir}"]) == 0
+    reference_dir = tmp_path / "reference" / "run"
+    assert train_losses(run_dir) == train_losses(reference_dir)
+    assert len([row for row in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in row]) == 8
+    assert val_losses(run_dir) == val_losses(reference_dir)
+    final, final_reference = checkpoint.load_checkpoint(run_dir), checkpoint.load_checkpoint(reference_dir)
+    assert final["step"] == final_reference["step"] == 8
+    for key in ("model", "optimizer", "rng"):
+        assert_same_tensors(final[key], final_reference[key])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["test/ppl"] == json.loads((reference_dir / "summary.json").read_text())["test/ppl"]
+
+
+def test_resume_with_an_incompatible_config_names_the_key(finished_run, tmp_path, capsys):
+    config, run_dir, _ = finished_run
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    experiment = write_experiment(tmp_path / "experiment.py", config)
+    assert run_script.main([str(experiment), f"--resume={copy}", "--lr=0.5", "--n_layer=2"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume with an incompatible config" in err
+    assert "model.n_layer is 1 in the checkpoint but 2 now" in err
+    assert "train.lr is 0.003 in the checkpoint but 0.5 now" in err
+
+
+def test_resume_may_extend_a_finished_run(finished_run, tmp_path):
+    _, run_dir, _ = finished_run
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    assert run_script.main([f"--resume={copy}", "--max_steps=7", "--eval_stride=0"]) == 0
+    assert sorted(train_losses(copy)) == [1, 2, 3, 4, 5, 6, 7]
+    assert checkpoint.load_checkpoint(copy)["step"] == 7
+
+
+def test_wandb_offline_writes_its_run_and_disabled_writes_none(tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_DIR")  # W&B files then go into the run directory
+    offline = tiny_config(tiny_corpus, tmp_path / "offline", {"max_steps": 1, "wandb": "offline"})
+    train.run(offline)
+    run_dir = tmp_path / "offline" / "run"
+    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
+    assert list(offline_run.glob("run-*.wandb"))
+    run_id = checkpoint.load_checkpoint(run_dir)["wandb_run_id"]
+    assert offline_run.name.endswith(f"-{run_id}")
+
+    disabled = tiny_config(tiny_corpus, tmp_path / "disabled", {"max_steps": 1, "wandb": "disabled"})
+    train.run(disabled)
+    assert sorted(p.name for p in (tmp_path / "disabled" / "run").iterdir()) == [
+        "ckpt-0000001.pt",
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+    ]
+    assert not list(tmp_path.glob("wandb")) and not list(Path.cwd().glob("wandb/offline-run-*"))
+
+
+def nan_in_training_steps(bad_steps: set[int], accum_steps: int) -> type[GPT]:
+    """A GPT whose training loss is NaN in the given (1-based) optimizer steps."""
+
+    class NaNModel(GPT):
+        forwards = 0
+
+        def forward(self, idx, targets=None):
+            logits, loss = super().forward(idx, targets)
+            if self.training and loss is not None:
+                NaNModel.forwards += 1
+                if (NaNModel.forwards - 1) // accum_steps + 1 in bad_steps:
+                    loss = loss * float("nan")
+            return logits, loss
+
+    return NaNModel
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_the_last_good_checkpoint(
+    tiny_corpus, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(train, "GPT", nan_in_training_steps({5}, accum_steps=2))
+    config = tiny_config(tiny_corpus, tmp_path, {"ckpt_interval": 2, "eval_interval": 0})
+    assert run_script.main([str(write_experiment(tmp_path / "experiment.py", config))]) == 2
+    run_dir = tmp_path / "run"
+    err = capsys.readouterr().err
+    assert "non-finite loss at step 5" in err
+    assert f"Last good checkpoint: {run_dir / 'ckpt-0000004.pt'}" in err
+    assert "--skip_nonfinite=true" in err
+    assert [step for step, _ in checkpoint.list_checkpoints(run_dir)] == [2, 4]
+    state = checkpoint.load_checkpoint(run_dir)
+    assert state["step"] == 4 and all(torch.isfinite(t).all() for t in state["model"].values())
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    assert max(train_losses(run_dir)) == 4
+
+
+def test_skip_nonfinite_skips_the_bad_step_and_trains_on(tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "GPT", nan_in_training_steps({3}, accum_steps=2))
+    summary = train.run(tiny_config(tiny_corpus, tmp_path, {"skip_nonfinite": True}))
+    assert summary["skipped_steps"] == 1 and math.isfinite(summary["val/loss"])
+    losses = train_losses(tmp_path / "run")
+    assert losses[3] == "nan" and all(math.isfinite(losses[step]) for step in (1, 2, 4, 5, 6))
+    assert all(
+        torch.isfinite(t).all() for t in checkpoint.load_checkpoint(tmp_path / "run")["model"].values()
+    )
