@@ -84,7 +84,7 @@ def check_run_dir_after_a_crash(run_dir: Path, keep_last: int) -> list[int]:
 def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(tiny_corpus, tmp_path):
     overrides = {
         "dropout": 0.1,
-        "max_steps": 30,
+        "max_steps": 40,  # more than eight attempts can get through, however fast the machine
         "ckpt_interval": 2,
         "keep_last": 2,
         "eval_interval": 5,
@@ -102,12 +102,11 @@ def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(tiny_corpus, 
     rng = random.Random(4)
     # 0: kill at a random moment of training; k > 0: kill halfway through writing the k-th checkpoint.
     plan = [0, 2, 0, 0, 1, 0, 3, 0]
-    landed = mid_write = 0
-    finished = False
     for attempt, hang_at_save in enumerate(plan):
         steps_before = check_run_dir_after_a_crash(run_dir, keep_last=2)
         resume = [f"--resume={run_dir}"] if steps_before else []
         logged_before = last_logged_step(run_dir)
+        partial_before = set(run_dir.glob(".ckpt-*.pt.*.tmp"))
         marker = tmp_path / f"writing-{attempt}"
         child = fork.Process(target=train_in_child, args=([str(experiment), *resume], hang_at_save, marker))
         child.start()
@@ -120,29 +119,20 @@ def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(tiny_corpus, 
         if child.is_alive():
             os.kill(child.pid, signal.SIGKILL)
         child.join()
-        if child.exitcode == 0:  # this machine finished the run before the kill
-            finished = True
-            break
-        assert child.exitcode == -signal.SIGKILL
-        landed += 1
+        assert child.exitcode == -signal.SIGKILL, f"attempt {attempt} ended by itself ({child.exitcode})"
         steps_after = check_run_dir_after_a_crash(run_dir, keep_last=2)
         assert not steps_before or steps_after, "a crash left no valid checkpoint"
         if hang_at_save:
-            partial = list(run_dir.glob(".ckpt-*.pt.*.tmp"))
-            assert len(partial) == 1 and partial[0].stat().st_size > 0
-            mid_write += 1
+            (partial,) = set(run_dir.glob(".ckpt-*.pt.*.tmp")) - partial_before  # the write cut off
+            assert partial.stat().st_size > 0
         if attempt == 3:  # a line torn by the crash: the reader skips it and the resume drops it
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write('{"step": 999, "train/lo')
-    assert landed >= 5 and mid_write == 3
 
-    if not finished:
-        child = fork.Process(
-            target=train_in_child, args=([str(experiment), f"--resume={run_dir}"], 0, marker)
-        )
-        child.start()
-        child.join(300)
-        assert child.exitcode == 0
+    child = fork.Process(target=train_in_child, args=([str(experiment), f"--resume={run_dir}"], 0, marker))
+    child.start()
+    child.join(300)
+    assert child.exitcode == 0
 
     reference_dir = tmp_path / "reference" / "run"
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -162,7 +152,7 @@ def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(tiny_corpus, 
         if "val/loss" in row
     }
     final, final_reference = load_checkpoint(run_dir), load_checkpoint(reference_dir)
-    assert final["step"] == 30
+    assert final["step"] == 40
     for key in final_reference["model"]:
         assert torch.equal(final["model"][key], final_reference["model"][key]), key
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
