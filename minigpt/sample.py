@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from minigpt.checkpoint import load_checkpoint
+from minigpt.checkpoint import CheckpointError, load_checkpoint
 from minigpt.lora import AdapterError, LoRAConfig, apply_lora, attach_adapter, load_adapter, merge_lora
 from minigpt.model import GPT, GPTConfig
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         model = load_model_for_sampling(
             args.checkpoint, args.hf, args.device, adapter=args.adapter, merge_adapter=args.merge_adapter
         )
-    except AdapterError as err:
+    except (AdapterError, CheckpointError) as err:
         parser.error(str(err))
     prompt_ids = tokenizer.encode(args.prompt)
     block_size = model.config.block_size
