@@ -82,7 +82,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a MiniGPT checkpoint (no '{FORMAT}' marker); for a Hugging Face GPT-2 directory "
-            "use the --hf option of minigpt.sample, or data.init_from for training"
+            "use the --hf option of minigpt.sample, or init_from for training"
         )
     if state.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} was written by a newer MiniGPT (format version {state['version']})")

@@ -470,25 +470,25 @@ class Trainer:
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)
         layer_norms = self.layer_grad_norms() if want_layer_norms else {}
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf).item()
         # The mean over every process: the same number everywhere, so all processes stop or skip together.
         loss = (distributed.all_reduce_sum(loss_sum) / (self.accum_steps * self.world_size)).item()
-        if not (math.isfinite(loss) and math.isfinite(grad_norm.item())):
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             if not t.skip_nonfinite:
                 raise NonFiniteLossError(
                     f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step "
-                    f"{self.step + 1} (loss {loss}, grad norm {grad_norm.item()}); stopped without saving. "
+                    f"{self.step + 1} (loss {loss}, grad norm {grad_norm}); stopped without saving. "
                     f"Last good checkpoint: {self.last_good_checkpoint()}. Lower --lr, raise --warmup_steps, "
                     "or pass --skip_nonfinite=true to skip such steps"
                 )
             self.skipped_steps += 1
             self.scaler.update()
-            return loss, grad_norm.item(), layer_norms
+            return loss, grad_norm, layer_norms
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm.item(), layer_norms
+        return loss, grad_norm, layer_norms
 
     def layer_grad_norms(self) -> dict[str, float]:
         return {
