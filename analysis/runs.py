@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from minigpt.config import flatten
+
 
 @dataclass
 class Run:
@@ -35,16 +37,6 @@ class Run:
         """``(tokens seen, value)`` for every logged step that has ``key``."""
         points = [(h["step"] * self.tokens_per_step, float(h[key])) for h in self.history if key in h]
         return [p[0] for p in points], [p[1] for p in points]
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

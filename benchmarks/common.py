@@ -21,6 +21,7 @@ from rich.table import Table
 
 from minigpt.hf import to_hf
 from minigpt.model import GPT, GPTConfig
+from minigpt.perf import sync
 from minigpt.storage import atomic_write_json
 
 CONFIGS = {
@@ -57,11 +58,6 @@ def random_batches(
         block = torch.randint(0, 50257, (batch_size, block_size + 1), generator=generator)
         batches.append((block[:, :-1].to(device), block[:, 1:].to(device)))
     return batches
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_alternating(

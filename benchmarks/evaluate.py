@@ -27,7 +27,7 @@ from benchmarks.common import (
     time_alternating,
     write_json,
 )
-from minigpt.train import autocast_for
+from minigpt.perf import autocast_for
 
 
 def main(argv: list[str] | None = None) -> dict:

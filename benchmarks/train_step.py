@@ -45,7 +45,7 @@ from benchmarks.common import (
     write_json,
 )
 from minigpt import perf
-from minigpt.train import autocast_for, pick_precision
+from minigpt.perf import autocast_for, pick_precision
 
 SIDES = ("minigpt", "hf")
 

@@ -394,6 +394,17 @@ def derive(base: ExperimentConfig | str | Path, overrides: dict[str, Any]) -> Ex
     return apply_overrides(base, overrides)
 
 
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys: ``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def describe_keys() -> str:
     """A help text listing every key with its type and default."""
     default = ExperimentConfig()

@@ -7,13 +7,11 @@ periodic evaluation, atomic checkpoints and exact resume.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 import torch
 
 from minigpt import checkpoint, data, distributed, lora, perf, tracking
-from minigpt.config import ConfigError, ExperimentConfig, TrainConfig
+from minigpt.config import ConfigError, ExperimentConfig, TrainConfig, flatten
 from minigpt.evaluate import EvalResult, evaluate
 from minigpt.model import GPT, GPTConfig
 
@@ -54,34 +52,6 @@ RESUMABLE_CHANGES = (
 
 
 # ----------------------------------------------------------------------------------------------- set-up
-
-
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pick_precision(name: str, device: torch.device) -> str:
-    """Resolve ``auto``: bf16 where the hardware runs it natively (measured faster), else fp32."""
-    if name == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if device.type == "cpu" and perf.cpu_has_fast_bf16() else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise ConfigError(f"train.precision: fp16 needs CUDA (device is {device.type}); use bf16 or fp32")
-    return name
-
-
-def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def lr_at(step: int, config: ExperimentConfig) -> float:
@@ -128,14 +98,7 @@ def git_commit() -> str | None:
 
 def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to resume when the config changed in a way that changes what the run computes."""
-
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    a, b = flat(saved), flat(current)
+    a, b = flatten(saved), flatten(current)
     differing = [
         k
         for k in sorted(set(a) | set(b))
@@ -242,7 +205,7 @@ def run(
     Under torchrun every process calls this, and together they train one model data-parallel; only rank 0
     records the run. The process group lives exactly as long as this call, also when it fails.
     """
-    device = distributed.setup(pick_device(config.train.device))
+    device = distributed.setup(perf.pick_device(config.train.device))
     try:
         return _run(config, device, resume, command)
     finally:
@@ -278,7 +241,7 @@ def _run(
     accumulation_steps(t, distributed.world_size())  # a batch that does not split fails before any data loads
     if t.threads:
         torch.set_num_threads(t.threads)
-    precision = pick_precision(t.precision, device)
+    precision = perf.pick_precision(t.precision, device)
 
     tokenizer = data.load_tokenizer(config.data)
     if len(tokenizer) > config.model.vocab_size:
@@ -356,7 +319,7 @@ class Trainer:
         self.config, self.model, self.splits, self.device = config, model, splits, device
         self.logger, self.run_dir = logger, run_dir
         self.precision = precision
-        self.autocast = autocast_for(precision, device)
+        self.autocast = perf.autocast_for(precision, device)
         self.block_size = config.model.block_size
         self.sampler = data.BlockSampler(splits.train.tokens, self.block_size, t.seed)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
