@@ -54,7 +54,7 @@ def plot_curves(
 
 
 def plot_final(variants: Sequence[Variant], keys: Sequence[str], path: str | Path) -> Path:
-    """Final metrics (e.g. ``val/ppl``, ``test/ppl``) per variant: mean and 95% CI, one panel per key."""
+    """Final metrics (e.g. ``final_val/ppl``) per variant: mean and 95% CI, one panel per key."""
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 0.5 * len(variants) + 2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         for row, v in enumerate(variants):

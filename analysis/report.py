@@ -25,7 +25,7 @@ from analysis import plots
 from analysis.runs import Run, Variant, load_runs, load_wandb_runs, make_variants
 from analysis.stats import mean_ci, welch
 
-FINAL_METRICS = ("val/ppl", "test/ppl")
+FINAL_METRICS = ("final_val/ppl", "final_test/ppl")
 
 
 @dataclass
@@ -143,9 +143,11 @@ def setup_lines(a: Analysis) -> list[str]:
         f"- Optimiser: AdamW, peak lr {c['train.lr']}, linear warmup {warmup} steps (baseline; see each "
         f"variant's label), cosine to {c['train.min_lr_ratio']} x lr, weight decay "
         f"{c['train.weight_decay']}, gradient clipping {c['train.grad_clip']}.",
-        f"- Final evaluation: {s.get('val/tokens', 'n/a'):,} val and {s.get('test/tokens', 'n/a'):,} test "
+        f"- Final evaluation: {s.get('final_val/tokens', 'n/a'):,} val and "
+        f"{s.get('final_test/tokens', 'n/a'):,} test "
         f"tokens (train.eval_max_tokens={c.get('train.eval_max_tokens', 0)}; 0 means whole splits), "
-        f"non-overlapping windows of context {s.get('val/context')} (stride {s.get('val/stride')}).",
+        f"non-overlapping windows of context {s.get('final_val/context')} "
+        f"(stride {s.get('final_val/stride')}).",
         f"- Hardware: {c['_run.device']}, {c['train.threads']} thread(s) per run, "
         f"precision {c['_run.precision']}.",
     ]

@@ -13,9 +13,9 @@ validate on: articles a WikiText-trained base never saw, without the ``<unk>`` m
 variant that ``experiments/tiny.py`` trains on.
 
 The run prints trainable and total parameters and the validation perplexity before the first step; the
-summary holds ``val_before/ppl`` and ``val/ppl`` side by side, and ``<run dir>/adapter.pt`` holds the adapters
-alone. ``python -m minigpt.sample --checkpoint BASE --adapter <run dir>/adapter.pt --prompt ...`` generates
-with them (``--merge-adapter`` folds them into the weights first).
+summary holds ``val_before/ppl`` and ``final_val/ppl`` side by side, and ``<run dir>/adapter.pt`` holds the
+adapters alone. ``python -m minigpt.sample --checkpoint BASE --adapter <run dir>/adapter.pt --prompt ...``
+generates with them (``--merge-adapter`` folds them into the weights first).
 """
 
 import os

@@ -465,7 +465,7 @@ class Trainer:
 
     def train(self) -> None:
         t = self.config.train
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
         while self.step < t.max_steps:
             step_start = time.perf_counter()
             will_log = (self.step + 1) % t.log_interval == 0 or self.step + 1 == t.max_steps
@@ -474,13 +474,14 @@ class Trainer:
             )
             self.step += 1
             window_steps += 1
+            window_loss += loss
             self.train_seconds += time.perf_counter() - step_start
             if will_log:
                 elapsed = time.perf_counter() - window_start
                 tokens_per_sec = window_steps * self.tokens_per_step / elapsed
                 self.logger.log(
                     {
-                        "train/loss": loss,
+                        "train/loss": window_loss / window_steps,  # one step's loss alone is noisy
                         "train/lr": lr_at(self.step - 1, self.config),
                         "train/grad_norm": grad_norm,
                         "train/tokens": self.step * self.tokens_per_step,
@@ -492,7 +493,7 @@ class Trainer:
                     },
                     step=self.step,
                 )
-                window_start, window_steps = time.perf_counter(), 0
+                window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
             if t.eval_interval and self.step % t.eval_interval == 0 and self.step < t.max_steps:
                 self._periodic_eval()
                 window_start = time.perf_counter()
@@ -522,14 +523,16 @@ class Trainer:
         """Score the starting weights on the validation tokens the final evaluation scores, to compare."""
         result = self._evaluate(self.splits.val, max_tokens=self.config.train.eval_max_tokens)
         self.val_before = {**result.as_metrics("val_before"), "val_before/describe": result.describe()}
-        self.logger.log(result.as_metrics("val_before"), step=self.step)
+        self.logger.log({**result.as_metrics("val_before"), "train/tokens": 0}, step=self.step)
         print(f"before training: val {result.describe()}")
 
     def _periodic_eval(self) -> None:
         result = self._evaluate(self.splits.val, max_batches=self.config.train.eval_batches)
         if result.loss < self.best_val_loss:
             self.best_val_loss, self.best_step = result.loss, self.step
-        self.logger.log(result.as_metrics("val"), step=self.step)
+        self.logger.log(
+            {**result.as_metrics("val"), "train/tokens": self.step * self.tokens_per_step}, step=self.step
+        )
 
     def final_evaluation(self) -> dict[str, Any]:
         t = self.config.train
@@ -537,20 +540,20 @@ class Trainer:
         if val.loss < self.best_val_loss:
             self.best_val_loss, self.best_step = val.loss, self.step
         self.save()
-        metrics = val.as_metrics("val")
-        summary: dict[str, Any] = {**metrics, "val/describe": val.describe(), **self.val_before}
+        metrics = val.as_metrics("final_val")
+        summary: dict[str, Any] = {**metrics, "final_val/describe": val.describe(), **self.val_before}
         if self.config.lora.rank:
             summary["adapter_bytes"] = self.adapter_path.stat().st_size
         if self.splits.test is not None:
             test = self._evaluate(self.splits.test, max_tokens=t.eval_max_tokens)
-            summary.update(test.as_metrics("test"))
-            summary["test/describe"] = test.describe()
+            summary.update(test.as_metrics("final_test"))
+            summary["final_test/describe"] = test.describe()
         if t.eval_stride:
             for name, split in (("val", self.splits.val), ("test", self.splits.test)):
                 if split is not None:
                     sliding = self._evaluate(split, stride=t.eval_stride, max_tokens=t.eval_max_tokens)
-                    summary.update(sliding.as_metrics(f"{name}_sliding"))
-        self.logger.log(metrics, step=self.step)
+                    summary.update(sliding.as_metrics(f"final_{name}_sliding"))
+        self.logger.log({**metrics, "train/tokens": self.step * self.tokens_per_step}, step=self.step)
         summary.update(
             {
                 "step": self.step,

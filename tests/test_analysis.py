@@ -69,14 +69,14 @@ def write_run(root: Path, norm: str, heads: int, seed: int, ppl: float, status: 
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     summary = {
         "status": status,
-        "val/ppl": ppl,
-        "test/ppl": ppl + 1,
+        "final_val/ppl": ppl,
+        "final_test/ppl": ppl + 1,
         "tokens_per_sec": 100.0 + seed,
         "train_seconds": 5.0,
-        "val/tokens": 99,
-        "test/tokens": 99,
-        "val/context": 8,
-        "val/stride": 8,
+        "final_val/tokens": 99,
+        "final_test/tokens": 99,
+        "final_val/context": 8,
+        "final_val/stride": 8,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
 
@@ -127,7 +127,7 @@ def test_analysis_keeps_failed_runs_out_and_picks_the_modal_baseline(synthetic_r
     a = report.analyse(load_runs([synthetic_runs]), KEYS)
     assert a.baseline.values == {"model.norm_position": "pre", "model.n_head": 4}
     post = next(v for v in a.variants if v.values["model.norm_position"] == "post")
-    assert [r.summary["val/ppl"] for r in post.runs] == [110.0, 118.0, 114.0]
+    assert [r.summary["final_val/ppl"] for r in post.runs] == [110.0, 118.0, 114.0]
     assert [r.status for r in a.unfinished[post.label]] == ["failed"]
 
 

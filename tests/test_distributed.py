@@ -143,8 +143,8 @@ def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(se
     two_summary = json.loads((two / "summary.json").read_text())
     one_summary = json.loads((one / "summary.json").read_text())
     assert two_summary["status"] == "finished"
-    assert two_summary["val/tokens"] == one_summary["val/tokens"]
-    assert abs(two_summary["val/loss"] - one_summary["val/loss"]) <= TOLERANCE
+    assert two_summary["final_val/tokens"] == one_summary["final_val/tokens"]
+    assert abs(two_summary["final_val/loss"] - one_summary["final_val/loss"]) <= TOLERANCE
     assert json.loads((two / "config.json").read_text())["_run"]["world_size"] == 2
 
 

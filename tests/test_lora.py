@@ -237,7 +237,7 @@ def test_run_fine_tunes_from_a_checkpoint_writes_the_adapter_and_resumes(tmp_pat
     saved_config = json.loads((run_dir / "config.json").read_text())
     assert saved_config["model"]["n_embd"] == 16 and saved_config["model"]["dropout"] == 0.1
     assert saved_config["_run"]["params_trainable"] == 1 * 4 * (16 + 48 + 16 + 16 + 16 + 64 + 64 + 16)
-    assert summary["val_before/ppl"] > 0 and summary["val/ppl"] < summary["val_before/ppl"]
+    assert summary["val_before/ppl"] > 0 and summary["final_val/ppl"] < summary["val_before/ppl"]
     assert summary["adapter_bytes"] == (run_dir / "adapter.pt").stat().st_size < 20_000
 
     adapter = lora.load_adapter(run_dir / "adapter.pt")

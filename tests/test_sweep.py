@@ -215,4 +215,4 @@ def test_end_to_end_with_run_py_on_a_minuscule_experiment(tmp_path, data_root, m
     assert run_main(tmp_path, path, extra=("--threads", "1")) == 0
     (name,) = state(tmp_path)
     summary = json.loads((tmp_path / "runs" / "sw" / name / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["val/tokens"] == 63
+    assert summary["status"] == "finished" and summary["final_val/tokens"] == 63

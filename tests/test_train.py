@@ -93,11 +93,12 @@ def test_run_directory_records_config_metrics_and_summary(finished_run):
         assert all(math.isfinite(row[key]) for row in train_rows), key
     assert train_rows[-1]["train/tokens"] == 6 * 4 * 16
     assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"]
-    assert [step for step, _ in val_losses(run_dir)] == [3, 6]  # periodic, then final
+    assert [step for step, _ in val_losses(run_dir)] == [3]  # the periodic estimate
+    assert [row["step"] for row in read_metrics(run_dir / "metrics.jsonl") if "final_val/loss" in row] == [6]
 
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["status"] == "finished"
-    for split in ("val", "test"):
+    for split in ("final_val", "final_test"):
         assert on_disk[f"{split}/ppl"] == pytest.approx(math.exp(on_disk[f"{split}/loss"]))
         assert on_disk[f"{split}/ppl"] == pytest.approx(summary[f"{split}/ppl"])
         assert "context 16, stride 16" in on_disk[f"{split}/describe"]
@@ -200,7 +201,8 @@ def test_resume_is_bit_exact_on_cpu(tiny_corpus, tmp_path, monkeypatch):
         assert_same_tensors(final[key], final_reference[key])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished"
-    assert summary["test/ppl"] == json.loads((reference_dir / "summary.json").read_text())["test/ppl"]
+    reference_summary = json.loads((reference_dir / "summary.json").read_text())
+    assert summary["final_test/ppl"] == reference_summary["final_test/ppl"]
 
 
 def test_resume_with_an_incompatible_config_names_the_key(finished_run, tmp_path, capsys):
@@ -281,7 +283,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_the_last_good_checkpoint(
 def test_skip_nonfinite_skips_the_bad_step_and_trains_on(tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "GPT", nan_in_training_steps({3}, accum_steps=2))
     summary = train.run(tiny_config(tiny_corpus, tmp_path, {"skip_nonfinite": True}))
-    assert summary["skipped_steps"] == 1 and math.isfinite(summary["val/loss"])
+    assert summary["skipped_steps"] == 1 and math.isfinite(summary["final_val/loss"])
     losses = train_losses(tmp_path / "run")
     assert losses[3] == "nan" and all(math.isfinite(losses[step]) for step in (1, 2, 4, 5, 6))
     assert all(
