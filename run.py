@@ -29,25 +29,32 @@ def main(argv: list[str]) -> int:
         return 0 if argv else 2
     from minigpt.checkpoint import CheckpointError, load_checkpoint
     from minigpt.data import DataError
-    from minigpt.train import NonFiniteLossError, run
+    from minigpt.train import NonFiniteLossError, RunInterrupted, run
 
     try:
         experiment = None if argv[0].startswith("--") else argv[0]
         overrides = parse_overrides(argv[1:] if experiment else argv)
         resume = overrides.pop("resume", None)
+        saved = load_checkpoint(resume) if resume is not None else None
         if experiment is not None:
             config = load_experiment(experiment)
-        elif resume is not None:
-            config = ExperimentConfig.from_dict(load_checkpoint(resume)["config"])
+        elif saved is not None:
+            config = ExperimentConfig.from_dict(saved["config"])
         else:
             raise ConfigError(
                 "name an experiment file (python run.py experiments/tiny.py) or --resume=RUN_DIR"
             )
         config = apply_overrides(config, overrides)
-        run(config, resume=resume, command=[sys.executable, *sys.argv])
+        run(config, resume=saved, command=[sys.executable, *sys.argv])
     except (ConfigError, DataError, CheckpointError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -83,6 +83,8 @@ class TrainConfig:
     """Sequences per forward pass on one process; ``batch_size`` must be a multiple of it times the
     number of processes, and the quotient is the gradient-accumulation count."""
     max_steps: int = 5000
+    max_minutes: float = 0
+    """Stop after this many minutes of training (the schedule's decay follows the time spent); 0: no limit."""
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
     """The cosine schedule ends at ``lr * min_lr_ratio``."""

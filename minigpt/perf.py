@@ -8,10 +8,12 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from minigpt.config import ConfigError
+from minigpt.model import GPT, GPTConfig
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -81,3 +83,50 @@ def autocast_for(precision: str, device: torch.device) -> Callable[[], contextli
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can still get: free device memory on CUDA, ``MemAvailable`` on a Linux CPU;
+    None where it is not known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return None
+
+
+def training_memory_bytes(config: GPTConfig, micro_batch_size: int) -> tuple[int, int]:
+    """A lower estimate of one process's training memory in fp32: (weights, gradients and AdamW's two
+    moments; activations kept for backward).
+
+    Activations follow Korthikanti et al. 2022 (about 34 values per token per width unit per layer, plus
+    attention's 5 per head per key position when the T x T scores are materialised), doubled for fp32.
+    """
+    with torch.device("meta"):
+        params = GPT(config).num_params()
+    tokens = micro_batch_size * config.block_size
+    per_layer = tokens * config.n_embd * 34
+    if config.attention == "manual":
+        per_layer += tokens * config.n_head * config.block_size * 5
+    return 16 * params, 2 * config.n_layer * per_layer
+
+
+def check_fits_in_memory(config: GPTConfig, micro_batch_size: int, device: torch.device) -> None:
+    """Refuse a training batch that cannot fit, before any data loads, rather than fail (or swap) later."""
+    available = available_memory_bytes(device)
+    if available is None:
+        return
+    states, activations = training_memory_bytes(config, micro_batch_size)
+    if states + activations > available:
+        gib = 2**30
+        raise ConfigError(
+            f"the training batch does not fit in memory: micro_batch_size={micro_batch_size} at context "
+            f"{config.block_size} needs about {(states + activations) / gib:.1f} GiB on {device.type} "
+            f"(weights, gradients and AdamW state {states / gib:.1f} GiB, activations "
+            f"{activations / gib:.1f} GiB), but {available / gib:.1f} GiB is available. Lower "
+            "--micro_batch_size (the batch_size stays, through gradient accumulation), --block_size or the "
+            "model's size"
+        )

@@ -1,7 +1,8 @@
 """The training loop, written out: AdamW, warmup + cosine, accumulation, clipping, mixed precision,
 periodic evaluation, atomic checkpoints and exact resume.
 
-``run(config)`` is the whole job: data, model, loop, final evaluation. The loop reports to a
+``run(config)`` is the whole job, in four steps: settle the config (and the checkpoint or base weights it
+starts from), load the data and build the model, train, and evaluate. The loop reports to a
 ``tracking.Logger`` and knows nothing of where the numbers end up.
 """
 
@@ -9,24 +10,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from minigpt import checkpoint, data, distributed, lora, perf, tracking
+from minigpt import checkpoint, data, distributed, lora, perf, provenance, tracking
 from minigpt.config import ConfigError, ExperimentConfig, TrainConfig, flatten
 from minigpt.evaluate import EvalResult, evaluate
 from minigpt.model import GPT, GPTConfig
+from minigpt.storage import atomic_write_bytes
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss or gradient."""
+
+
+class RunInterrupted(RuntimeError):
+    """The user stopped the run (Ctrl-C); the message says where it was saved and how to continue."""
 
 
 # Keys that may differ between a checkpoint's config and the config a run is resumed with: they change how
@@ -46,6 +52,7 @@ RESUMABLE_CHANGES = (
     "train.skip_nonfinite",
     "train.micro_batch_size",
     "train.precision",
+    "train.max_minutes",
     "data.data_dir",
     "data.cache_dir",
 )
@@ -54,13 +61,17 @@ RESUMABLE_CHANGES = (
 # ----------------------------------------------------------------------------------------------- set-up
 
 
-def lr_at(step: int, config: ExperimentConfig) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``."""
+def lr_at(step: int, config: ExperimentConfig, time_spent: float = 0.0) -> float:
+    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``.
+
+    Under a time budget (``train.max_minutes``), ``time_spent`` is the fraction of it used so far, and the
+    decay follows whichever of steps and time is further along, so that the schedule ends when the run does.
+    """
     t = config.train
     if step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
     min_lr = t.lr * t.min_lr_ratio
-    progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+    progress = max((step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps), time_spent)
     return min_lr + 0.5 * (t.lr - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -80,20 +91,6 @@ def build_optimizer(model: GPT, config: ExperimentConfig, device: torch.device) 
     t = config.train
     groups = model.optimizer_param_groups(t.weight_decay)
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=device.type == "cuda")
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
 
 
 def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -132,7 +129,7 @@ def adopt_base_architecture(config: ExperimentConfig, base: GPTConfig) -> Experi
         for f in dataclasses.fields(GPTConfig)
         if getattr(ours, f.name) != getattr(model, f.name)
     ]
-    if replaced:
+    if replaced and distributed.is_main():
         print(f"init_from: the architecture comes from the base; replaced model.{', model.'.join(replaced)}")
     return dataclasses.replace(config, model=model)
 
@@ -197,48 +194,74 @@ def make_logger(config: ExperimentConfig, run_dir: Path, resume_id: str | None) 
 
 
 def run(
-    config: ExperimentConfig, resume: str | None = None, command: list[str] | None = None
+    config: ExperimentConfig,
+    resume: str | Path | dict[str, Any] | None = None,
+    command: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate and record one experiment; return its summary. ``resume`` is a run directory or a
-    checkpoint file to continue from.
+    """Train, evaluate and record one experiment; return its summary.
 
-    Under torchrun every process calls this, and together they train one model data-parallel; only rank 0
-    records the run. The process group lives exactly as long as this call, also when it fails.
+    ``resume`` continues a run: its directory, a checkpoint file, or a checkpoint already loaded with
+    ``checkpoint.load_checkpoint``. Under torchrun every process calls this, and together they train one
+    model data-parallel; only rank 0 records the run. The process group lives exactly as long as this call,
+    also when it fails.
     """
     device = distributed.setup(perf.pick_device(config.train.device))
     try:
-        return _run(config, device, resume, command)
+        saved = checkpoint.load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume
+        config, base_weights = settle_config(config, saved, device)
+        trainer = prepare(config, device, saved, base_weights, command)
+        return train_and_evaluate(trainer)
     finally:
         distributed.teardown()
 
 
-def _run(
-    config: ExperimentConfig, device: torch.device, resume: str | None, command: list[str] | None
-) -> dict[str, Any]:
+def settle_config(
+    config: ExperimentConfig, saved: dict[str, Any] | None, device: torch.device
+) -> tuple[ExperimentConfig, dict[str, torch.Tensor] | None]:
+    """The config the run will use, checked against everything known before any data loads, and the base
+    weights a fresh ``init_from`` run starts from."""
     if config.lora.rank and not config.init_from:
         raise ConfigError("lora.rank > 0 adapts trained weights: name them with --init_from=RUN_DIR|CKPT|HF")
-    state = None
-    if resume is not None:
-        state = checkpoint.load_checkpoint(resume)
-        if config.init_from:
-            config = adopt_base_architecture(config, GPTConfig(**state["model_config"]))
-        check_resume_compatible(state["config"], config.to_dict())
-        run_dir = Path(state["path"]).parent
-    else:
-        run_dir = distributed.broadcast_object(resolve_run_dir(config))  # rank 0's timestamp names it
-        if checkpoint.list_checkpoints(run_dir):
-            raise ConfigError(
-                f"run directory {run_dir} already has checkpoints: continue it with "
-                f"--resume={run_dir}, or choose another --run_name"
-            )
-
     base_weights = None
-    if config.init_from and state is None:
+    if saved is not None:
+        if config.init_from:
+            config = adopt_base_architecture(config, GPTConfig(**saved["model_config"]))
+        check_resume_compatible(saved["config"], config.to_dict())
+    elif config.init_from:
         base_config, base_weights = load_base(config.init_from)
         config = adopt_base_architecture(config, base_config)
+    else:
+        check_can_create(Path(config.log.out_dir))
+    accumulation_steps(config.train, distributed.world_size())
+    perf.check_fits_in_memory(config.model, config.train.micro_batch_size, device)
+    return config, base_weights
 
+
+def check_can_create(out_dir: Path) -> None:
+    """Refuse an output folder that cannot be made or written, before minutes go into loading data (and
+    without leaving anything behind)."""
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise ConfigError(f"log.out_dir={out_dir}: cannot create it, {existing} is a file, not a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as e:
+        raise ConfigError(
+            f"log.out_dir={out_dir}: {existing} is not writable ({e.strerror}); choose another --out_dir"
+        ) from None
+
+
+def prepare(
+    config: ExperimentConfig,
+    device: torch.device,
+    saved: dict[str, Any] | None,
+    base_weights: dict[str, torch.Tensor] | None,
+    command: list[str] | None,
+) -> Trainer:
+    """Load the data, build the model, open the run directory and its loggers: a trainer ready to go.
+
+    The run directory is made only once the data has loaded, so a run that cannot start leaves nothing."""
     t = config.train
-    accumulation_steps(t, distributed.world_size())  # a batch that does not split fails before any data loads
     if t.threads:
         torch.set_num_threads(t.threads)
     precision = perf.pick_precision(t.precision, device)
@@ -258,52 +281,103 @@ def _run(
         model.load_state_dict(base_weights)
     if config.lora.rank:
         lora.apply_lora(model, config.lora)  # freezes the base
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if config.init_from:
-        print(
-            f"parameters: {trainable:,} trainable of {model.num_params():,} "
-            f"({100 * trainable / model.num_params():.2f}%), starting from {config.init_from}"
-        )
     if distributed.rank() > 0:
         torch.manual_seed(t.seed + distributed.rank())  # each process draws its own dropout masks
+
+    run_dir = Path(saved["path"]).parent if saved else open_run_dir(config)
+    source = provenance.source_state()
     if distributed.is_main():
-        logger = make_logger(config, run_dir, state.get("wandb_run_id") if state else None)
+        logger = make_logger(config, run_dir, saved.get("wandb_run_id") if saved else None)
     else:
         logger = tracking.Logger()
+    trainer = Trainer(config, model, splits, device, precision, logger, run_dir)
+    if saved is not None:
+        trainer.restore(saved)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     metadata = {
         **config.to_dict(),
         "_run": {
-            "git_commit": git_commit(),
+            "git_commit": source.commit,
+            "git_dirty": source.dirty,
+            "git_untracked": source.untracked,
             "command": command or sys.argv,
             "device": str(device),
             "world_size": distributed.world_size(),
+            "threads": torch.get_num_threads(),
             "precision": precision,
             "params": model.num_params(),
             "params_non_embedding": model.num_params(non_embedding=True),
             "params_trainable": trainable,
+            "tokens_planned": t.max_steps * trainer.tokens_per_step,
+            "max_minutes": t.max_minutes,
             "run_dir": str(run_dir),
             "torch": torch.__version__,
-            "resumed_from": state["path"] if state else None,
+            "resumed_from": saved["path"] if saved else None,
         },
     }
-    trainer = Trainer(config, model, splits, device, precision, logger, run_dir)
-    if state is not None:
-        trainer.restore(state)
-    logger.start(metadata, total_steps=t.max_steps, first_step=trainer.step)
-    failed = True
+    logger.start(metadata, total_steps=t.max_steps, first_step=trainer.state.step)
+    if source.diff and distributed.is_main():
+        atomic_write_bytes(run_dir / "git.diff", source.diff.encode())
+    if config.init_from and distributed.is_main():
+        print(
+            f"parameters: {trainable:,} trainable of {model.num_params():,} "
+            f"({100 * trainable / model.num_params():.2f}%), starting from {config.init_from}"
+        )
+    return trainer
+
+
+def open_run_dir(config: ExperimentConfig) -> Path:
+    """Rank 0 names (and so timestamps) the new run directory; every process gets the same path."""
+    run_dir = distributed.broadcast_object(resolve_run_dir(config))
+    if checkpoint.list_checkpoints(run_dir):
+        raise ConfigError(
+            f"run directory {run_dir} already has checkpoints: continue it with "
+            f"--resume={run_dir}, or choose another --run_name"
+        )
+    return run_dir
+
+
+def train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
+    """Train, then score the final model; the run's record says whether it finished, failed or was stopped."""
+    status = "failed"
     try:
-        if config.init_from and state is None:
+        if trainer.config.init_from and trainer.state.step == 0:
             trainer.evaluate_before_training()
-        trainer.train()
+        try:
+            trainer.train()
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise trainer.interrupted() from None
         summary = trainer.final_evaluation()
-        failed = False
+        status = "finished"
     finally:
-        logger.finish(failed=failed)
+        trainer.logger.finish(failed=status != "finished")
     return summary
 
 
+@dataclass
+class TrainingState:
+    """Everything a resume restores besides the weights, the optimizer and the config: saved and loaded whole,
+    as the top-level fields of a checkpoint."""
+
+    step: int = 0
+    best_val_loss: float = math.inf
+    best_step: int | None = None
+    skipped_steps: int = 0
+    train_seconds: float = 0.0
+    val_before: dict[str, Any] = field(default_factory=dict)
+    """The starting weights' validation figures in an ``init_from`` run, for the final summary."""
+    wandb_run_id: str | None = None
+    rng_by_rank: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    """Each process's random state (dropout masks); the data order needs none: it follows from the step."""
+
+    def note_val_loss(self, loss: float) -> None:
+        if loss < self.best_val_loss:
+            self.best_val_loss, self.best_step = loss, self.step
+
+
 class Trainer:
-    """Holds the state of one training run and steps it."""
+    """Steps one training run: the model, its optimizer, the data sampler and the ``TrainingState``."""
 
     def __init__(
         self,
@@ -328,13 +402,11 @@ class Trainer:
         self.eval_batch_size = max(t.micro_batch_size, 8192 // self.block_size)
         self.optimizer = build_optimizer(model, config, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        # DDP inside torch.compile (not the reverse) lets the compiler overlap the all-reduce with backward.
+        # Forward passes go through the wrappers: DDP inside torch.compile (not the reverse) lets the
+        # compiler overlap the all-reduce with backward. Checkpoints save ``model``: no wrapper prefixes.
         self.data_parallel = distributed.wrap(model, device)
-        self.compiled = torch.compile(self.data_parallel) if t.compile else self.data_parallel
-        self.step = 0
-        self.best_val_loss = math.inf
-        self.best_step: int | None = None
-        self.skipped_steps = 0
+        self.wrapped_model = torch.compile(self.data_parallel) if t.compile else self.data_parallel
+        self.state = TrainingState()
         self.tokens_per_step = t.batch_size * self.block_size
         self.flops_per_token = model.flops_per_token(self.block_size)
         self.peak_flops = self.world_size * (  # of the whole job, as tokens per second count every process
@@ -342,63 +414,55 @@ class Trainer:
             if device.type != "mps"
             else math.nan
         )
-        self.train_seconds = 0.0
-        self.val_before: dict[str, Any] = {}
+
+    @property
+    def tokens_seen(self) -> int:
+        return self.state.step * self.tokens_per_step
 
     # -- checkpoints ---------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
+    def checkpoint(self) -> dict[str, Any]:
+        """This step's checkpoint: ``TrainingState``'s fields, the weights, the optimizer and the config."""
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        rng_by_rank = distributed.gather_objects(rng)
+        self.state.rng_by_rank = distributed.gather_objects(rng)
+        self.state.wandb_run_id = self.logger.run_id
         return {
-            "step": self.step,
+            **dataclasses.asdict(self.state),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_by_rank[0],
-            "rng_by_rank": rng_by_rank,
-            "samples_seen": self.step * self.config.train.batch_size,
             "config": self.config.to_dict(),
             "model_config": dataclasses.asdict(self.config.model),
-            "wandb_run_id": self.logger.run_id,
-            "best_val_loss": self.best_val_loss,
-            "best_step": self.best_step,
-            "skipped_steps": self.skipped_steps,
-            "train_seconds": self.train_seconds,
-            "val_before": self.val_before,
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, saved: dict[str, Any]) -> None:
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scaler.load_state_dict(saved["scaler"])
+            self.state = TrainingState(**{f.name: saved[f.name] for f in dataclasses.fields(TrainingState)})
         except (KeyError, RuntimeError, ValueError) as e:
-            raise checkpoint.CheckpointError(f"{state['path']} does not fit this model: {e}") from None
-        self.scaler.load_state_dict(state["scaler"])
+            raise checkpoint.CheckpointError(f"{saved['path']} does not fit this model: {e}") from None
         # A process the checkpoint did not have (a larger world) keeps the dropout stream it was seeded with.
-        rng_by_rank = state.get("rng_by_rank", [state["rng"]])
-        if self.rank < len(rng_by_rank):
-            rng = rng_by_rank[self.rank]
+        if self.rank < len(self.state.rng_by_rank):
+            rng = self.state.rng_by_rank[self.rank]
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and self.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
-        self.step = state["step"]
-        self.best_val_loss, self.best_step = state["best_val_loss"], state["best_step"]
-        self.skipped_steps = state["skipped_steps"]
-        self.train_seconds = state["train_seconds"]
-        self.val_before = state.get("val_before", {})
 
     def save(self) -> Path:
-        state = self.state_dict()  # every process takes part: it gathers their random states
-        path = checkpoint.checkpoint_path(self.run_dir, self.step)
+        state = self.checkpoint()  # every process takes part: it gathers their random states
+        path = checkpoint.checkpoint_path(self.run_dir, self.state.step)
         if distributed.is_main():
-            checkpoint.save_checkpoint(self.run_dir, state, self.config.train.keep_last, self.best_step)
+            checkpoint.save_checkpoint(self.run_dir, state, self.config.train.keep_last, self.state.best_step)
             if self.config.lora.rank:
                 # The adapters alone, small enough to share; the checkpoint above holds everything for resume.
                 config = self.config
-                lora.save_adapter(self.adapter_path, self.model, config.lora, config.init_from, self.step)
+                lora.save_adapter(
+                    self.adapter_path, self.model, config.lora, config.init_from, self.state.step
+                )
         distributed.barrier()  # on return the files are in place, for every process
         return path
 
@@ -410,16 +474,31 @@ class Trainer:
         found = checkpoint.list_checkpoints(self.run_dir)
         return str(found[-1][1]) if found else "none (no checkpoint was written yet)"
 
+    def interrupted(self) -> RunInterrupted:
+        """Save where a Ctrl-C stopped the run (a single process: a group cannot agree on it) and say how to
+        continue."""
+        if self.world_size > 1:
+            return RunInterrupted(
+                f"interrupted at step {self.state.step}; continue from the last checkpoint with "
+                f"--resume={self.run_dir} (last: {self.last_good_checkpoint()})"
+            )
+        self.model.train()  # a Ctrl-C during an evaluation leaves the model in eval mode
+        path = self.save()
+        return RunInterrupted(
+            f"interrupted at step {self.state.step} of {self.config.train.max_steps}; saved {path}. "
+            f"Continue with: python run.py --resume={self.run_dir}"
+        )
+
     # -- one optimizer step --------------------------------------------------------------------------------
 
-    def train_step(self, want_layer_norms: bool = False) -> tuple[float, float, dict[str, float]]:
+    def train_step(self, want_block_norms: bool = False) -> tuple[float, float, dict[str, float]]:
         """Accumulate gradients over the micro-batches of one step, clip, and update; return the mean loss,
         the gradient norm before clipping, and (if asked) each block's gradient norm before clipping."""
         t = self.config.train
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, self.config)
+            group["lr"] = self.lr()
         loss_sum = torch.zeros((), device=self.device)
-        first_sample = self.step * t.batch_size
+        first_sample = self.state.step * t.batch_size
         for micro in range(self.accum_steps):
             # Each micro-step takes the next micro_batch_size * world_size samples, a slice per process, so
             # the step's samples do not depend on how many processes share them.
@@ -428,11 +507,11 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with distributed.gradient_sync(self.data_parallel, enabled=micro == self.accum_steps - 1):
                 with self.autocast():
-                    _, loss = self.compiled(x, y)
+                    _, loss = self.wrapped_model(x, y)
                 self.scaler.scale(loss / self.accum_steps).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)
-        layer_norms = self.layer_grad_norms() if want_layer_norms else {}
+        block_norms = self.block_grad_norms() if want_block_norms else {}
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf).item()
         # The mean over every process: the same number everywhere, so all processes stop or skip together.
         loss = (distributed.all_reduce_sum(loss_sum) / (self.accum_steps * self.world_size)).item()
@@ -441,19 +520,28 @@ class Trainer:
             if not t.skip_nonfinite:
                 raise NonFiniteLossError(
                     f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step "
-                    f"{self.step + 1} (loss {loss}, grad norm {grad_norm}); stopped without saving. "
+                    f"{self.state.step + 1} (loss {loss}, grad norm {grad_norm}); stopped without saving. "
                     f"Last good checkpoint: {self.last_good_checkpoint()}. Lower --lr, raise --warmup_steps, "
                     "or pass --skip_nonfinite=true to skip such steps"
                 )
-            self.skipped_steps += 1
+            self.state.skipped_steps += 1
             self.scaler.update()
-            return loss, grad_norm, layer_norms
+            return loss, grad_norm, block_norms
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm, layer_norms
+        return loss, grad_norm, block_norms
 
-    def layer_grad_norms(self) -> dict[str, float]:
+    def lr(self) -> float:
+        return lr_at(self.state.step, self.config, self.time_spent())
+
+    def time_spent(self) -> float:
+        """The fraction of the time budget (``train.max_minutes``) used; 0 without a budget."""
+        budget = 60 * self.config.train.max_minutes
+        return self.state.train_seconds / budget if budget else 0.0
+
+    def block_grad_norms(self) -> dict[str, float]:
+        """Each transformer block's gradient norm, logged as ``grad_norm/layer_<i>``."""
         return {
             f"grad_norm/layer_{i}": torch.linalg.vector_norm(
                 torch.stack([p.grad.norm() for p in block.parameters() if p.grad is not None])
@@ -464,49 +552,57 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------------
 
     def train(self) -> None:
+        """Step until ``max_steps``, or until the time budget is spent (every process stops at the same step:
+        rank 0's clock decides)."""
         t = self.config.train
         window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
-        while self.step < t.max_steps:
+        while self.state.step < t.max_steps and not self.out_of_time():
             step_start = time.perf_counter()
-            will_log = (self.step + 1) % t.log_interval == 0 or self.step + 1 == t.max_steps
-            loss, grad_norm, layer_norms = self.train_step(
-                want_layer_norms=t.log_layer_grad_norms and will_log
+            will_log = (self.state.step + 1) % t.log_interval == 0 or self.state.step + 1 == t.max_steps
+            lr = self.lr()
+            loss, grad_norm, block_norms = self.train_step(
+                want_block_norms=t.log_layer_grad_norms and will_log
             )
-            self.step += 1
+            self.state.step += 1
             window_steps += 1
             window_loss += loss
-            self.train_seconds += time.perf_counter() - step_start
+            self.state.train_seconds += time.perf_counter() - step_start
             if will_log:
                 elapsed = time.perf_counter() - window_start
                 tokens_per_sec = window_steps * self.tokens_per_step / elapsed
                 self.logger.log(
                     {
                         "train/loss": window_loss / window_steps,  # one step's loss alone is noisy
-                        "train/lr": lr_at(self.step - 1, self.config),
+                        "train/lr": lr,
                         "train/grad_norm": grad_norm,
-                        "train/tokens": self.step * self.tokens_per_step,
+                        "train/tokens": self.tokens_seen,
                         "perf/tokens_per_sec": tokens_per_sec,
                         "perf/step_ms": 1000 * elapsed / window_steps,
                         "perf/mfu": tokens_per_sec * self.flops_per_token / self.peak_flops,
                         "perf/peak_mem_mb": perf.peak_memory_mb(self.device),
-                        **layer_norms,
+                        **block_norms,
                     },
-                    step=self.step,
+                    step=self.state.step,
                 )
                 window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
-            if t.eval_interval and self.step % t.eval_interval == 0 and self.step < t.max_steps:
-                self._periodic_eval()
+            if self.state.step < t.max_steps and t.eval_interval and self.state.step % t.eval_interval == 0:
+                self.periodic_eval()
                 window_start = time.perf_counter()
-            if t.ckpt_interval and self.step % t.ckpt_interval == 0 and self.step < t.max_steps:
+            if self.state.step < t.max_steps and t.ckpt_interval and self.state.step % t.ckpt_interval == 0:
                 self.save()
                 window_start = time.perf_counter()
 
-    def _evaluate(
+    def out_of_time(self) -> bool:
+        if not self.config.train.max_minutes:
+            return False
+        return bool(distributed.broadcast_object(self.time_spent() >= 1.0))
+
+    def evaluate(
         self, split: data.TokenSplit, max_batches: int = 0, stride: int | None = None, max_tokens: int = 0
     ) -> EvalResult:
         tokens = split.tokens[:max_tokens] if max_tokens else split.tokens
         return evaluate(
-            self.compiled,
+            self.wrapped_model,
             tokens,
             self.block_size,
             self.eval_batch_size,
@@ -521,48 +617,48 @@ class Trainer:
 
     def evaluate_before_training(self) -> None:
         """Score the starting weights on the validation tokens the final evaluation scores, to compare."""
-        result = self._evaluate(self.splits.val, max_tokens=self.config.train.eval_max_tokens)
-        self.val_before = {**result.as_metrics("val_before"), "val_before/describe": result.describe()}
-        self.logger.log({**result.as_metrics("val_before"), "train/tokens": 0}, step=self.step)
-        print(f"before training: val {result.describe()}")
+        result = self.evaluate(self.splits.val, max_tokens=self.config.train.eval_max_tokens)
+        self.state.val_before = {**result.as_metrics("val_before"), "val_before/describe": result.describe()}
+        self.logger.log({**result.as_metrics("val_before"), "train/tokens": 0}, step=self.state.step)
+        if distributed.is_main():
+            print(f"before training: val {result.describe()}")
 
-    def _periodic_eval(self) -> None:
-        result = self._evaluate(self.splits.val, max_batches=self.config.train.eval_batches)
-        if result.loss < self.best_val_loss:
-            self.best_val_loss, self.best_step = result.loss, self.step
-        self.logger.log(
-            {**result.as_metrics("val"), "train/tokens": self.step * self.tokens_per_step}, step=self.step
-        )
+    def periodic_eval(self) -> None:
+        """A cheap estimate (``eval_batches`` batches) for the curve; the final evaluation scores whole
+        splits."""
+        result = self.evaluate(self.splits.val, max_batches=self.config.train.eval_batches)
+        self.state.note_val_loss(result.loss)
+        self.logger.log({**result.as_metrics("val"), "train/tokens": self.tokens_seen}, step=self.state.step)
 
     def final_evaluation(self) -> dict[str, Any]:
         t = self.config.train
-        val = self._evaluate(self.splits.val, max_tokens=t.eval_max_tokens)
-        if val.loss < self.best_val_loss:
-            self.best_val_loss, self.best_step = val.loss, self.step
+        val = self.evaluate(self.splits.val, max_tokens=t.eval_max_tokens)
+        self.state.note_val_loss(val.loss)
         self.save()
         metrics = val.as_metrics("final_val")
-        summary: dict[str, Any] = {**metrics, "final_val/describe": val.describe(), **self.val_before}
+        summary: dict[str, Any] = {**metrics, "final_val/describe": val.describe(), **self.state.val_before}
         if self.config.lora.rank:
             summary["adapter_bytes"] = self.adapter_path.stat().st_size
         if self.splits.test is not None:
-            test = self._evaluate(self.splits.test, max_tokens=t.eval_max_tokens)
+            test = self.evaluate(self.splits.test, max_tokens=t.eval_max_tokens)
+            metrics.update(test.as_metrics("final_test"))
             summary.update(test.as_metrics("final_test"))
             summary["final_test/describe"] = test.describe()
         if t.eval_stride:
             for name, split in (("val", self.splits.val), ("test", self.splits.test)):
                 if split is not None:
-                    sliding = self._evaluate(split, stride=t.eval_stride, max_tokens=t.eval_max_tokens)
+                    sliding = self.evaluate(split, stride=t.eval_stride, max_tokens=t.eval_max_tokens)
                     summary.update(sliding.as_metrics(f"final_{name}_sliding"))
-        self.logger.log({**metrics, "train/tokens": self.step * self.tokens_per_step}, step=self.step)
+        self.logger.log({**metrics, "train/tokens": self.tokens_seen}, step=self.state.step)
         summary.update(
             {
-                "step": self.step,
-                "tokens": self.step * self.tokens_per_step,
-                "train_seconds": self.train_seconds,
-                "tokens_per_sec": self.step * self.tokens_per_step / max(self.train_seconds, 1e-9),
-                "best_val_loss_periodic": self.best_val_loss,
-                "best_step": self.best_step,
-                "skipped_steps": self.skipped_steps,
+                "step": self.state.step,
+                "tokens": self.tokens_seen,
+                "train_seconds": self.state.train_seconds,
+                "tokens_per_sec": self.tokens_seen / max(self.state.train_seconds, 1e-9),
+                "best_val_loss": self.state.best_val_loss,
+                "best_step": self.state.best_step,
+                "skipped_steps": self.state.skipped_steps,
                 "run_dir": str(self.run_dir),
             }
         )

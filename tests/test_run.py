@@ -1,0 +1,130 @@
+"""The main command's run-side promises: Ctrl-C saves and says how to continue, a time budget stops the run
+and ends its schedule, and a batch or folder that cannot work is refused before any data loads."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import tiny_config, write_experiment
+
+import run as run_script
+from minigpt import checkpoint, perf, train
+from minigpt.config import ConfigError, apply_overrides
+from minigpt.model import GPTConfig
+from minigpt.tracking import read_metrics
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ctrl_c_saves_a_checkpoint_and_prints_how_to_resume(tiny_corpus, tmp_path, monkeypatch, capsys):
+    config = tiny_config(tiny_corpus, tmp_path, {"max_steps": 8, "ckpt_interval": 0, "eval_interval": 0})
+    experiment = write_experiment(tmp_path / "experiment.py", config)
+    real_step = train.Trainer.train_step
+
+    def ctrl_c_in_step_four(self, *args, **kwargs):
+        if self.state.step == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.Trainer, "train_step", ctrl_c_in_step_four)
+    assert run_script.main([str(experiment)]) == 130
+    run_dir = tmp_path / "run"
+    err = capsys.readouterr().err
+    assert "interrupted at step 3 of 8" in err and f"python run.py --resume={run_dir}" in err
+    assert "Traceback" not in err
+    assert [step for step, _ in checkpoint.list_checkpoints(run_dir)] == [3]
+
+    monkeypatch.setattr(train.Trainer, "train_step", real_step)
+    assert run_script.main([f"--resume={run_dir}"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["step"] == 8
+    assert [row["step"] for row in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in row] == list(
+        range(1, 9)
+    )
+
+
+def test_a_real_sigint_stops_a_training_process_with_a_checkpoint(tiny_corpus, tmp_path):
+    config = tiny_config(
+        tiny_corpus,
+        tmp_path,
+        {"max_steps": 100_000, "ckpt_interval": 0, "eval_interval": 0, "log_interval": 1},
+    )
+    experiment = write_experiment(tmp_path / "experiment.py", config)
+    child = subprocess.Popen(
+        [sys.executable, "run.py", str(experiment)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "tests")},
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 300  # generous: the test must not flake on a loaded machine
+    while not (metrics.exists() and read_metrics(metrics)) and time.monotonic() < deadline:
+        assert child.poll() is None, child.communicate()
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 130, err
+    assert "interrupted at step" in err and "--resume=" in err and "Traceback" not in err
+    (step, path), *_ = checkpoint.list_checkpoints(tmp_path / "run")
+    assert step >= 1 and checkpoint.load_checkpoint(path)["step"] == step
+
+
+def test_a_time_budget_stops_training_and_ends_the_schedule(tiny_corpus, tmp_path):
+    config = tiny_config(
+        tiny_corpus, tmp_path, {"max_steps": 1_000_000, "max_minutes": 0.02, "eval_interval": 0}
+    )
+    summary = train.run(config)
+    assert 1 <= summary["step"] < 1_000_000
+    assert summary["train_seconds"] == pytest.approx(1.2, abs=1.0)  # stops at the first step past 1.2 s
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_the_schedule_under_a_time_budget_follows_the_time_spent(tiny_corpus, tmp_path):
+    config = tiny_config(tiny_corpus, tmp_path, {"max_steps": 1000, "warmup_steps": 10, "min_lr_ratio": 0.1})
+    lr = config.train.lr
+    assert train.lr_at(20, config, time_spent=0.0) == pytest.approx(train.lr_at(20, config))
+    assert train.lr_at(20, config, time_spent=0.5) == pytest.approx(lr * (0.1 + 0.9 * 0.5))
+    assert train.lr_at(20, config, time_spent=1.0) == pytest.approx(0.1 * lr)
+    assert train.lr_at(5, config, time_spent=1.0) == pytest.approx(lr * 6 / 10)  # warmup is counted in steps
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_data_loads(tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(perf, "available_memory_bytes", lambda device: 2**20)  # 1 MiB left
+    config = tiny_config(tiny_corpus, tmp_path)
+    with pytest.raises(ConfigError, match="does not fit in memory: micro_batch_size=2 at context 16"):
+        train.run(config)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_the_memory_estimate_grows_with_the_batch_and_counts_every_parameter_four_times():
+    config = GPTConfig(vocab_size=1000, block_size=64, n_layer=2, n_head=2, n_embd=32)
+    states, small = perf.training_memory_bytes(config, micro_batch_size=1)
+    _, large = perf.training_memory_bytes(config, micro_batch_size=8)
+    params = 1000 * 32 + 64 * 32 + 2 * (12 * 32 * 32 + 13 * 32) + 2 * 32
+    assert states == 16 * params  # fp32 weights, gradients and AdamW's two moments
+    assert large == 8 * small > 0
+
+
+@pytest.mark.parametrize(
+    ("make_out_dir", "fragment"),
+    [
+        (lambda tmp: tmp / "a-file" / "runs", "cannot create it"),
+        (lambda tmp: Path("/proc/minigpt-runs"), "is not writable"),
+    ],
+)
+def test_an_output_folder_that_cannot_be_made_is_refused_up_front(
+    tiny_corpus, tmp_path, make_out_dir, fragment, capsys
+):
+    (tmp_path / "a-file").write_text("not a folder")
+    out_dir = make_out_dir(tmp_path)
+    config = apply_overrides(tiny_config(tiny_corpus, tmp_path), {"out_dir": str(out_dir)})
+    assert run_script.main([str(write_experiment(tmp_path / "experiment.py", config))]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and f"log.out_dir={out_dir}" in err and "Traceback" not in err
