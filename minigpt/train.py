@@ -232,7 +232,6 @@ def settle_config(
         config = adopt_base_architecture(config, base_config)
     else:
         check_can_create(Path(config.log.out_dir))
-    accumulation_steps(config.train, distributed.world_size())
     perf.check_fits_in_memory(config.model, config.train.micro_batch_size, device)
     return config, base_weights
 
@@ -262,6 +261,7 @@ def prepare(
 
     The run directory is made only once the data has loaded, so a run that cannot start leaves nothing."""
     t = config.train
+    accum_steps = accumulation_steps(t, distributed.world_size())  # a batch that does not split fails here
     if t.threads:
         torch.set_num_threads(t.threads)
     precision = perf.pick_precision(t.precision, device)
@@ -290,7 +290,7 @@ def prepare(
         logger = make_logger(config, run_dir, saved.get("wandb_run_id") if saved else None)
     else:
         logger = tracking.Logger()
-    trainer = Trainer(config, model, splits, device, precision, logger, run_dir)
+    trainer = Trainer(config, model, splits, device, precision, accum_steps, logger, run_dir)
     if saved is not None:
         trainer.restore(saved)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -386,6 +386,7 @@ class Trainer:
         splits: Splits,
         device: torch.device,
         precision: str,
+        accum_steps: int,
         logger: tracking.Logger,
         run_dir: Path,
     ) -> None:
@@ -397,7 +398,7 @@ class Trainer:
         self.block_size = config.model.block_size
         self.sampler = data.BlockSampler(splits.train.tokens, self.block_size, t.seed)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
-        self.accum_steps = accumulation_steps(t, self.world_size)
+        self.accum_steps = accum_steps
         # Evaluation keeps no activations for backward, so it can take bigger batches (and bigger matmuls).
         self.eval_batch_size = max(t.micro_batch_size, 8192 // self.block_size)
         self.optimizer = build_optimizer(model, config, device)
@@ -491,12 +492,13 @@ class Trainer:
 
     # -- one optimizer step --------------------------------------------------------------------------------
 
-    def train_step(self, want_block_norms: bool = False) -> tuple[float, float, dict[str, float]]:
-        """Accumulate gradients over the micro-batches of one step, clip, and update; return the mean loss,
-        the gradient norm before clipping, and (if asked) each block's gradient norm before clipping."""
+    def train_step(self, lr: float, want_block_norms: bool = False) -> tuple[float, float, dict[str, float]]:
+        """Accumulate gradients over the micro-batches of one step, clip, and update at learning rate ``lr``;
+        return the mean loss, the gradient norm before clipping, and (if asked) each block's gradient norm
+        before clipping."""
         t = self.config.train
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr()
+            group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
         first_sample = self.state.step * t.batch_size
         for micro in range(self.accum_steps):
@@ -532,9 +534,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss, grad_norm, block_norms
 
-    def lr(self) -> float:
-        return lr_at(self.state.step, self.config, self.time_spent())
-
     def time_spent(self) -> float:
         """The fraction of the time budget (``train.max_minutes``) used; 0 without a budget."""
         budget = 60 * self.config.train.max_minutes
@@ -559,10 +558,8 @@ class Trainer:
         while self.state.step < t.max_steps and not self.out_of_time():
             step_start = time.perf_counter()
             will_log = (self.state.step + 1) % t.log_interval == 0 or self.state.step + 1 == t.max_steps
-            lr = self.lr()
-            loss, grad_norm, block_norms = self.train_step(
-                want_block_norms=t.log_layer_grad_norms and will_log
-            )
+            lr = lr_at(self.state.step, self.config, self.time_spent())
+            loss, grad_norm, block_norms = self.train_step(lr, t.log_layer_grad_norms and will_log)
             self.state.step += 1
             window_steps += 1
             window_loss += loss

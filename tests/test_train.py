@@ -159,6 +159,7 @@ def test_a_compiled_model_saves_unprefixed_weights(tiny_corpus, tmp_path, monkey
         train.load_splits(config, tokenizer),
         torch.device("cpu"),
         "fp32",
+        1,
         tracking.Logger(),
         tmp_path,
     )
