@@ -265,27 +265,10 @@ def prepare(
     if t.threads:
         torch.set_num_threads(t.threads)
     precision = perf.pick_precision(t.precision, device)
-
-    tokenizer = data.load_tokenizer(config.data)
-    if len(tokenizer) > config.model.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
-            f"{len(tokenizer)} tokens"
-        )
-    with distributed.local_main_first():  # one process per machine builds the token caches; the rest read
-        splits = load_splits(config, tokenizer)
-
-    torch.manual_seed(t.seed)
-    model = GPT(config.model).to(device)
-    if base_weights is not None:
-        model.load_state_dict(base_weights)
-    if config.lora.rank:
-        lora.apply_lora(model, config.lora)  # freezes the base
-    if distributed.rank() > 0:
-        torch.manual_seed(t.seed + distributed.rank())  # each process draws its own dropout masks
+    splits = load_data(config)
+    model = build_model(config, device, base_weights)
 
     run_dir = Path(saved["path"]).parent if saved else open_run_dir(config)
-    source = provenance.source_state()
     if distributed.is_main():
         logger = make_logger(config, run_dir, saved.get("wandb_run_id") if saved else None)
     else:
@@ -293,37 +276,73 @@ def prepare(
     trainer = Trainer(config, model, splits, device, precision, accum_steps, logger, run_dir)
     if saved is not None:
         trainer.restore(saved)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    metadata = {
+    source = provenance.source_state()
+    logger.start(
+        run_metadata(trainer, source, command, saved), total_steps=t.max_steps, first_step=trainer.state.step
+    )
+    if source.diff and distributed.is_main():
+        atomic_write_bytes(run_dir / "git.diff", source.diff.encode())
+    return trainer
+
+
+def load_data(config: ExperimentConfig) -> Splits:
+    tokenizer = data.load_tokenizer(config.data)
+    if len(tokenizer) > config.model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+            f"{len(tokenizer)} tokens"
+        )
+    with distributed.local_main_first():  # one process per machine builds the token caches; the rest read
+        return load_splits(config, tokenizer)
+
+
+def build_model(
+    config: ExperimentConfig, device: torch.device, base_weights: dict[str, torch.Tensor] | None
+) -> GPT:
+    torch.manual_seed(config.train.seed)
+    model = GPT(config.model).to(device)
+    if base_weights is not None:
+        model.load_state_dict(base_weights)
+    if config.lora.rank:
+        lora.apply_lora(model, config.lora)  # freezes the base
+    if config.init_from and distributed.is_main():
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = model.num_params()
+        print(
+            f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%), "
+            f"starting from {config.init_from}"
+        )
+    if distributed.rank() > 0:
+        torch.manual_seed(config.train.seed + distributed.rank())  # each process draws its own dropout masks
+    return model
+
+
+def run_metadata(
+    trainer: Trainer, source: provenance.SourceState, command: list[str] | None, saved: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The resolved config plus how, where and from what code the run was made (``_run``)."""
+    config, model = trainer.config, trainer.model
+    return {
         **config.to_dict(),
         "_run": {
             "git_commit": source.commit,
             "git_dirty": source.dirty,
             "git_untracked": source.untracked,
             "command": command or sys.argv,
-            "device": str(device),
-            "world_size": distributed.world_size(),
+            "device": str(trainer.device),
+            "world_size": trainer.world_size,
             "threads": torch.get_num_threads(),
-            "precision": precision,
+            "precision": trainer.precision,
             "params": model.num_params(),
             "params_non_embedding": model.num_params(non_embedding=True),
-            "params_trainable": trainable,
-            "tokens_planned": t.max_steps * trainer.tokens_per_step,
-            "max_minutes": t.max_minutes,
-            "run_dir": str(run_dir),
+            "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "tokens_planned": config.train.max_steps * trainer.tokens_per_step,
+            "max_minutes": config.train.max_minutes,
+            "run_dir": str(trainer.run_dir),
             "torch": torch.__version__,
             "resumed_from": saved["path"] if saved else None,
         },
     }
-    logger.start(metadata, total_steps=t.max_steps, first_step=trainer.state.step)
-    if source.diff and distributed.is_main():
-        atomic_write_bytes(run_dir / "git.diff", source.diff.encode())
-    if config.init_from and distributed.is_main():
-        print(
-            f"parameters: {trainable:,} trainable of {model.num_params():,} "
-            f"({100 * trainable / model.num_params():.2f}%), starting from {config.init_from}"
-        )
-    return trainer
 
 
 def open_run_dir(config: ExperimentConfig) -> Path:
