@@ -28,25 +28,51 @@ from minigpt.model import GPT
 from minigpt.perf import pick_device
 
 
+def load_model_for_sampling(
+    checkpoint: str | Path | None = None,
+    hf: str | Path | None = None,
+    device: str = "cpu",
+    adapter: str | Path | None = None,
+    merge_adapter: bool = False,
+) -> GPT:
+    """An eval-mode GPT from exactly one source: a project checkpoint or a Hugging Face GPT-2.
+
+    A checkpoint is a ``ckpt-*.pt`` file of a run, or a run directory (its newest checkpoint), read by
+    ``minigpt.checkpoint.load_checkpoint`` (plain tensors and data only, never pickled code); a LoRA run's
+    checkpoint loads with its adapters. ``adapter`` attaches a LoRA adapter directory to the model, which
+    must be the base it was trained on; ``merge_adapter`` folds the adapters into the weights, so that
+    generating costs what the base costs. ``device="auto"`` picks CUDA, then MPS, then the CPU.
+    """
+    return _load(checkpoint, hf, device, adapter, merge_adapter, need_tokenizer=False)[0]
+
+
 def load_for_sampling(
     checkpoint: str | Path | None = None,
     hf: str | Path | None = None,
-    device: str = "auto",
+    device: str = "cpu",
     adapter: str | Path | None = None,
     merge_adapter: bool = False,
     tokenizer: str | None = None,
 ) -> tuple[GPT, Any]:
-    """An eval-mode GPT from exactly one source, a project checkpoint or a Hugging Face GPT-2, and the
-    tokenizer it was trained with.
+    """``load_model_for_sampling``'s model and the tokenizer it was trained with: a checkpoint's is its
+    run's ``data.tokenizer``, a Hugging Face directory holds its own; ``tokenizer`` (a directory or name)
+    overrides both."""
+    model, data_config = _load(
+        checkpoint, hf, device, adapter, merge_adapter, need_tokenizer=tokenizer is None
+    )
+    if tokenizer is not None:
+        data_config = DataConfig(tokenizer=tokenizer)
+    return model, data.load_tokenizer(data_config)
 
-    A checkpoint is a ``ckpt-*.pt`` file of a run, or a run directory (its newest checkpoint), read by
-    ``minigpt.checkpoint.load_checkpoint`` (plain tensors and data only, never pickled code); a LoRA run's
-    checkpoint loads with its adapters, and its tokenizer is the run's ``data.tokenizer``. A Hugging Face
-    directory brings its own tokenizer. ``tokenizer`` (a directory or name) overrides both. ``adapter``
-    attaches a LoRA adapter directory to the model, which must be the base it was trained on;
-    ``merge_adapter`` folds the adapters into the weights, so that generating costs what the base costs.
-    ``device="auto"`` picks CUDA, then MPS, then the CPU.
-    """
+
+def _load(
+    checkpoint: str | Path | None,
+    hf: str | Path | None,
+    device: str,
+    adapter: str | Path | None,
+    merge_adapter: bool,
+    need_tokenizer: bool,
+) -> tuple[GPT, DataConfig]:
     if (checkpoint is None) == (hf is None):
         raise ValueError("give exactly one of checkpoint and hf")
     if checkpoint is not None:
@@ -54,14 +80,12 @@ def load_for_sampling(
         model = checkpoints.build_model(state)
         data_config = checkpoints.data_config(state)
     else:
-        model, data_config = _load_hf(hf, need_tokenizer=tokenizer is None)
-    if tokenizer is not None:
-        data_config = DataConfig(tokenizer=tokenizer)
+        model, data_config = _load_hf(hf, need_tokenizer)
     if adapter is not None:
         attach_adapter(model, load_adapter(adapter))
     if merge_adapter:
         merge_lora(model)
-    return model.to(pick_device(device)).eval(), data.load_tokenizer(data_config)
+    return model.to(pick_device(device)).eval(), data_config
 
 
 def _load_hf(hf: str | Path, need_tokenizer: bool) -> tuple[GPT, DataConfig]:
