@@ -195,9 +195,9 @@ def model_card(model: GPT, state: dict[str, Any], record: dict[str, Any], adapte
         "",
         f"# {config.get('name', 'MiniGPT model')}",
         "",
-        "A small GPT-2-style language model trained from scratch with MiniGPT and exported with "
-        "`python -m minigpt.export`.",
+        "A small GPT-2-style language model trained with MiniGPT, exported by `python -m minigpt.export`.",
         "",
+        *([f"- **Initialised from**: `{config['init_from']}`"] if config.get("init_from") else []),
         f"- **Architecture**: {_architecture(model)}",
         f"- **Data set**: {_dataset(config)}",
         f"- **Tokens trained**: {trained}",
@@ -207,8 +207,10 @@ def model_card(model: GPT, state: dict[str, Any], record: dict[str, Any], adapte
         "",
         "## Evaluation",
         "",
-        "Perplexity is exp(mean next-token loss) over the whole split; windows of `context` tokens "
-        "advance by `stride`, so every scored token sees at least `context - stride` tokens of left context.",
+        "Perplexity is exp(mean next-token loss) over the tokens stated: the whole split, unless the run "
+        "capped evaluation with `train.eval_max_tokens`. Windows of `context` tokens advance by `stride`; "
+        "with a stride below the context, every scored token after the first window sees at least "
+        "`context - stride` earlier tokens.",
         "",
         *_evaluations(record["summary"], step),
         "",
