@@ -13,9 +13,11 @@ validate on: articles a WikiText-trained base never saw, without the ``<unk>`` m
 variant that ``experiments/tiny.py`` trains on.
 
 The run prints trainable and total parameters and the validation perplexity before the first step; the
-summary holds ``val_before/ppl`` and ``final_val/ppl`` side by side, and ``<run dir>/adapter.pt`` holds the
-adapters alone. ``python -m minigpt.sample --checkpoint BASE --adapter <run dir>/adapter.pt --prompt ...``
-generates with them (``--merge-adapter`` folds them into the weights first).
+summary holds ``val_before/ppl`` and ``final_val/ppl`` side by side, and ``<run dir>/adapter/`` holds the
+adapters alone, in peft's format (``adapter_config.json``, ``adapter_model.safetensors``).
+``python -m minigpt.sample --checkpoint BASE --adapter <run dir>/adapter --prompt ...`` generates with them
+(``--merge-adapter`` folds them into the weights first); ``python -m minigpt.export BASE --out DIR`` exports
+the base, on which ``peft.PeftModel.from_pretrained(model, "<run dir>/adapter")`` loads them.
 """
 
 import os

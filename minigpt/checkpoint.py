@@ -2,7 +2,8 @@
 
 A run directory holds ``ckpt-<step>.pt`` files. Each is complete or absent (temporary file, fsync, rename);
 the newest ``keep_last`` and the best by validation loss are kept. Loading uses
-``torch.load(weights_only=True)``, so a malicious file cannot run code.
+``torch.load(weights_only=True)``, so a malicious file cannot run code; ``build_model`` turns a loaded
+checkpoint back into its model, adapters included.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any
 
 import torch
 
+from minigpt.config import DataConfig
+from minigpt.lora import LoRAConfig, apply_lora
+from minigpt.model import GPT, GPTConfig
 from minigpt.storage import atomic_write, remove_interrupted_writes
 
 FORMAT = "minigpt-checkpoint"
@@ -88,3 +92,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} was written by a newer MiniGPT (format version {state['version']})")
     state["path"] = str(path)
     return state
+
+
+def build_model(state: dict[str, Any]) -> GPT:
+    """The model a loaded checkpoint holds, in eval mode; a LoRA run's model comes with its adapters."""
+    model = GPT(GPTConfig(**state["model_config"]))
+    lora_config = LoRAConfig(**state.get("config", {}).get("lora", {}))
+    if lora_config.rank:
+        apply_lora(model, lora_config)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{state['path']} holds weights that do not fit its own model_config: {e}"
+        ) from None
+    return model.eval()
+
+
+def data_config(state: dict[str, Any]) -> DataConfig:
+    """The data settings of the run that wrote a checkpoint (its tokenizer above all); the defaults for a
+    checkpoint saved without its run's config."""
+    return DataConfig(**state.get("config", {}).get("data", {}))

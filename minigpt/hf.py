@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from minigpt.lora import lora_layers
 from minigpt.model import GPT, GPTConfig
 
 # Weights stored as (in_features, out_features) on the Hugging Face side.
@@ -78,14 +79,25 @@ def to_hf(model: GPT, attn_implementation: str = "sdpa"):
     """A ``transformers.GPT2LMHeadModel`` computing the same function as ``model``.
 
     GPT-2 always has biases: a ``bias=False`` model converts with zero biases, which is exactly
-    equivalent. Post-LN has no GPT-2 counterpart and raises ``ValueError``.
+    equivalent. Post-LN has no GPT-2 counterpart and raises ``ValueError``, as do LoRA adapters that are
+    not merged into the weights (GPT-2 has no place for them; peft carries them separately).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = model.config
     if cfg.norm_position != "pre":
         raise ValueError(
-            f"norm_position={cfg.norm_position!r} has no Hugging Face GPT-2 equivalent (GPT-2 is pre-LN)"
+            f"norm_position={cfg.norm_position!r} has no Hugging Face GPT-2 equivalent: GPT-2 normalises "
+            "inside each residual branch (pre-LN) and no GPT-2 config can place the LayerNorm after the sum. "
+            "Share the MiniGPT checkpoint instead (python -m minigpt.sample --checkpoint loads it), or train "
+            "with model.norm_position=pre to get a model that exports"
+        )
+    unmerged = [name for name, layer in lora_layers(model).items() if not layer.merged]
+    if unmerged:
+        raise ValueError(
+            f"the model has {len(unmerged)} LoRA adapters not merged into its weights (e.g. {unmerged[0]}), "
+            "which GPT2LMHeadModel cannot hold: merge them first (--merge-adapter on the command line, "
+            "minigpt.lora.merge_lora in Python), or export the base and share the adapter directory for peft"
         )
     # GPT-2's <|endoftext|> is id 50256; a smaller vocabulary has no such token.
     eos = 50256 if cfg.vocab_size > 50256 else None

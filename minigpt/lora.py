@@ -11,7 +11,9 @@ The order of the pieces:
 2. ``LoRALinear``: an ``nn.Linear`` that keeps its frozen weight and adds the low-rank branch; it can merge
    the update into the weight (no extra cost at inference) and take it out again.
 3. ``apply_lora`` / ``merge_lora`` / ``unmerge_lora``: the whole model at once.
-4. Adapter files: only A and B, with the identity of the base they were trained on, checked on attach.
+4. Adapter files, in peft's format: a directory holding ``adapter_config.json`` and
+   ``adapter_model.safetensors``, loadable by ``peft.PeftModel.from_pretrained`` on the exported base
+   (``minigpt.export``), with the identity of the base they were trained on, checked on attach.
 
 Targets name a block's linear layers by the end of their path: ``attn.c_attn`` (queries, keys and values),
 ``attn.c_proj`` (attention output), ``mlp.c_fc`` (MLP in) and ``mlp.c_proj`` (MLP out). A target matches
@@ -22,19 +24,18 @@ are never adapted: the head shares its matrix with the token embedding and feeds
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from minigpt.model import GPT
-from minigpt.storage import atomic_write
+from minigpt.storage import atomic_write_bytes, atomic_write_json
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. Configuration
@@ -213,78 +214,220 @@ def base_fingerprint(model: nn.Module) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 4. Adapter files
+# 4. Adapter files (peft's format)
 # ---------------------------------------------------------------------------------------------------------
 
-FORMAT = "minigpt-lora-adapter"
-VERSION = 1
+# peft names an adapted layer's factors ``base_model.model.<layer path>.lora_A.weight``; we name them
+# ``<layer path>.lora_A``. The shapes agree: peft keeps A and B as ``nn.Linear(in, r)`` and
+# ``nn.Linear(r, out)`` even on GPT-2's transposed Conv1D layers (``fan_in_fan_out=True``), and scale the
+# update by alpha / r as we do.
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+_PEFT_PREFIX = "base_model.model."
+# Extra facts about the adapter, kept in the safetensors header, which peft ignores.
+_META_FINGERPRINT = "minigpt.base_fingerprint"
+_META_SOURCE = "minigpt.base_source"
+_META_STEP = "minigpt.step"
+# peft options whose non-default values change what an adapter computes in ways our LoRALinear does not.
+_UNSUPPORTED_PEFT_OPTIONS = {
+    "use_rslora": False,
+    "use_dora": False,
+    "bias": "none",
+    "modules_to_save": None,
+    "layers_to_transform": None,
+    "rank_pattern": {},
+    "alpha_pattern": {},
+}
 
 
 class AdapterError(RuntimeError):
-    """An adapter file that is missing, foreign, corrupt, or made for another base model."""
+    """An adapter that is missing, foreign, corrupt, or made for another base model."""
+
+
+@dataclass
+class Adapter:
+    """A loaded adapter: its settings, its factors under our parameter names, and where it came from."""
+
+    config: LoRAConfig
+    tensors: dict[str, torch.Tensor]
+    path: Path
+    base_fingerprint: str | None  # None for an adapter trained elsewhere (e.g. with peft on HF GPT-2)
+    base_source: str | None
+    step: int | None
+
+
+def _peft_key(name: str) -> str:
+    """``transformer.h.0.mlp.c_fc.lora_A`` -> ``base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight``."""
+    return f"{_PEFT_PREFIX}{name}.weight"
 
 
 def save_adapter(
-    path: str | Path, model: GPT, config: LoRAConfig, base_source: str, step: int | None = None
+    directory: str | Path, model: GPT, config: LoRAConfig, base_source: str, step: int | None = None
 ) -> Path:
-    """Write the adapters of ``model`` alone, atomically, with the identity of the base they adapt.
+    """Write the adapters of ``model`` alone into ``directory`` in peft's format, each file atomically.
 
-    ``base_source`` is where the base came from (a checkpoint path or a Hugging Face name), for people;
-    the fingerprint is what ``attach_adapter`` checks.
+    ``base_source`` is where the base came from (a checkpoint path or a Hugging Face name), for people and
+    for peft's ``base_model_name_or_path``; the base's fingerprint is what ``attach_adapter`` checks.
     """
+    from safetensors.torch import save
+
     if not lora_layers(model):
         raise ValueError("the model has no LoRA adapters to save")
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "lora_config": dataclasses.asdict(config),
-        "base": {
-            "source": base_source,
-            "fingerprint": base_fingerprint(model),
-            "model_config": dataclasses.asdict(model.config),
-        },
-        "step": step,
-        "adapters": adapter_state_dict(model),
+    directory = Path(directory)
+    metadata = {_META_FINGERPRINT: base_fingerprint(model), _META_SOURCE: base_source}
+    if step is not None:
+        metadata[_META_STEP] = str(step)
+    tensors = {_peft_key(name): t.contiguous() for name, t in adapter_state_dict(model).items()}
+    atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata=metadata))
+    peft_config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_source,
+        "r": config.rank,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.adapter_dropout,
+        "target_modules": config.target_list,
+        "fan_in_fan_out": True,  # the exported GPT-2 stores these layers as Conv1D, (in, out)
+        "bias": "none",
+        "inference_mode": True,
+        **{k: v for k, v in _UNSUPPORTED_PEFT_OPTIONS.items() if k != "bias"},
     }
-    path = Path(path)
-    atomic_write(path, lambda f: torch.save(payload, f))
-    return path
+    atomic_write_json(directory / CONFIG_NAME, peft_config)
+    return directory
 
 
-def load_adapter(path: str | Path) -> dict[str, Any]:
-    """Read an adapter file with ``weights_only=True`` (plain tensors and data, never pickled code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise AdapterError(f"adapter file {path} does not exist")
+def adapter_size(directory: str | Path) -> int:
+    """Bytes on disk of an adapter directory's two files."""
+    return sum((Path(directory) / name).stat().st_size for name in (CONFIG_NAME, WEIGHTS_NAME))
+
+
+def _read_config(directory: Path) -> LoRAConfig:
+    config_path = directory / CONFIG_NAME
     try:
-        adapter = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, objects weights_only refuses
-        raise AdapterError(f"{path} is not a loadable adapter file: {type(e).__name__}: {e}") from None
-    if not isinstance(adapter, dict) or adapter.get("format") != FORMAT:
-        raise AdapterError(f"{path} is not a MiniGPT LoRA adapter (no '{FORMAT}' marker)")
-    if adapter.get("version", 0) > VERSION:
-        raise AdapterError(f"{path} was written by a newer MiniGPT (adapter format {adapter['version']})")
-    adapter["path"] = str(path)
-    return adapter
-
-
-def attach_adapter(model: GPT, adapter: dict[str, Any]) -> None:
-    """Give ``model`` (the plain base) the adapters of a loaded adapter file, in place.
-
-    Refuses a model whose weights are not the base the adapter was trained on: an adapter is a correction to
-    one particular set of weights and means nothing on any other.
-    """
-    where = adapter.get("path", "the adapter")
-    base = adapter["base"]
-    fingerprint = base_fingerprint(model)
-    if fingerprint != base["fingerprint"]:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise AdapterError(
-            f"{where} was trained on another base model: it expects the weights of {base['source']!r} "
-            f"(fingerprint {base['fingerprint'][:16]}), but this model's weights have fingerprint "
-            f"{fingerprint[:16]}; load the base it was trained on"
+            f"{config_path} is not a readable adapter config: {type(e).__name__}: {e}"
+        ) from None
+    if not isinstance(raw, dict) or raw.get("peft_type") != "LORA":
+        found = raw.get("peft_type") if isinstance(raw, dict) else type(raw).__name__
+        raise AdapterError(
+            f"{config_path} is not a LoRA adapter config (peft_type is {found!r}, need 'LORA')"
         )
-    apply_lora(model, LoRAConfig(**adapter["lora_config"]))
-    expected = {f"{name}.{part}" for name in lora_layers(model) for part in ("lora_A", "lora_B")}
-    if set(adapter["adapters"]) != expected:
-        raise AdapterError(f"{where} holds adapters for other layers than its lora_config targets")
-    model.load_state_dict(adapter["adapters"], strict=False)
+    for option, default in _UNSUPPORTED_PEFT_OPTIONS.items():
+        if raw.get(option) not in (None, {}, [], default):
+            raise AdapterError(
+                f"{config_path} sets {option}={raw[option]!r}, which MiniGPT's LoRA does not implement; "
+                f"train the adapter with {option}={default!r}"
+            )
+    targets = raw.get("target_modules")
+    if isinstance(targets, str):
+        raise AdapterError(
+            f"{config_path}: target_modules is a regular expression ({targets!r}); need a list"
+        )
+    try:
+        return LoRAConfig(
+            rank=int(raw["r"]),
+            alpha=float(raw["lora_alpha"]),
+            adapter_dropout=float(raw.get("lora_dropout", 0.0)),
+            targets=",".join(targets or []),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise AdapterError(f"{config_path} does not describe an adapter MiniGPT can attach: {e}") from None
+
+
+def load_adapter(path: str | Path) -> Adapter:
+    """Read an adapter directory (or either of its two files) written by ``save_adapter`` or by peft.
+
+    Safetensors holds only tensors and a text header, so loading cannot run code.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    directory = path.parent if path.name in (CONFIG_NAME, WEIGHTS_NAME) else path
+    if not path.exists():
+        raise AdapterError(f"adapter {path} does not exist")
+    if not directory.is_dir():
+        raise AdapterError(
+            f"{path} is a file, but an adapter is a directory holding {CONFIG_NAME} and {WEIGHTS_NAME} "
+            "(a LoRA run writes <run dir>/adapter/)"
+        )
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (directory / name).is_file()]
+    if missing:
+        raise AdapterError(
+            f"{directory} is not an adapter directory: it has no {' and no '.join(missing)} "
+            "(a LoRA run writes <run dir>/adapter/; a peft adapter is saved with save_pretrained)"
+        )
+    config = _read_config(directory)
+    weights = directory / WEIGHTS_NAME
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            stored = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(
+            f"{weights} is not a loadable safetensors file (truncated or corrupt): {e}"
+        ) from None
+    tensors = {}
+    for key, tensor in stored.items():
+        name = key.removeprefix(_PEFT_PREFIX).removesuffix(".weight")
+        if not (key.startswith(_PEFT_PREFIX) and name.endswith((".lora_A", ".lora_B"))):
+            raise AdapterError(f"{weights} holds {key!r}, which is not a LoRA factor of a GPT-2 layer")
+        tensors[name] = tensor
+    step = metadata.get(_META_STEP)
+    return Adapter(
+        config=config,
+        tensors=tensors,
+        path=directory,
+        base_fingerprint=metadata.get(_META_FINGERPRINT),
+        base_source=metadata.get(_META_SOURCE),
+        step=int(step) if step is not None else None,
+    )
+
+
+def attach_adapter(model: GPT, adapter: Adapter) -> None:
+    """Give ``model`` (the plain base) the adapters of a loaded adapter, in place.
+
+    Refuses a model whose weights are not the base a MiniGPT adapter was trained on: an adapter is a
+    correction to one particular set of weights and means nothing on any other. An adapter from elsewhere
+    carries no fingerprint, so only its layers and shapes are checked.
+    """
+    if adapter.base_fingerprint is not None:
+        fingerprint = base_fingerprint(model)
+        if fingerprint != adapter.base_fingerprint:
+            raise AdapterError(
+                f"{adapter.path} was trained on another base model: it expects the weights of "
+                f"{adapter.base_source!r} (fingerprint {adapter.base_fingerprint[:16]}), but this model's "
+                f"weights have fingerprint {fingerprint[:16]}; load the base it was trained on"
+            )
+    modules = dict(model.named_modules())
+    expected = {
+        f"transformer.h.{i}.{path}.{part}"
+        for i in range(len(model.transformer.h))
+        for path in ADAPTABLE
+        if any(_matches(path, target) for target in adapter.config.target_list)
+        for part in ("lora_A", "lora_B")
+    }
+    if set(adapter.tensors) != expected:
+        unknown = sorted(set(adapter.tensors) - expected)[:3]
+        absent = sorted(expected - set(adapter.tensors))[:3]
+        raise AdapterError(
+            f"{adapter.path} does not fit this model: its factors and its target_modules "
+            f"{adapter.config.target_list} disagree on this {len(model.transformer.h)}-layer model "
+            f"(unexpected {unknown}, missing {absent})"
+        )
+    for name, tensor in adapter.tensors.items():
+        layer_path, part = name.rsplit(".", 1)
+        base = modules[layer_path]
+        want = (
+            (adapter.config.rank, base.in_features)
+            if part == "lora_A"
+            else (base.out_features, adapter.config.rank)
+        )
+        if tuple(tensor.shape) != want:
+            raise AdapterError(
+                f"{adapter.path}: {name} has shape {tuple(tensor.shape)}, but this model needs {want}"
+            )
+    apply_lora(model, adapter.config)
+    device = model.transformer.wte.weight.device
+    model.load_state_dict({k: v.to(device) for k, v in adapter.tensors.items()}, strict=False)

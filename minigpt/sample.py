@@ -2,21 +2,30 @@
 
 python -m minigpt.sample --checkpoint runs/x --prompt "Once upon a time" --max-new-tokens 100
 python -m minigpt.sample --hf path/to/gpt2 --prompt "Hello" --greedy
-python -m minigpt.sample --checkpoint runs/base --adapter runs/finetune/adapter.pt --prompt "Hello"
+python -m minigpt.sample --checkpoint runs/base --adapter runs/finetune/adapter --prompt "Hello"
+
+The tokenizer is the one the model was trained with: a checkpoint's run names it in its config
+(``data.tokenizer``), a Hugging Face directory holds its own; ``--tokenizer`` overrides either.
+The device defaults to the best available one (CUDA, then Apple's MPS, then the CPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from minigpt.checkpoint import CheckpointError, load_checkpoint
-from minigpt.lora import AdapterError, LoRAConfig, apply_lora, attach_adapter, load_adapter, merge_lora
-from minigpt.model import GPT, GPTConfig
+from minigpt import checkpoint as checkpoints
+from minigpt import data
+from minigpt.checkpoint import CheckpointError
+from minigpt.config import DataConfig
+from minigpt.data import DataError
+from minigpt.lora import AdapterError, attach_adapter, load_adapter, merge_lora
+from minigpt.model import GPT
+from minigpt.perf import pick_device
 
 
 def load_model_for_sampling(
@@ -30,34 +39,72 @@ def load_model_for_sampling(
 
     A checkpoint is a ``ckpt-*.pt`` file of a run, or a run directory (its newest checkpoint), read by
     ``minigpt.checkpoint.load_checkpoint`` (plain tensors and data only, never pickled code); a LoRA run's
-    checkpoint loads with its adapters. ``adapter`` attaches a LoRA adapter file to the model, which must be
-    the base it was trained on; ``merge_adapter`` folds the adapters into the weights, so that generating
-    costs what the base costs.
+    checkpoint loads with its adapters. ``adapter`` attaches a LoRA adapter directory to the model, which
+    must be the base it was trained on; ``merge_adapter`` folds the adapters into the weights, so that
+    generating costs what the base costs. ``device="auto"`` picks CUDA, then MPS, then the CPU.
     """
+    return _load(checkpoint, hf, device, adapter, merge_adapter, need_tokenizer=False)[0]
+
+
+def load_for_sampling(
+    checkpoint: str | Path | None = None,
+    hf: str | Path | None = None,
+    device: str = "cpu",
+    adapter: str | Path | None = None,
+    merge_adapter: bool = False,
+    tokenizer: str | None = None,
+) -> tuple[GPT, Any]:
+    """``load_model_for_sampling``'s model and the tokenizer it was trained with: a checkpoint's is its
+    run's ``data.tokenizer``, a Hugging Face directory holds its own; ``tokenizer`` (a directory or name)
+    overrides both."""
+    model, data_config = _load(
+        checkpoint, hf, device, adapter, merge_adapter, need_tokenizer=tokenizer is None
+    )
+    if tokenizer is not None:
+        data_config = DataConfig(tokenizer=tokenizer)
+    return model, data.load_tokenizer(data_config)
+
+
+def _load(
+    checkpoint: str | Path | None,
+    hf: str | Path | None,
+    device: str,
+    adapter: str | Path | None,
+    merge_adapter: bool,
+    need_tokenizer: bool,
+) -> tuple[GPT, DataConfig]:
     if (checkpoint is None) == (hf is None):
         raise ValueError("give exactly one of checkpoint and hf")
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, map_location=device)
-        model = GPT(GPTConfig(**state["model_config"]))
-        lora_config = LoRAConfig(**state.get("config", {}).get("lora", {}))
-        if lora_config.rank:
-            apply_lora(model, lora_config)
-        model.load_state_dict(state["model"])
+        state = checkpoints.load_checkpoint(checkpoint)
+        model = checkpoints.build_model(state)
+        data_config = checkpoints.data_config(state)
     else:
-        from minigpt.hf import from_hf
-
-        model = from_hf(hf)
+        model, data_config = _load_hf(hf, need_tokenizer)
     if adapter is not None:
         attach_adapter(model, load_adapter(adapter))
     if merge_adapter:
         merge_lora(model)
-    return model.to(device).eval()
+    return model.to(pick_device(device)).eval(), data_config
 
 
-def default_tokenizer() -> str:
-    """The local GPT-2 tokenizer under ``MINIGPT_DATA_DIR`` if set, else the Hub's ``gpt2``."""
-    data_dir = os.environ.get("MINIGPT_DATA_DIR")
-    return str(Path(data_dir) / "gpt2-tokenizer") if data_dir else "gpt2"
+def _load_hf(hf: str | Path, need_tokenizer: bool) -> tuple[GPT, DataConfig]:
+    from minigpt.hf import from_hf
+
+    try:
+        model = from_hf(hf)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{hf} is not a loadable Hugging Face GPT-2 (a directory with config.json and model weights, "
+            f"or a Hub name): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
+    if (
+        need_tokenizer
+        and Path(hf).is_dir()
+        and not any((Path(hf) / name).is_file() for name in ("tokenizer.json", "vocab.json"))
+    ):
+        raise DataError(f"{hf} holds no tokenizer (tokenizer.json or vocab.json): name one with --tokenizer")
+    return model, DataConfig(tokenizer=str(hf))
 
 
 def stream_text(tokenizer, prompt_ids: list[int], new_ids) -> str:
@@ -88,7 +135,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a run directory (its newest checkpoint) or a ckpt-*.pt file")
     source.add_argument("--hf", help="a Hugging Face GPT-2 directory or Hub name")
-    parser.add_argument("--adapter", help="a LoRA adapter file (adapter.pt) trained on that base, to attach")
+    parser.add_argument("--adapter", help="a LoRA adapter directory (<run dir>/adapter) trained on that base")
     parser.add_argument("--merge-adapter", action="store_true", help="fold the adapters into the weights")
     parser.add_argument("--prompt", required=True, help="text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=100)
@@ -98,19 +145,24 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
     parser.add_argument("--num-samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--tokenizer", default=default_tokenizer(), help="tokenizer directory or Hub name")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--tokenizer", help="tokenizer directory or name (default: the one the model was trained with)"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, mps, ... (default: the best available)")
     args = parser.parse_args(argv)
 
-    from transformers import GPT2TokenizerFast
-
-    tokenizer = GPT2TokenizerFast.from_pretrained(args.tokenizer)
     try:
-        model = load_model_for_sampling(
-            args.checkpoint, args.hf, args.device, adapter=args.adapter, merge_adapter=args.merge_adapter
+        model, tokenizer = load_for_sampling(
+            args.checkpoint,
+            args.hf,
+            args.device,
+            adapter=args.adapter,
+            merge_adapter=args.merge_adapter,
+            tokenizer=args.tokenizer,
         )
-    except (AdapterError, CheckpointError) as err:
+    except (AdapterError, CheckpointError, DataError) as err:
         parser.error(str(err))
+    device = model.transformer.wte.weight.device
     prompt_ids = tokenizer.encode(args.prompt)
     block_size = model.config.block_size
     if not prompt_ids:
@@ -118,10 +170,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     if len(prompt_ids) > block_size:
         parser.error(f"the prompt is {len(prompt_ids)} tokens, longer than the context of {block_size}")
 
-    generator = torch.Generator(device=args.device)
+    generator = torch.Generator(device=device)
     if args.seed is not None:
         generator.manual_seed(args.seed)
-    idx = torch.tensor([prompt_ids], dtype=torch.long, device=args.device)
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     texts = []
     for i in range(args.num_samples):
         if args.num_samples > 1:

@@ -7,6 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, pipeline
 
 from minigpt.hf import from_hf, to_hf
+from minigpt.lora import LoRAConfig, apply_lora, lora_layers, merge_lora
 from minigpt.model import GPT, GPTConfig
 
 HF_CONFIGS = {
@@ -86,8 +87,22 @@ def test_bias_free_model_converts_with_zero_biases():
 
 def test_post_ln_has_no_hf_equivalent():
     ours = GPT(GPTConfig(vocab_size=101, block_size=16, n_layer=1, n_head=2, n_embd=16, norm_position="post"))
-    with pytest.raises(ValueError, match="norm_position"):
+    with pytest.raises(ValueError, match="norm_position='post'.*pre-LN.*--checkpoint.*norm_position=pre"):
         to_hf(ours)
+
+
+def test_unmerged_lora_adapters_are_refused_naming_merge_adapter():
+    ours = GPT(GPTConfig(vocab_size=101, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    apply_lora(ours, LoRAConfig(rank=2))
+    with torch.no_grad():
+        for layer in lora_layers(ours).values():
+            layer.lora_B.normal_()
+    with pytest.raises(ValueError, match="not merged.*--merge-adapter"):
+        to_hf(ours)
+    merge_lora(ours)
+    idx = torch.randint(0, 101, (1, 16))
+    with torch.no_grad():
+        assert torch.allclose(to_hf(ours).eval()(idx).logits, ours(idx)[0], atol=1e-5, rtol=0)
 
 
 def test_unsupported_hf_variants_are_rejected():

@@ -4,10 +4,12 @@ import copy
 import dataclasses
 import json
 import lzma
+import shutil
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
 
 from minigpt import checkpoint, lora
 from minigpt.config import ConfigError, ExperimentConfig, apply_overrides
@@ -108,37 +110,111 @@ def test_only_adapter_parameters_get_gradients_and_change():
     lora.apply_lora(model, LoRAConfig(rank=2, alpha=4, adapter_dropout=0.1))
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.AdamW(model.optimizer_param_groups(weight_decay=0.1), lr=1e-2)
+    optimizer = torch.optim.AdamW(model.optimizer_param_groups(weight_decay=0.0), lr=1e-2)
     optimised = [p for group in optimizer.param_groups for p in group["params"]]
     assert {id(p) for p in optimised} == {id(p) for p in model.parameters() if p.requires_grad}
-    _, loss = model(IDX, IDX)
-    loss.backward()
-    for name, param in model.named_parameters():
-        is_adapter = name.endswith((".lora_A", ".lora_B"))
-        assert param.requires_grad == is_adapter, name
-        assert (param.grad is not None) == is_adapter, name
-    optimizer.step()
+    layers = lora.lora_layers(model).values()
+    for step in range(2):
+        optimizer.zero_grad()
+        _, loss = model(IDX, IDX)
+        loss.backward()
+        for name, param in model.named_parameters():
+            is_adapter = name.endswith((".lora_A", ".lora_B"))
+            assert param.requires_grad == is_adapter, name
+            assert (param.grad is not None) == is_adapter, name
+        # B starts at zero, so the first step moves only B (A's gradient is B^T times something); once B is
+        # non-zero, the gradient reaches A through it. Weight decay is 0, so only a gradient can move A.
+        assert all((layer.lora_A.grad.abs().max() > 0) == (step > 0) for layer in layers)
+        assert all(layer.lora_B.grad.abs().max() > 0 for layer in layers)
+        optimizer.step()
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]) != key.endswith((".lora_A", ".lora_B")), key
 
 
-def test_adapter_file_is_small_round_trips_and_loads_weights_only(tmp_path):
+def test_adapter_directory_is_small_round_trips_and_is_in_peft_format(tmp_path):
     base = tiny_base()
     adapted = copy.deepcopy(base)
-    lora.apply_lora(adapted, LoRAConfig(rank=2, alpha=4, targets="c_attn"))
+    config = LoRAConfig(rank=2, alpha=4, targets="c_attn")
+    lora.apply_lora(adapted, config)
     randomise_adapters(adapted)
-    path = lora.save_adapter(
-        tmp_path / "adapter.pt", adapted, LoRAConfig(rank=2, alpha=4, targets="c_attn"), "x"
-    )
-    saved = torch.load(path, weights_only=True)
-    assert set(saved["adapters"]) == {f"transformer.h.{i}.attn.c_attn.lora_{p}" for i in (0, 1) for p in "AB"}
+    directory = lora.save_adapter(tmp_path / "adapter", adapted, config, "runs/base", step=5)
+    assert sorted(p.name for p in directory.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    peft_config = json.loads((directory / "adapter_config.json").read_text())
+    assert peft_config["peft_type"] == "LORA" and peft_config["fan_in_fan_out"] is True
+    assert (peft_config["r"], peft_config["lora_alpha"], peft_config["target_modules"]) == (2, 4, ["c_attn"])
+    saved = load_file(directory / "adapter_model.safetensors")
+    prefix = "base_model.model.transformer.h"
+    assert set(saved) == {f"{prefix}.{i}.attn.c_attn.lora_{p}.weight" for i in (0, 1) for p in "AB"}
     # Two blocks of A (2, 16) and B (48, 2): 256 floats, against the base's 6,000-odd.
-    assert sum(t.numel() for t in saved["adapters"].values()) == 2 * (2 * 16 + 48 * 2)
-    assert path.stat().st_size < 0.25 * sum(t.numel() * 4 for t in base.state_dict().values())
+    assert sum(t.numel() for t in saved.values()) == 2 * (2 * 16 + 48 * 2)
+    assert lora.adapter_size(directory) < 0.25 * sum(t.numel() * 4 for t in base.state_dict().values())
 
     restored = copy.deepcopy(base)
-    lora.attach_adapter(restored, lora.load_adapter(path))
+    adapter = lora.load_adapter(directory)
+    assert (adapter.step, adapter.base_source, adapter.config) == (5, "runs/base", config)
+    lora.attach_adapter(restored, adapter)
     assert torch.equal(logits(restored, IDX), logits(adapted, IDX))
+
+
+@pytest.fixture
+def saved_adapter(tmp_path):
+    model = tiny_base()
+    config = LoRAConfig(rank=2, alpha=4)
+    lora.apply_lora(model, config)
+    return lora.save_adapter(tmp_path / "adapter", model, config, "runs/base")
+
+
+def rewrite_config(directory, **changes):
+    path = directory / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: shutil.rmtree(d), "does not exist"),
+        (lambda d: (d / "adapter_config.json").unlink(), "has no adapter_config.json"),
+        (
+            lambda d: (d / "adapter_model.safetensors").write_bytes(
+                (d / "adapter_model.safetensors").read_bytes()[:200]
+            ),
+            "not a loadable safetensors file",
+        ),
+        (lambda d: (d / "adapter_config.json").write_text("{not json"), "not a readable adapter config"),
+        (lambda d: rewrite_config(d, peft_type="IA3"), "not a LoRA adapter config.*'IA3'"),
+        (lambda d: rewrite_config(d, use_dora=True), "use_dora=True"),
+        (lambda d: rewrite_config(d, target_modules=".*c_attn"), "regular expression"),
+        (lambda d: rewrite_config(d, target_modules=["c_attn"]), "does not fit this model"),
+        (
+            lambda d: save_file(
+                {"transformer.wte.weight": torch.zeros(2, 2)}, d / "adapter_model.safetensors"
+            ),
+            "'transformer.wte.weight', which is not a LoRA factor",
+        ),
+    ],
+    ids=[
+        "missing",
+        "no-config",
+        "truncated",
+        "bad-json",
+        "other-peft-type",
+        "dora",
+        "regex",
+        "targets",
+        "foreign-weights",
+    ],
+)
+def test_damaged_or_foreign_adapters_are_refused_with_a_clear_error(saved_adapter, damage, message):
+    damage(saved_adapter)
+    with pytest.raises(AdapterError, match=message):
+        lora.attach_adapter(tiny_base(), lora.load_adapter(saved_adapter))
+
+
+def test_a_file_in_place_of_an_adapter_directory_is_refused(tmp_path):
+    old_format = tmp_path / "adapter.pt"
+    torch.save({"format": "minigpt-lora-adapter", "adapters": {}}, old_format)
+    with pytest.raises(AdapterError, match="is a file, but an adapter is a directory"):
+        lora.load_adapter(old_format)
 
 
 def test_attaching_an_adapter_to_another_base_is_refused(tmp_path):
@@ -238,18 +314,18 @@ def test_run_fine_tunes_from_a_checkpoint_writes_the_adapter_and_resumes(tmp_pat
     assert saved_config["model"]["n_embd"] == 16 and saved_config["model"]["dropout"] == 0.1
     assert saved_config["_run"]["params_trainable"] == 1 * 4 * (16 + 48 + 16 + 16 + 16 + 64 + 64 + 16)
     assert summary["val_before/ppl"] > 0 and summary["final_val/ppl"] < summary["val_before/ppl"]
-    assert summary["adapter_bytes"] == (run_dir / "adapter.pt").stat().st_size < 20_000
+    assert summary["adapter_bytes"] == lora.adapter_size(run_dir / "adapter") < 20_000
 
-    adapter = lora.load_adapter(run_dir / "adapter.pt")
-    assert adapter["step"] == 4 and adapter["base"]["fingerprint"] == lora.base_fingerprint(base)
+    adapter = lora.load_adapter(run_dir / "adapter")
+    assert adapter.step == 4 and adapter.base_fingerprint == lora.base_fingerprint(base)
     # The adapter on its base, merged or not, and the run's own checkpoint all generate the same tokens.
     prompt = torch.tensor([[464, 3290, 318]])
     outputs = [
-        load_model_for_sampling(checkpoint=base_dir, adapter=run_dir / "adapter.pt").generate(
+        load_model_for_sampling(checkpoint=base_dir, adapter=run_dir / "adapter").generate(
             prompt, 8, do_sample=False
         ),
         load_model_for_sampling(
-            checkpoint=base_dir, adapter=run_dir / "adapter.pt", merge_adapter=True
+            checkpoint=base_dir, adapter=run_dir / "adapter", merge_adapter=True
         ).generate(prompt, 8, do_sample=False),
         load_model_for_sampling(checkpoint=run_dir).generate(prompt, 8, do_sample=False),
     ]
@@ -257,10 +333,10 @@ def test_run_fine_tunes_from_a_checkpoint_writes_the_adapter_and_resumes(tmp_pat
 
     # Resume from the step-4 checkpoint for two more steps: the base stays frozen, the adapters move on.
     resumed = run(apply_overrides(config, {"train.max_steps": 6}), resume=str(run_dir))
-    after = lora.load_adapter(run_dir / "adapter.pt")
-    assert after["step"] == 6 and after["base"]["fingerprint"] == adapter["base"]["fingerprint"]
+    after = lora.load_adapter(run_dir / "adapter")
+    assert after.step == 6 and after.base_fingerprint == adapter.base_fingerprint
     key = "transformer.h.0.mlp.c_fc.lora_B"
-    assert not torch.equal(after["adapters"][key], adapter["adapters"][key])
+    assert not torch.equal(after.tensors[key], adapter.tensors[key])
     assert resumed["val_before/ppl"] == summary["val_before/ppl"]
 
 

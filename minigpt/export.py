@@ -1,0 +1,258 @@
+"""Export a trained MiniGPT as a Hugging Face model directory that ``transformers`` loads as it is.
+
+python -m minigpt.export runs/tiny-<stamp> --out exports/tiny
+python -m minigpt.export runs/base --adapter runs/finetune/adapter --merge-adapter --out exports/finetune
+
+The directory holds ``config.json`` and ``model.safetensors`` (a ``GPT2LMHeadModel``),
+``generation_config.json``, the run's tokenizer files and a ``README.md`` model card, so that
+``AutoModelForCausalLM.from_pretrained(DIR)``, ``AutoTokenizer.from_pretrained(DIR)`` and
+``pipeline("text-generation", model=DIR)`` work with no network. A LoRA run's adapter directory is already
+in peft's format and loads on top of the exported base with ``peft.PeftModel.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from minigpt import checkpoint, data
+from minigpt.checkpoint import CheckpointError
+from minigpt.data import DataError
+from minigpt.hf import to_hf
+from minigpt.lora import AdapterError, attach_adapter, load_adapter, lora_layers, merge_lora
+from minigpt.model import GPT
+
+# The files a finished export always has; an existing --out directory without them is not ours to replace.
+_EXPORT_MARKERS = ("config.json", "model.safetensors", "README.md")
+# The final evaluations a run records (minigpt.train), in the order the model card lists them.
+_EVALUATIONS = {
+    "final_val": "validation",
+    "final_test": "test",
+    "final_val_sliding": "validation, sliding window",
+    "final_test_sliding": "test, sliding window",
+}
+
+
+class ExportError(RuntimeError):
+    """A model that Hugging Face GPT-2 cannot express, or an output directory that cannot be written."""
+
+
+def export_run(
+    source: str | Path, out_dir: str | Path, adapter: str | Path | None = None, merge_adapter: bool = False
+) -> Path:
+    """Write the model of ``source`` (a run directory, its newest checkpoint, or a ``ckpt-*.pt`` file) to
+    ``out_dir`` as a Hugging Face model directory, and return ``out_dir``.
+
+    ``adapter`` attaches a LoRA adapter directory first; adapters (attached, or a LoRA run's own) must be
+    folded into the weights with ``merge_adapter``. The directory appears complete or not at all: it is
+    written beside ``out_dir`` and renamed into place, replacing an earlier export.
+
+    Raises ``ExportError`` for a model GPT-2 cannot express (post-LN, unmerged adapters) or an ``out_dir``
+    that is something other than an export, ``CheckpointError`` / ``AdapterError`` for an unusable source
+    or adapter, ``DataError`` for a tokenizer that cannot be found.
+    """
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    state = checkpoint.load_checkpoint(source)
+    model = checkpoint.build_model(state)
+    adapter_info = None
+    if adapter is not None:
+        adapter_info = load_adapter(adapter)
+        attach_adapter(model, adapter_info)
+    if merge_adapter:
+        if not lora_layers(model):
+            raise ExportError(f"--merge-adapter: {state['path']} has no LoRA adapters and none was attached")
+        merge_lora(model)
+    try:
+        hf_model = to_hf(model.cpu())
+    except ValueError as e:
+        raise ExportError(f"cannot export {state['path']} to Hugging Face GPT-2: {e}") from None
+    tokenizer = data.load_tokenizer(checkpoint.data_config(state))
+    if len(tokenizer) > model.config.vocab_size:
+        raise ExportError(
+            f"the run's tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}"
+        )
+    weights_record = _run_record(adapter_info.path.parent if adapter_info else Path(state["path"]).parent)
+    card = model_card(model, state, weights_record, adapter_info)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        hf_model.eval().save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        _replace_dir(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir} is a file; name a directory")
+    holds_files = out_dir.is_dir() and any(out_dir.iterdir())
+    if holds_files and not all((out_dir / name).is_file() for name in _EXPORT_MARKERS):
+        raise ExportError(
+            f"--out {out_dir} exists and is not an earlier export (it lacks one of "
+            f"{', '.join(_EXPORT_MARKERS)}); name a new or empty directory"
+        )
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``; an earlier export there is set aside first and removed only afterwards."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        target.rename(old / target.name)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- model card
+
+
+def _run_record(run_dir: Path) -> dict[str, Any]:
+    """``config.json`` and ``summary.json`` of a run directory, as far as they exist."""
+    record = {}
+    for name in ("config", "summary"):
+        path = run_dir / f"{name}.json"
+        try:
+            record[name] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record[name] = {}
+    return record
+
+
+def _architecture(model: GPT) -> str:
+    c = model.config
+    return (
+        f"GPT-2-style decoder-only transformer (MiniGPT): {c.n_layer} layers, width {c.n_embd}, {c.n_head} "
+        f"heads, context {c.block_size} tokens, vocabulary {c.vocab_size}, pre-LN, "
+        f"{'tied' if c.tie_embeddings else 'untied'} input and output embeddings, "
+        f"{model.num_params():,} parameters. Stored as `GPT2LMHeadModel`"
+        f"{'' if c.tie_embeddings else ' with `tie_word_embeddings=false`'}."
+    )
+
+
+def _dataset(config: dict[str, Any]) -> str:
+    d = config.get("data", {})
+    if not d:
+        return "not recorded"
+    if d.get("dataset") == "text":
+        files = ", ".join(
+            f"{k.removesuffix('_file')} `{d[k]}`" for k in ("train_file", "val_file", "test_file") if d.get(k)
+        )
+        source = f"plain text files ({files})"
+    else:
+        source = f"WikiText (`{d.get('dataset')}`)"
+    return f"{source}, tokenizer `{d.get('tokenizer')}`"
+
+
+def _evaluations(summary: dict[str, Any], step: int | None) -> list[str]:
+    if not summary:
+        return ["- not recorded (the run directory has no summary.json)"]
+    if summary.get("step") != step:
+        return [
+            f"- not measured for these weights: the run's summary is for step {summary.get('step')}, "
+            f"the exported weights are from step {step}"
+        ]
+    lines = []
+    for prefix, name in _EVALUATIONS.items():
+        if f"{prefix}/ppl" in summary:
+            lines.append(
+                f"- {name}: perplexity {summary[f'{prefix}/ppl']:.2f} over {summary[f'{prefix}/tokens']:,} "
+                f"tokens, context {summary[f'{prefix}/context']}, stride {summary[f'{prefix}/stride']}"
+            )
+    return lines or ["- no final evaluation recorded"]
+
+
+def model_card(model: GPT, state: dict[str, Any], record: dict[str, Any], adapter: Any | None = None) -> str:
+    """The ``README.md`` of an export: what the model is, what it was trained on, how well it does, how it
+    was made, and what it is for. ``record`` is the run record of the run that produced the weights (the
+    adapter's run when an adapter is merged)."""
+    config = record["config"] or state.get("config", {})
+    run = config.get("_run", {})
+    step = adapter.step if adapter is not None else state.get("step")
+    tokens = state.get("samples_seen", 0) * model.config.block_size
+    trained = f"{tokens:,} tokens ({state.get('step')} optimizer steps)"
+    if adapter is not None:
+        trained += f" for the base; then the LoRA adapter `{adapter.path}` (step {adapter.step}), merged"
+    elif lora_layers(model):
+        trained += " of LoRA fine-tuning, adapters merged into the base weights"
+    command = " ".join(run["command"]) if run.get("command") else "not recorded"
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags: [gpt2, minigpt]",
+        "---",
+        "",
+        f"# {config.get('name', 'MiniGPT model')}",
+        "",
+        "A small GPT-2-style language model trained with MiniGPT, exported by `python -m minigpt.export`.",
+        "",
+        *([f"- **Initialised from**: `{config['init_from']}`"] if config.get("init_from") else []),
+        f"- **Architecture**: {_architecture(model)}",
+        f"- **Data set**: {_dataset(config)}",
+        f"- **Tokens trained**: {trained}",
+        f"- **Exported from**: `{state['path']}`",
+        f"- **Commit**: `{run.get('git_commit') or 'not recorded'}`",
+        f"- **Command**: `{command}`",
+        "",
+        "## Evaluation",
+        "",
+        "Perplexity is exp(mean next-token loss) over the tokens stated: the whole split, unless the run "
+        "capped evaluation with `train.eval_max_tokens`. Windows of `context` tokens advance by `stride`; "
+        "with a stride below the context, every scored token after the first window sees at least "
+        "`context - stride` earlier tokens.",
+        "",
+        *_evaluations(record["summary"], step),
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        'generate = pipeline("text-generation", model="path/to/this/directory")',
+        'print(generate("The history of", max_new_tokens=40)[0]["generated_text"])',
+        "```",
+        "",
+        "## Intended use and limits",
+        "",
+        "A research and teaching artefact: for studying training dynamics, ablations and tooling on small "
+        "models. It is small and trained on little data, so its text is often ungrammatical or false; it "
+        "has no instruction tuning or safety training and reproduces the biases of its training text. Do "
+        "not use it to produce facts, advice or text shown to people as authoritative.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- command
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("source", help="a run directory (its newest checkpoint) or a ckpt-*.pt file")
+    parser.add_argument("--out", required=True, help="the Hugging Face model directory to write")
+    parser.add_argument("--adapter", help="a LoRA adapter directory (<run dir>/adapter) to attach first")
+    parser.add_argument("--merge-adapter", action="store_true", help="fold the adapters into the weights")
+    args = parser.parse_args(argv)
+    try:
+        out = export_run(args.source, args.out, adapter=args.adapter, merge_adapter=args.merge_adapter)
+    except (ExportError, CheckpointError, AdapterError, DataError) as err:
+        parser.error(str(err))
+    print(f"exported to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
