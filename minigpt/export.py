@@ -179,8 +179,13 @@ def model_card(model: GPT, state: dict[str, Any], record: dict[str, Any], adapte
     config = record["config"] or state.get("config", {})
     run = config.get("_run", {})
     step = adapter.step if adapter is not None else state.get("step")
-    tokens = state.get("samples_seen", 0) * model.config.block_size
-    trained = f"{tokens:,} tokens ({state.get('step')} optimizer steps)"
+    batch_size = state.get("config", {}).get("train", {}).get("batch_size")
+    steps = f"{state.get('step')} optimizer steps"
+    trained = (
+        f"{state.get('step', 0) * batch_size * model.config.block_size:,} tokens ({steps})"
+        if batch_size
+        else steps
+    )
     if adapter is not None:
         trained += f" for the base; then the LoRA adapter `{adapter.path}` (step {adapter.step}), merged"
     elif lora_layers(model):

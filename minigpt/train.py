@@ -142,7 +142,7 @@ def load_base(init_from: str) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
         state = checkpoint.load_checkpoint(path)
         if any(key.endswith(".lora_A") for key in state["model"]):
             raise ConfigError(
-                f"init_from={init_from!r} is a LoRA fine-tune (its adapters are in its adapter.pt); "
+                f"init_from={init_from!r} is a LoRA fine-tune (its adapters are in its adapter/ directory); "
                 "init_from needs the full model it was trained from"
             )
         return GPTConfig(**state["model_config"]), state["model"]
@@ -488,7 +488,7 @@ class Trainer:
 
     @property
     def adapter_path(self) -> Path:
-        return self.run_dir / "adapter.pt"
+        return self.run_dir / "adapter"
 
     def last_good_checkpoint(self) -> str:
         found = checkpoint.list_checkpoints(self.run_dir)
@@ -654,7 +654,7 @@ class Trainer:
         metrics = val.as_metrics("final_val")
         summary: dict[str, Any] = {**metrics, "final_val/describe": val.describe(), **self.state.val_before}
         if self.config.lora.rank:
-            summary["adapter_bytes"] = self.adapter_path.stat().st_size
+            summary["adapter_bytes"] = lora.adapter_size(self.adapter_path)
         if self.splits.test is not None:
             test = self.evaluate(self.splits.test, max_tokens=t.eval_max_tokens)
             metrics.update(test.as_metrics("final_test"))
