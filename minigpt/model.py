@@ -302,9 +302,10 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x), None
         if return_logits:
-            # The textbook loss: all (B, T, vocab_size) logits, then cross-entropy over them.
+            # The textbook loss: all (B, T, vocab_size) logits, then cross-entropy over them (autocast runs
+            # it in float32).
             logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
             return logits, loss
         # The same loss with the head fused into it, computed a chunk of rows at a time (``minigpt.loss``):
         # the full logits, by far the largest activation, never exist. Training and evaluation take this
