@@ -143,6 +143,7 @@ def single_process_run(setting, tmp_path_factory) -> Path:
     return only_run_dir(out_dir)
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(setting, single_process_run):
     two, one = setting["run_dir"], single_process_run
     assert len(losses(two)) == STEPS
@@ -157,6 +158,7 @@ def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(se
     assert json.loads((two / "config.json").read_text())["_run"]["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_two_processes_write_one_run_directory_and_one_set_of_checkpoints(setting):
     run_dir = setting["run_dir"]
     assert [step for step, _ in checkpoint.list_checkpoints(run_dir)] == [CKPT_STEP, STEPS]
@@ -168,12 +170,14 @@ def test_two_processes_write_one_run_directory_and_one_set_of_checkpoints(settin
     assert len(state["rng_by_rank"]) == 2
 
 
+@pytest.mark.slow
 def test_only_rank_0_prints(setting):
     rank0, rank1 = setting["printed"]
     assert f"step {CKPT_STEP}: val loss" in rank0
     assert rank1.strip() == "", f"rank 1 printed:\n{rank1}"
 
 
+@pytest.mark.slow
 def test_only_rank_0_prints_when_fine_tuning_from_a_base(setting, single_process_run, tmp_path):
     """``init_from`` adds prints of its own: the parameter counts and the validation before training."""
     args = {**setting["args"](tmp_path / "runs"), "init_from": str(single_process_run), "max_steps": "1"}
@@ -182,6 +186,7 @@ def test_only_rank_0_prints_when_fine_tuning_from_a_base(setting, single_process
     assert rank1.strip() == "", f"rank 1 printed:\n{rank1}"
 
 
+@pytest.mark.slow
 def test_an_interrupted_two_process_run_resumes_exactly(setting, tmp_path):
     original = setting["run_dir"]
     resumed = interrupted_copy(original, CKPT_STEP, tmp_path / original.name)
@@ -191,6 +196,7 @@ def test_an_interrupted_two_process_run_resumes_exactly(setting, tmp_path):
     assert [step for step, _ in checkpoint.list_checkpoints(resumed)] == [CKPT_STEP, STEPS]
 
 
+@pytest.mark.slow
 def test_a_two_process_checkpoint_resumes_on_one_process(setting, tmp_path):
     original = setting["run_dir"]
     resumed = interrupted_copy(original, CKPT_STEP, tmp_path / original.name)
@@ -203,6 +209,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(setting, tmp_path):
     assert summary["status"] == "finished" and summary["step"] == STEPS
 
 
+@pytest.mark.slow
 def test_a_one_process_checkpoint_resumes_on_two_processes(single_process_run, tmp_path):
     resumed = interrupted_copy(single_process_run, CKPT_STEP, tmp_path / single_process_run.name)
     rank0, rank1 = torchrun({"resume": str(resumed)}, tmp_path / "logs", experiment=None)

@@ -269,6 +269,7 @@ def test_load_model_for_sampling_from_checkpoint(tmp_path):
         sample.load_model_for_sampling()
 
 
+@pytest.mark.slow
 def test_sample_cli_streams_text(tmp_path, tokenizer_dir, capsys):
     model = GPT(GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=8))
     path = write_checkpoint(tmp_path, model)

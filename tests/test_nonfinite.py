@@ -35,6 +35,7 @@ def gradient_poisoned_in_step(bad_step: int, value: float) -> type[GPT]:
     return PoisonedGradient
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", [math.inf, math.nan])
 def test_a_nonfinite_gradient_with_a_finite_loss_stops_the_run(tiny_corpus, tmp_path, monkeypatch, value):
     monkeypatch.setattr(train, "GPT", gradient_poisoned_in_step(3, value))
@@ -49,6 +50,7 @@ def test_a_nonfinite_gradient_with_a_finite_loss_stops_the_run(tiny_corpus, tmp_
     assert max(row["step"] for row in rows if "train/loss" in row) == 2
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_skips_a_step_with_a_nonfinite_gradient_leaving_the_state_unchanged(
     tiny_corpus, tmp_path, monkeypatch
 ):

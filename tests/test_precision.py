@@ -54,6 +54,7 @@ def train_losses(run_dir: Path) -> dict[int, float]:
     }
 
 
+@pytest.mark.slow
 def test_a_bf16_run_trains_finite_and_resumes_exactly(tiny_corpus, tmp_path):
     """Two bf16 steps (emulated, so slow, on a CPU without hardware bf16), then the second step again from
     the first step's checkpoint: the same loss and the same weights, bit for bit."""

@@ -110,6 +110,7 @@ def check_run_dir_after_a_crash(run_dir: Path, keep_last: int) -> list[int]:
     return [step for step, _ in found]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_step_mid_evaluation_mid_checkpoint_or_after_a_log_line_loses_nothing(
     tiny_corpus, tmp_path
 ):
