@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minigpt.loss import linear_cross_entropy
+from minigpt.loss import IGNORE_INDEX, linear_cross_entropy
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. Configuration
@@ -124,15 +124,12 @@ class CausalSelfAttention(nn.Module):
             att = self.attn_dropout(F.softmax(att, dim=-1))
             y = att @ v  # (B, nh, T, hs)
         else:
+            # Generation feeds either a whole window (T == S) or one new token after the cache (T == 1): the
+            # first needs the plain causal mask, the second may see every cached key, so needs none.
+            if T != S and T != 1:
+                raise ValueError(f"the fused attention path takes T == S or T == 1 queries, got T={T}, S={S}")
             dropout_p = self.dropout if self.training else 0.0
-            if T == S or T == 1:
-                # A single new query may see every cached key; a full sequence needs the plain causal mask.
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)
-            else:
-                # Several new queries after a non-empty cache: SDPA's is_causal aligns the mask to the
-                # top-left, which would be wrong here, so pass the bottom-right-aligned mask explicitly.
-                allowed = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)
 
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))
@@ -292,27 +289,28 @@ class GPT(nn.Module):
             x = self.transformer.ln_f(x)
         return x
 
-    def _head_and_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy of features x (B, T, C) against targets (B, T), in float32.
-
-        The head and the loss are fused and chunked (``minigpt.loss``): the full (B, T, vocab_size)
-        logits, by far the largest activation, are never held at once, in training or evaluation.
-        """
-        return linear_cross_entropy(x, self.lm_head.weight, targets)
-
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = False
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Token ids (B, T) -> ``(logits, loss)``.
 
         Without targets: logits (B, T, vocab_size) and loss None. With targets (B, T), already shifted
-        by the caller so that ``targets[b, t]`` is the token after ``idx[b, t]`` (``-100`` = ignore):
-        logits None and the mean cross-entropy, so that training never depends on full logits.
+        by the caller so that ``targets[b, t]`` is the token after ``idx[b, t]`` (``-100`` = ignore): the
+        mean cross-entropy, in float32, and the logits only if ``return_logits``.
         """
         x = self._hidden_states(idx)
         if targets is None:
             return self.lm_head(x), None
-        return None, self._head_and_loss(x, targets)
+        if return_logits:
+            # The textbook loss: all (B, T, vocab_size) logits, then cross-entropy over them (autocast runs
+            # it in float32).
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+            return logits, loss
+        # The same loss with the head fused into it, computed a chunk of rows at a time (``minigpt.loss``):
+        # the full logits, by far the largest activation, never exist. Training and evaluation take this
+        # path; tests/test_loss.py checks that it equals the one above.
+        return None, linear_cross_entropy(x, self.lm_head.weight, targets)
 
     @classmethod
     def from_pretrained(cls, model_type: str = "gpt2", attention: str = "sdpa") -> GPT:

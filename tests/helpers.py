@@ -4,12 +4,16 @@ parameters besides its embeddings, a handful of steps."""
 from __future__ import annotations
 
 import functools
+import json
 import lzma
+import shutil
 from pathlib import Path
 from typing import Any
 
+from minigpt import checkpoint
 from minigpt.config import DataConfig, ExperimentConfig, LogConfig, TrainConfig, apply_overrides
 from minigpt.model import GPTConfig
+from minigpt.tracking import read_metrics
 
 WIKI_VALID_RAW = Path("wikitext-2-raw-v1") / "wiki.valid.raw.xz"
 
@@ -47,6 +51,7 @@ def tiny_config(
         data=DataConfig(**corpus),
         train=TrainConfig(
             device="cpu",
+            precision="fp32",  # "auto" picks bf16 on CPUs that have it: results would vary by machine
             threads=1,
             batch_size=4,
             micro_batch_size=2,
@@ -71,3 +76,17 @@ def write_experiment(path: Path, config: ExperimentConfig) -> Path:
         encoding="utf-8",
     )
     return path
+
+
+def interrupted_copy(run_dir: Path, step: int, destination: Path) -> Path:
+    """A copy of ``run_dir`` as a crash right after the checkpoint of ``step`` would leave it, without the
+    later checkpoints, metrics rows and summary: whatever a resume of the copy records, it computed."""
+    shutil.copytree(run_dir, destination)
+    for later, path in checkpoint.list_checkpoints(destination):
+        if later > step:
+            path.unlink()
+    metrics = destination / "metrics.jsonl"
+    kept = [row for row in read_metrics(metrics) if row["step"] <= step]
+    metrics.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+    (destination / "summary.json").unlink()
+    return destination

@@ -3,13 +3,13 @@
 Two processes with the same global batch must train the same model as one process: the same samples per
 step, gradients averaged over processes, evaluation split and summed. One launch of two processes trains
 six steps; the tests compare it with a single in-process run, resume it from its step-3 checkpoint on two
-processes and on one, and check what it left on disk.
+processes and on one, resume the single-process run on two, and check what each process printed and left
+on disk.
 """
 
 import json
 import lzma
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import interrupted_copy
 
 from minigpt import checkpoint, train
 from minigpt.config import ConfigError, TrainConfig, apply_overrides, load_experiment
@@ -65,7 +66,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: dict[str, str], experiment: str | None = "experiments/tiny.py") -> None:
+def torchrun(
+    args: dict[str, str], log_dir: Path, experiment: str | None = "experiments/tiny.py"
+) -> list[str]:
+    """Run ``run.py`` on two processes; return what each rank printed (stdout, then stderr), by rank."""
     command = [
         sys.executable,
         "-m",
@@ -73,6 +77,8 @@ def torchrun(args: dict[str, str], experiment: str | None = "experiments/tiny.py
         "--nproc_per_node=2",
         "--master_addr=127.0.0.1",
         f"--master_port={free_port()}",
+        f"--log-dir={log_dir}",
+        "--tee=3",  # each rank's stdout and stderr also go to a file of its own under log_dir
         "run.py",
         *([experiment] if experiment else []),
         *(f"--{key}={value}" for key, value in args.items()),
@@ -80,6 +86,14 @@ def torchrun(args: dict[str, str], experiment: str | None = "experiments/tiny.py
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    (attempt,) = log_dir.glob("*/attempt_0")
+    return [
+        "".join(
+            (attempt / str(rank) / f"{stream}.log").read_text(encoding="utf-8")
+            for stream in ("stdout", "stderr")
+        )
+        for rank in range(2)
+    ]
 
 
 def run_in_process(args: dict[str, str], resume: str | None = None) -> dict:
@@ -103,15 +117,6 @@ def assert_close(actual: dict[int, float], expected: dict[int, float]) -> None:
     assert worst <= TOLERANCE, f"largest difference {worst:.2e}:\n{actual}\n{expected}"
 
 
-def copy_resumable_at(run_dir: Path, step: int, destination: Path) -> Path:
-    """A copy of ``run_dir`` as an interruption right after the checkpoint of ``step`` would leave it."""
-    shutil.copytree(run_dir, destination)
-    for later, path in checkpoint.list_checkpoints(destination):
-        if later > step:
-            path.unlink()
-    return destination
-
-
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory, data_root: Path, tokenizer_dir: Path) -> dict:
     """The corpus and one two-process run of ``STEPS`` steps."""
@@ -123,8 +128,12 @@ def setting(tmp_path_factory, data_root: Path, tokenizer_dir: Path) -> dict:
     (corpus / "train.txt").write_text(text[:60_000], encoding="utf-8")
     (corpus / "val.txt").write_text(text[60_000:64_000], encoding="utf-8")
     out_dir = tmp_path_factory.mktemp("two")
-    torchrun(overrides(corpus, tokenizer_dir, out_dir))
-    return {"args": lambda out: overrides(corpus, tokenizer_dir, out), "run_dir": only_run_dir(out_dir)}
+    printed = torchrun(overrides(corpus, tokenizer_dir, out_dir), tmp_path_factory.mktemp("logs"))
+    return {
+        "args": lambda out: overrides(corpus, tokenizer_dir, out),
+        "run_dir": only_run_dir(out_dir),
+        "printed": printed,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +143,7 @@ def single_process_run(setting, tmp_path_factory) -> Path:
     return only_run_dir(out_dir)
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(setting, single_process_run):
     two, one = setting["run_dir"], single_process_run
     assert len(losses(two)) == STEPS
@@ -148,6 +158,7 @@ def test_two_processes_train_the_same_model_as_one_with_the_same_global_batch(se
     assert json.loads((two / "config.json").read_text())["_run"]["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_two_processes_write_one_run_directory_and_one_set_of_checkpoints(setting):
     run_dir = setting["run_dir"]
     assert [step for step, _ in checkpoint.list_checkpoints(run_dir)] == [CKPT_STEP, STEPS]
@@ -159,21 +170,56 @@ def test_two_processes_write_one_run_directory_and_one_set_of_checkpoints(settin
     assert len(state["rng_by_rank"]) == 2
 
 
+@pytest.mark.slow
+def test_only_rank_0_prints(setting):
+    rank0, rank1 = setting["printed"]
+    assert f"step {CKPT_STEP}: val loss" in rank0
+    assert rank1.strip() == "", f"rank 1 printed:\n{rank1}"
+
+
+@pytest.mark.slow
+def test_only_rank_0_prints_when_fine_tuning_from_a_base(setting, single_process_run, tmp_path):
+    """``init_from`` adds prints of its own: the parameter counts and the validation before training."""
+    args = {**setting["args"](tmp_path / "runs"), "init_from": str(single_process_run), "max_steps": "1"}
+    rank0, rank1 = torchrun(args, tmp_path / "logs")
+    assert "before training" in rank0
+    assert rank1.strip() == "", f"rank 1 printed:\n{rank1}"
+
+
+@pytest.mark.slow
 def test_an_interrupted_two_process_run_resumes_exactly(setting, tmp_path):
     original = setting["run_dir"]
-    resumed = copy_resumable_at(original, CKPT_STEP, tmp_path / original.name)
-    torchrun({"resume": str(resumed)}, experiment=None)
-    assert losses(resumed) == losses(original)
+    resumed = interrupted_copy(original, CKPT_STEP, tmp_path / original.name)
+    torchrun({"resume": str(resumed)}, tmp_path / "logs", experiment=None)
+    assert losses(resumed) == losses(original)  # steps after the checkpoint were logged again, and equal
     assert losses(resumed, "val/loss") == losses(original, "val/loss")
     assert [step for step, _ in checkpoint.list_checkpoints(resumed)] == [CKPT_STEP, STEPS]
 
 
+@pytest.mark.slow
 def test_a_two_process_checkpoint_resumes_on_one_process(setting, tmp_path):
     original = setting["run_dir"]
-    resumed = copy_resumable_at(original, CKPT_STEP, tmp_path / original.name)
+    resumed = interrupted_copy(original, CKPT_STEP, tmp_path / original.name)
     run_in_process(setting["args"](tmp_path), resume=str(resumed))
+    assert sorted(losses(resumed)) == list(range(1, STEPS + 1))  # the resumed steps were logged
     assert_close(losses(resumed), losses(original))
+    assert_close(losses(resumed, "train/grad_norm"), losses(original, "train/grad_norm"))
     assert json.loads((resumed / "config.json").read_text())["_run"]["world_size"] == 1
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["step"] == STEPS
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_on_two_processes(single_process_run, tmp_path):
+    resumed = interrupted_copy(single_process_run, CKPT_STEP, tmp_path / single_process_run.name)
+    rank0, rank1 = torchrun({"resume": str(resumed)}, tmp_path / "logs", experiment=None)
+    assert sorted(losses(resumed)) == list(range(1, STEPS + 1))  # the resumed steps were logged
+    assert_close(losses(resumed), losses(single_process_run))
+    assert_close(losses(resumed, "val/loss"), losses(single_process_run, "val/loss"))
+    assert json.loads((resumed / "config.json").read_text())["_run"]["world_size"] == 2
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["step"] == STEPS
+    assert rank1.strip() == "", f"rank 1 printed:\n{rank1}"
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,94 @@ def test_low_temperature_and_top_k_1_are_greedy():
     assert torch.equal(model.generate(prompt, 20, temperature=1e-4), greedy)
 
 
-def test_sampling_respects_top_k():
+class FixedLogits:
+    """Makes ``model`` predict ``logits`` (V,) at every step, whatever the tokens: its head becomes the
+    identity on the first V features, and the features it feeds the head become ``logits``. Assigning
+    ``.logits`` changes the prediction from the next step on; ``calls`` counts the model's steps."""
+
+    def __init__(self, model: GPT, logits: torch.Tensor) -> None:
+        vocab_size, n_embd = model.config.vocab_size, model.config.n_embd
+        assert not model.config.tie_embeddings and n_embd >= vocab_size
+        with torch.no_grad():
+            model.lm_head.weight.copy_(torch.eye(vocab_size, n_embd))
+        model._hidden_states = self.hidden_states
+        self.model, self.logits, self.calls = model, logits, 0
+
+    def hidden_states(self, idx: torch.Tensor, caches=None, start_pos: int = 0) -> torch.Tensor:
+        self.calls += 1
+        features = torch.zeros(*idx.shape, self.model.config.n_embd)
+        features[..., : len(self.logits)] = self.logits
+        return features
+
+
+def fixed_logits_model(logits: torch.Tensor) -> tuple[GPT, FixedLogits]:
+    model = tiny_model(vocab_size=len(logits), n_embd=2 * len(logits), tie_embeddings=False)
+    return model, FixedLogits(model, logits)
+
+
+def draws(logits: torch.Tensor, samples: int = 4000, **sampling) -> torch.Tensor:
+    """``samples`` tokens drawn through ``GPT.generate`` (a batch of prompts, 10 steps each) from a model
+    that always predicts ``logits``."""
+    model, _ = fixed_logits_model(logits)
+    prompt = torch.zeros(samples // 10, 1, dtype=torch.long)
+    return model.generate(prompt, 10, generator=torch.Generator().manual_seed(0), **sampling)[:, 1:].flatten()
+
+
+def frequencies(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    return torch.bincount(tokens, minlength=vocab_size).double() / len(tokens)
+
+
+PROBS = (0.05, 0.4, 0.02, 0.25, 0.13, 0.1, 0.05)  # token 1 likeliest, then 3, 4, 5; 0 and 6, 2 least
+
+
+@pytest.mark.parametrize(
+    ("sampling", "allowed"),
+    [
+        (dict(top_k=3), {1, 3, 4}),
+        (dict(top_p=0.6), {1, 3}),  # 0.4 < 0.6 <= 0.65
+        (dict(top_p=0.7), {1, 3, 4}),  # 0.65 < 0.7 <= 0.78
+        (dict(top_k=3, top_p=0.6), {1, 3}),
+        (dict(top_k=2, top_p=0.6), {1}),  # top-k first, then the nucleus of what is left (1 has 0.4 / 0.65)
+        (dict(top_p=0.6, temperature=3.0), {1, 3, 4, 5}),  # the nucleus of the flattened distribution
+    ],
+)
+def test_sampled_tokens_stay_inside_the_filtered_set_and_cover_it(sampling, allowed):
+    tokens = draws(log_probs(*PROBS), **sampling)
+    assert set(tokens.tolist()) == allowed
+
+
+def test_sampling_frequencies_follow_the_tempered_distribution():
+    """At temperature t the draws follow softmax(logits / t): t < 1 sharpens the distribution, t > 1
+    flattens it. 4,000 draws put each frequency within 0.04 of its probability at over 4 standard errors."""
+    logits = log_probs(*PROBS)
+    entropies = []
+    for temperature in (0.5, 1.0, 2.0):
+        observed = frequencies(draws(logits, temperature=temperature), len(PROBS))
+        expected = torch.softmax(logits.double() / temperature, dim=0)
+        torch.testing.assert_close(observed, expected, rtol=0, atol=0.04)
+        entropies.append(-(observed * observed.clamp(min=1e-12).log()).sum().item())
+    assert entropies[0] < entropies[1] - 0.2 and entropies[1] < entropies[2] - 0.1
+
+
+def test_top_k_and_top_p_renormalise_over_what_they_keep():
+    observed = frequencies(draws(log_probs(*PROBS), top_p=0.7), len(PROBS))
+    expected = torch.tensor([0.0, 0.4, 0.0, 0.25, 0.13, 0.0, 0.0], dtype=torch.double) / 0.78
+    torch.testing.assert_close(observed, expected, rtol=0, atol=0.04)
+
+
+def test_the_stream_yields_each_token_before_computing_the_next():
+    """The stream is lazy: one model step per token taken, and a change of the model between two tokens
+    shows in the very next one."""
+    model, fixed = fixed_logits_model(torch.tensor([0.0, 0.0, 50.0, 0.0, 0.0]))
+    stream = model.generate_stream(torch.zeros(2, 3, dtype=torch.long), 4)
+    assert fixed.calls == 0
+    assert next(stream).tolist() == [2, 2] and fixed.calls == 1
+    fixed.logits = torch.tensor([0.0, 0.0, 0.0, 0.0, 50.0])
+    assert next(stream).tolist() == [4, 4] and fixed.calls == 2
+    assert [t.tolist() for t in stream] == [[4, 4], [4, 4]] and fixed.calls == 4
+
+
+def test_sampling_respects_top_k_of_a_real_model():
     model = tiny_model()
     prompt = torch.randint(0, 61, (1, 3))
     generator = torch.Generator().manual_seed(0)
@@ -182,6 +269,7 @@ def test_load_model_for_sampling_from_checkpoint(tmp_path):
         sample.load_model_for_sampling()
 
 
+@pytest.mark.slow
 def test_sample_cli_streams_text(tmp_path, tokenizer_dir, capsys):
     model = GPT(GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=8))
     path = write_checkpoint(tmp_path, model)

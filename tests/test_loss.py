@@ -1,5 +1,7 @@
 """The fused, chunked head + cross-entropy equals the plain path: full logits, then F.cross_entropy."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -62,20 +64,64 @@ def test_all_targets_ignored_gives_zero_loss_and_gradients():
     assert not grad_x.any() and not grad_w.any()
 
 
-def test_tied_embeddings_get_both_gradients():
-    """With the head tied to the token embedding, the shared matrix's gradient is the sum of both uses."""
-    config = GPTConfig(vocab_size=41, block_size=12, n_layer=1, n_head=2, n_embd=8, tie_embeddings=True)
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_the_model_fused_loss_equals_its_textbook_loss_in_value_and_every_gradient(tie_embeddings):
+    """``GPT.forward`` with ``return_logits=True`` takes the plain path (full logits, F.cross_entropy);
+    without it, the fused path. A tied head's shared matrix gets the sum of both uses' gradients."""
+    config = GPTConfig(
+        vocab_size=41, block_size=12, n_layer=1, n_head=2, n_embd=8, tie_embeddings=tie_embeddings
+    )
     model = GPT(config).double()
     idx, targets = torch.randint(0, 41, (3, 12)), torch.randint(0, 41, (3, 12))
     targets[0, :4] = IGNORE_INDEX
-    _, fused = model(idx, targets)
+    no_logits, fused = model(idx, targets)
     fused_grads = torch.autograd.grad(fused, list(model.parameters()))
-    logits, _ = model(idx)
-    plain = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    logits, plain = model(idx, targets, return_logits=True)
     plain_grads = torch.autograd.grad(plain, list(model.parameters()))
+    assert no_logits is None and logits.shape == (3, 12, 41)
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
     for ours, reference in zip(fused_grads, plain_grads, strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
+
+
+def vocabulary_wide_saved_tensors(model: GPT, idx: torch.Tensor, targets: torch.Tensor, **kwargs) -> list:
+    """Shapes of the tensors that one training step's autograd graph saves for backward and that span the
+    vocabulary in some dimension."""
+    vocab_size, shapes = model.config.vocab_size, []
+
+    def record(tensor: torch.Tensor) -> torch.Tensor:
+        if vocab_size in tensor.shape:
+            shapes.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(record, lambda tensor: tensor):
+        _, loss = model(idx, targets, **kwargs)
+    loss.backward()
+    return shapes
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_a_training_step_never_saves_more_than_one_chunk_of_logits(tie_embeddings):
+    """The README's memory claim: the graph saves nothing vocabulary-wide beyond one chunk of rows, or the
+    head weight's own (V, C) shape (its gradient); the textbook path, for contrast, saves all B*T rows."""
+    vocab_size, n_embd = 257, 24  # odd sizes, so that no other dimension equals V by chance
+    rows_per_chunk = loss_module._chunk_rows(vocab_size)
+    config = GPTConfig(
+        vocab_size=vocab_size,
+        block_size=16,
+        n_layer=1,
+        n_head=2,
+        n_embd=n_embd,
+        tie_embeddings=tie_embeddings,
+    )
+    model = GPT(config)
+    idx, targets = torch.randint(0, vocab_size, (4, 16)), torch.randint(0, vocab_size, (4, 16))
+
+    fused = vocabulary_wide_saved_tensors(model, idx, targets)
+    too_big = [s for s in fused if s != (vocab_size, n_embd) and math.prod(s) > rows_per_chunk * vocab_size]
+    assert not too_big, f"saved for backward: {too_big}, more than {rows_per_chunk} rows of logits"
+    plain = vocabulary_wide_saved_tensors(model, idx, targets, return_logits=True)
+    assert (4 * 16, vocab_size) in plain or (4, 16, vocab_size) in plain
 
 
 def test_bf16_autocast_matches_plain_path_within_bf16_tolerance():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minigpt.model import GPT, GPTConfig
+from minigpt.model import GPT, CausalSelfAttention, GPTConfig, KVCache
 
 
 def tiny(**overrides) -> GPTConfig:
@@ -66,8 +66,10 @@ def test_forward_shapes_and_loss():
     targets = torch.randint(0, 97, (3, 10))
     logits, loss = model(idx, targets)
     assert logits is None and loss.dtype == torch.float32
-    full = model(idx)[0]
-    assert torch.allclose(loss, F.cross_entropy(full.flatten(0, 1), targets.flatten()), atol=1e-6)
+    full, plain_loss = model(idx, targets, return_logits=True)
+    assert torch.equal(full, model(idx)[0])
+    assert torch.allclose(plain_loss, F.cross_entropy(full.flatten(0, 1), targets.flatten()))
+    assert torch.allclose(loss, plain_loss, atol=1e-6)
     # Random init predicts roughly uniformly.
     assert abs(loss.item() - math.log(97)) < 0.2
 
@@ -99,6 +101,17 @@ def test_manual_and_sdpa_attention_agree(norm_position, n_head):
     sdpa.load_state_dict(manual.state_dict())
     idx = torch.randint(0, 97, (2, 16))
     assert torch.allclose(manual(idx)[0], sdpa(idx)[0], atol=1e-5, rtol=0)
+
+
+def test_fused_attention_refuses_several_queries_after_a_cache():
+    """Generation feeds a whole window or one token at a time; the SDPA path's mask covers only those."""
+    cfg = tiny()
+    attention = CausalSelfAttention(cfg)
+    cache = KVCache(1, cfg, torch.device("cpu"), torch.float32)
+    attention(torch.randn(1, 4, 16), cache)
+    attention(torch.randn(1, 1, 16), cache)
+    with pytest.raises(ValueError, match="T=2, S=7"):
+        attention(torch.randn(1, 2, 16), cache)
 
 
 def test_causality():

@@ -4,7 +4,6 @@ import io
 import json
 import multiprocessing
 import os
-import random
 import re
 import signal
 import sys
@@ -18,7 +17,7 @@ import torch
 from helpers import tiny_config, write_experiment
 
 import run as run_script
-from minigpt import checkpoint, data, sample, train
+from minigpt import checkpoint, data, sample, tracking, train
 from minigpt.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from minigpt.model import GPT
 from minigpt.tracking import read_metrics
@@ -29,43 +28,73 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # ----------------------------------------------------------------------------------------------- SIGKILL
 
 
-def train_in_child(argv: list[str], hang_at_save: int, marker: Path) -> None:
-    """A training process: ``run.py``'s main, optionally stalled halfway through writing its
-    ``hang_at_save``-th checkpoint (after touching ``marker``), so that a kill lands mid-write for sure."""
-    if hang_at_save:
-        real_save, saves = torch.save, []
+def stall(marker: Path) -> None:
+    """Tell the test that this process has reached its kill point (``marker`` appears); wait to be killed."""
+    marker.touch()
+    time.sleep(600)
 
-        def save_half_then_hang(obj, f, *args, **kwargs):
-            saves.append(1)
-            if len(saves) < hang_at_save:
-                return real_save(obj, f, *args, **kwargs)
-            buffer = io.BytesIO()
-            real_save(obj, buffer, *args, **kwargs)
-            f.write(buffer.getvalue()[: buffer.tell() // 2])
-            f.flush()
-            marker.touch()
-            time.sleep(600)
 
-        torch.save = save_half_then_hang  # this process only: it is a fork of the test
+def stall_at_call(owner: object, name: str, nth: int, marker: Path, after: bool = False) -> None:
+    """Make the ``nth`` call of ``owner.name`` stall: before it runs, or, with ``after``, once it returns."""
+    real, calls = getattr(owner, name), []
+
+    def stalling(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == nth and not after:
+            stall(marker)
+        result = real(*args, **kwargs)
+        if len(calls) == nth:
+            stall(marker)
+        return result
+
+    setattr(owner, name, stalling)
+
+
+def stall_halfway_through_checkpoint(nth: int, marker: Path) -> None:
+    """Make the ``nth`` checkpoint write stall with half of its bytes on disk."""
+    real_save, saves = torch.save, []
+
+    def save_half_then_stall(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) < nth:
+            return real_save(obj, f, *args, **kwargs)
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[: buffer.tell() // 2])
+        f.flush()
+        stall(marker)
+
+    torch.save = save_half_then_stall
+
+
+def train_in_child(argv: list[str], kill_point: tuple[str, int] | None, marker: Path) -> None:
+    """A training process: ``run.py``'s main, stalled at ``kill_point`` (where, and which occurrence in this
+    process) after creating ``marker``, so that the test's kill lands exactly there. The patches touch only
+    this process: it is a fork of the test."""
+    if kill_point is not None:
+        where, nth = kill_point
+        if where == "mid-checkpoint":
+            stall_halfway_through_checkpoint(nth, marker)
+        elif where == "mid-step":  # gradients computed, weights not yet updated
+            stall_at_call(torch.optim.AdamW, "step", nth, marker)
+        elif where == "mid-evaluation":
+            stall_at_call(train, "evaluate", nth, marker)
+        elif where == "after-log-line":
+            stall_at_call(tracking.RunDirLogger, "log", nth, marker, after=True)
+        else:
+            raise ValueError(f"unknown kill point {where!r}")
     sys.exit(run_script.main(argv))
 
 
-def wait_until(condition: Callable[[], bool], child: multiprocessing.Process, seconds: float = 120) -> None:
+def wait_until(condition: Callable[[], bool], child: multiprocessing.Process, seconds: float = 300) -> None:
+    """Poll ``condition`` until it holds or ``child`` exits. The deadline only turns a hung child into a
+    failure instead of a hung suite: a kill point is a few steps away, seconds even on a loaded machine."""
     deadline = time.monotonic() + seconds
     while not condition() and child.is_alive():
         if time.monotonic() > deadline:
             child.kill()
-            pytest.fail(f"training process made no progress in {seconds} s")
+            pytest.fail(f"training process did not reach its kill point in {seconds} s")
         time.sleep(0.005)
-
-
-def last_logged_step(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    return (
-        max((row["step"] for row in read_metrics(path) if "train/loss" in row), default=0)
-        if path.exists()
-        else 0
-    )
 
 
 def check_run_dir_after_a_crash(run_dir: Path, keep_last: int) -> list[int]:
@@ -81,55 +110,60 @@ def check_run_dir_after_a_crash(run_dir: Path, keep_last: int) -> list[int]:
     return [step for step, _ in found]
 
 
-def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(tiny_corpus, tmp_path):
+@pytest.mark.slow
+def test_sigkill_mid_step_mid_evaluation_mid_checkpoint_or_after_a_log_line_loses_nothing(
+    tiny_corpus, tmp_path
+):
     overrides = {
         "dropout": 0.1,
-        "max_steps": 40,  # more than eight attempts can get through, however fast the machine
+        "max_steps": 40,  # more than the eight attempts get through
         "ckpt_interval": 2,
         "keep_last": 2,
         "eval_interval": 5,
         "eval_batches": 1,
     }
     reference = tiny_config(tiny_corpus, tmp_path / "reference", overrides)
-    summary = train.run(reference)  # also warms every import, so forked children start training at once
-    step_seconds = summary["train_seconds"] / summary["step"]
+    train.run(reference)  # also warms every import, so forked children start training at once
     experiment = write_experiment(
         tmp_path / "experiment.py", tiny_config(tiny_corpus, tmp_path / "crashing", overrides)
     )
     run_dir = tmp_path / "crashing" / "run"
 
     fork = multiprocessing.get_context("fork")
-    rng = random.Random(4)
-    # 0: kill at a random moment of training; k > 0: kill halfway through writing the k-th checkpoint.
-    plan = [0, 2, 0, 0, 1, 0, 3, 0]
-    for attempt, hang_at_save in enumerate(plan):
+    # Where each attempt is killed, counted from its own start (a resume from the last checkpoint).
+    plan = [
+        ("mid-step", 3),
+        ("mid-checkpoint", 2),
+        ("after-log-line", 3),
+        ("mid-evaluation", 1),
+        ("mid-checkpoint", 1),
+        ("mid-step", 1),
+        ("mid-checkpoint", 3),
+        ("after-log-line", 8),
+    ]
+    for attempt, kill_point in enumerate(plan):
         steps_before = check_run_dir_after_a_crash(run_dir, keep_last=2)
         resume = [f"--resume={run_dir}"] if steps_before else []
-        logged_before = last_logged_step(run_dir)
         partial_before = set(run_dir.glob(".ckpt-*.pt.*.tmp"))
-        marker = tmp_path / f"writing-{attempt}"
-        child = fork.Process(target=train_in_child, args=([str(experiment), *resume], hang_at_save, marker))
+        marker = tmp_path / f"stalled-{attempt}"
+        child = fork.Process(target=train_in_child, args=([str(experiment), *resume], kill_point, marker))
         child.start()
-        if hang_at_save:
-            wait_until(marker.exists, child)
-        else:
-            # Once it has trained past everything logged before, a few steps' time at most.
-            wait_until(lambda: last_logged_step(run_dir) > logged_before, child)  # noqa: B023 - used at once
-            time.sleep(rng.uniform(0, 3 * step_seconds))
-        if child.is_alive():
-            os.kill(child.pid, signal.SIGKILL)
+        wait_until(marker.exists, child)
+        assert child.is_alive(), f"attempt {attempt} ended ({child.exitcode}) before reaching {kill_point}"
+        os.kill(child.pid, signal.SIGKILL)
         child.join()
-        assert child.exitcode == -signal.SIGKILL, f"attempt {attempt} ended by itself ({child.exitcode})"
+        assert child.exitcode == -signal.SIGKILL
         steps_after = check_run_dir_after_a_crash(run_dir, keep_last=2)
         assert not steps_before or steps_after, "a crash left no valid checkpoint"
-        if hang_at_save:
+        if kill_point[0] == "mid-checkpoint":
             (partial,) = set(run_dir.glob(".ckpt-*.pt.*.tmp")) - partial_before  # the write cut off
             assert partial.stat().st_size > 0
         if attempt == 3:  # a line torn by the crash: the reader skips it and the resume drops it
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write('{"step": 999, "train/lo')
+    assert checkpoint.list_checkpoints(run_dir)[-1][0] >= 8, "the attempts made too little progress"
 
-    child = fork.Process(target=train_in_child, args=([str(experiment), f"--resume={run_dir}"], 0, marker))
+    child = fork.Process(target=train_in_child, args=([str(experiment), f"--resume={run_dir}"], None, marker))
     child.start()
     child.join(300)
     assert child.exitcode == 0
