@@ -349,7 +349,7 @@ class WandbLogger(Logger):
         except Exception as e:  # noqa: BLE001 - any failure to reach W&B must not stop training
             if self.mode != "online":
                 raise
-            self._go_offline(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            self._go_offline(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}")
             self._run = wandb.init(**self._init_kwargs(config, directory))
         self._define_metrics()
         if self.mode == "offline" and self.resume_id and self.first_step:
