@@ -288,6 +288,54 @@ def can_connect(url: str, timeout: float = PROBE_SECONDS) -> bool:
     return connected.is_set()
 
 
+ARTIFACT_SCHEME = "wandb-artifact://"
+
+
+def is_artifact_reference(value: str) -> bool:
+    """Whether ``value`` names a W&B artifact: ``wandb-artifact://[entity/]project/name:version``."""
+    return value.startswith(ARTIFACT_SCHEME)
+
+
+def fetch_artifact(reference: str, wandb_option: str, dest: Path) -> Path:
+    """Download the artifact ``reference`` names into ``dest/<name>-<version>`` and return what it holds:
+    its one file (a checkpoint), else the directory (an HF export or a run directory). Needs W&B online."""
+    from minigpt.config import ConfigError
+
+    name = reference.removeprefix(ARTIFACT_SCHEME)
+    mode = wandb_mode(wandb_option)
+    if mode != "online":
+        raise ConfigError(
+            f"init_from={reference!r} is a W&B artifact, which needs W&B online (this run's mode is {mode}): "
+            "set WANDB_API_KEY or run `wandb login`, and pass --wandb=online or auto"
+        )
+    import wandb
+
+    try:
+        artifact = wandb.Api().artifact(name)
+        directory = Path(artifact.download(root=str(dest / _artifact_name(name))))
+    except Exception as e:  # noqa: BLE001 - wandb raises many kinds; all mean "cannot get it"
+        raise ConfigError(f"init_from={reference!r}: W&B could not provide the artifact: {e}") from None
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    return files[0] if len(files) == 1 else directory
+
+
+def log_artifact_run(path: Path, name: str, type: str, project: str, wandb_option: str = "auto") -> str:
+    """Log ``path`` as an artifact of a short W&B run of its own (job type ``report``, for a command that
+    is not training, such as the report); return where it went: the run's URL or its ``wandb sync``
+    command. Offline, the artifact waits with the run for ``wandb sync``."""
+    mode = wandb_mode(wandb_option)
+    if mode == "disabled":
+        return "not logged: W&B is disabled"
+    run_name = f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    # W&B's own files go beside ``path``, not into it (the artifact would then hold them).
+    logger = WandbLogger(mode, project, Path(path).resolve().parent, run_name, job_type=type)
+    logger.start({"artifact": str(path)}, total_steps=0)
+    logger.artifact(Path(path), name, type)
+    where = logger.location
+    logger.finish()
+    return where
+
+
 def _artifact_name(name: str) -> str:
     """W&B artifact names take letters, digits, dashes, underscores and dots only."""
     return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:128]
@@ -438,15 +486,21 @@ class WandbLogger(Logger):
             warnings.warn(f"W&B stopped working ({e}); training goes on without it", stacklevel=3)
             self.resume_id, self._run = self._run.id, None
 
+    @property
+    def location(self) -> str:
+        """Where the run can be seen: its URL online, else the command that uploads it."""
+        if self.mode == "online" and self._run is not None:
+            return f"W&B run: {self._run.url}"
+        return f"W&B (offline): upload with {self.sync_command}"
+
     def finish(self, failed: bool = False) -> None:
         if self._run is None:
             return
-        where = self._run.url if self.mode == "online" else None
-        sync = self.sync_command
+        where = self.location
         with contextlib.suppress(Exception):
             self._run.finish(exit_code=1 if failed else 0)
         self._run = None
-        _say(f"W&B run: {where}" if where else f"W&B (offline): upload with {sync}")
+        _say(where)
 
     @property
     def run_id(self) -> str | None:

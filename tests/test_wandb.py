@@ -14,11 +14,15 @@ import wandb
 from helpers import tiny_config
 
 from minigpt import train
+from minigpt.config import ConfigError
 from minigpt.tracking import (
     ConsoleLogger,
     MultiLogger,
     WandbLogger,
     build_logger,
+    fetch_artifact,
+    is_artifact_reference,
+    log_artifact_run,
     variant_group,
     wandb_mode,
 )
@@ -257,3 +261,43 @@ def test_an_offline_artifact_is_kept_with_the_run_for_wandb_sync(tmp_path, monke
     while b"final-checkpoint" not in record.read_bytes() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert b"final-checkpoint" in record.read_bytes()
+
+
+def test_init_from_an_artifact_needs_wandb_online(wandb_host):
+    with pytest.raises(ConfigError, match="is a W&B artifact, which needs W&B online"):
+        fetch_artifact("wandb-artifact://me/minigpt/tiny-model:v0", "offline", Path("unused"))
+
+
+def test_init_from_an_artifact_downloads_it_and_returns_its_checkpoint(wandb_host, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    asked = []
+
+    class FakeArtifact:
+        def download(self, root):
+            Path(root).mkdir(parents=True)
+            (Path(root) / "ckpt-000010.pt").write_bytes(b"weights")
+            return root
+
+    class FakeApi:
+        def artifact(self, name):
+            asked.append(name)
+            return FakeArtifact()
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    assert is_artifact_reference("wandb-artifact://me/minigpt/tiny-model:v0")
+    assert not is_artifact_reference("runs/tiny-model")
+    found = fetch_artifact("wandb-artifact://me/minigpt/tiny-model:v0", "auto", tmp_path)
+    assert asked == ["me/minigpt/tiny-model:v0"]
+    assert found.read_bytes() == b"weights" and found.is_relative_to(tmp_path)
+
+
+def test_a_report_directory_is_logged_as_an_artifact_of_its_own_run(fake_wandb, tmp_path):
+    report = tmp_path / "reports" / "abl"
+    report.mkdir(parents=True)
+    (report / "README.md").write_text("# report")
+    where = log_artifact_run(report, "abl-report", "report", "minigpt-test", "offline")
+    (run,) = fake_wandb
+    assert run.init["job_type"] == "report" and where.startswith("W&B (offline): upload with wandb sync ")
+    (artifact,) = run.artifacts
+    assert (artifact.name, set(artifact.manifest.entries)) == ("abl-report", {"README.md"})
+    assert not (report / "wandb").exists()
