@@ -2,8 +2,12 @@
 
 - ``RunDirLogger``: the local run directory (always on): ``config.json``, line-buffered ``metrics.jsonl``,
   ``summary.json``. It is the record that analysis reads and that survives with no network at all.
-- ``WandbLogger``: Weights & Biases, offline unless asked otherwise, never blocking on a login or a network.
-- ``ConsoleLogger``: a rich progress bar while training and a summary table at the end.
+- ``WandbLogger``: Weights & Biases, never blocking on a login or a network: online when the user can use
+  W&B (``wandb_mode``), falling back to offline when the server does not answer.
+- ``ConsoleLogger``: where the run is and how it is set up, a progress bar with an ETA, a summary table, and
+  the commands that come next.
+
+``new_run_dir`` names and creates a run's directory; ``build_logger`` assembles the loggers of one run.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from minigpt.config import ConfigError, flatten
 from minigpt.storage import atomic_write_bytes, atomic_write_json, remove_interrupted_writes
 
 
@@ -76,7 +81,7 @@ class MultiLogger(Logger):
             logger.artifact(path, name, type)
 
     def finish(self, failed: bool = False) -> None:
-        for logger in self.loggers:
+        for logger in reversed(self.loggers):  # the last started closes first: the console ends the story
             logger.finish(failed)
 
     @property
@@ -229,8 +234,6 @@ RUN_SPECIFIC_KEYS = (
 def variant_group(config: dict[str, Any]) -> str:
     """A W&B group for the variant ``config`` belongs to: its name plus a hash of every key that is not run
     specific, so W&B's grouped view averages the seeds of one variant and nothing else."""
-    from minigpt.config import flatten
-
     variant = {
         k: v for k, v in flatten(config).items() if k not in RUN_SPECIFIC_KEYS and not k.startswith("_")
     }
@@ -299,8 +302,6 @@ def is_artifact_reference(value: str) -> bool:
 def fetch_artifact(reference: str, wandb_option: str, dest: Path) -> Path:
     """Download the artifact ``reference`` names into ``dest/<name>-<version>`` and return what it holds:
     its one file (a checkpoint), else the directory (an HF export or a run directory). Needs W&B online."""
-    from minigpt.config import ConfigError
-
     name = reference.removeprefix(ARTIFACT_SCHEME)
     mode = wandb_mode(wandb_option)
     if mode != "online":
@@ -543,7 +544,7 @@ class ConsoleLogger(Logger):
 
         self._config, self._run = config, config.get("_run", {})
         self._total_steps = total_steps
-        self.console.print(self.start_line(first_step))
+        self.console.print(self.start_line(first_step), soft_wrap=True, highlight=False, markup=False)
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -662,7 +663,8 @@ class ConsoleLogger(Logger):
             self._progress = None
         if not self._run:
             return
-        self.console.print(f"{'failed' if failed else 'finished'}: run directory {self._run.get('run_dir')}")
-        self.console.print("next:" if not failed else "continue it with:", soft_wrap=True)
+        state = "failed" if failed else "finished"
+        self.console.print(f"{state}: run directory {self._run.get('run_dir')}", soft_wrap=True, markup=False)
+        self.console.print("continue it with:" if failed else "next:")
         for command in self.next_commands(failed):
             self.console.print(f"  {command}", soft_wrap=True, highlight=False, markup=False)
