@@ -379,20 +379,21 @@ class WandbLogger(Logger):
         self.resume_id = resume_id
         self.job_type = job_type
         self.first_step = first_step
+        self.base_url = DEFAULT_BASE_URL
         self._run = None
 
     def start(self, config: dict[str, Any], total_steps: int, first_step: int = 0) -> None:
         import wandb
 
         self.first_step = first_step or self.first_step
+        # wandb keeps the settings of its first start in a process; the server is read afresh for each run.
+        self.base_url = os.environ.get("WANDB_BASE_URL") or wandb.setup().settings.base_url
         os.environ["WANDB_MODE"] = self.mode
         os.environ.setdefault("WANDB_SILENT", "true")
         directory = os.environ.get("WANDB_DIR") or str(self.run_dir)
         Path(directory).mkdir(parents=True, exist_ok=True)
-        if self.mode == "online":
-            base_url = wandb.setup().settings.base_url
-            if not can_connect(base_url):
-                self._go_offline(f"{base_url} did not accept a connection")
+        if self.mode == "online" and not can_connect(self.base_url):
+            self._go_offline(f"{self.base_url} did not accept a connection")
         try:
             self._run = wandb.init(**self._init_kwargs(config, directory))
         except Exception as e:  # noqa: BLE001 - any failure to reach W&B must not stop training
@@ -426,7 +427,7 @@ class WandbLogger(Logger):
             job_type=self.job_type,
             config=config,
             dir=directory,
-            settings=wandb.Settings(init_timeout=self.INIT_TIMEOUT, silent=True),
+            settings=wandb.Settings(base_url=self.base_url, init_timeout=self.INIT_TIMEOUT, silent=True),
         )
         if self.resume_id and self.mode == "online" and self.first_step:
             kwargs["resume_from"] = f"{self.resume_id}?_step={self.first_step}"
