@@ -8,9 +8,14 @@ before any data is loaded, so a typo costs a second, not a run.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
+import io
 import runpy
+import textwrap
+import tokenize
 import traceback
 import types
 import typing
@@ -26,13 +31,15 @@ class ConfigError(ValueError):
     """A bad experiment file, override key or value. The message says what is wrong and how to fix it."""
 
 
-def _check(condition: bool, name: str, message: str) -> None:
+def check(condition: bool, key: str, message: str) -> None:
+    """The one way a configuration rule is enforced: ``ConfigError("<key>: <message>")`` unless ``condition``.
+    ``key`` is the dotted name the user sets (``train.lr``); ``message`` says what is wrong and what fits."""
     if not condition:
-        raise ValueError(f"{name}: {message}")
+        raise ConfigError(f"{key}: {message}")
 
 
-def _check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
-    _check(value in choices, name, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+def check_choice(value: str, key: str, choices: tuple[str, ...]) -> None:
+    check(value in choices, key, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
 
 
 WIKITEXT_DATASETS = ("wikitext-2-raw-v1", "wikitext-2-v1", "wikitext-103-raw-v1", "wikitext-103-v1")
@@ -51,16 +58,18 @@ class DataConfig:
     train_file: str = ""
     """With ``dataset="text"``: the training text file (the split files below likewise)."""
     val_file: str = ""
+    """With ``dataset="text"``: the validation text file."""
     test_file: str = ""
+    """With ``dataset="text"``: the test text file (optional; without it there is no test evaluation)."""
     tokenizer: str = "gpt2"
     """A tokenizer directory or a Hub name; ``gpt2`` is found as ``<data_dir>/gpt2-tokenizer`` if present."""
     cache_dir: str = ""
     """Where token caches live; empty means ``$MINIGPT_CACHE_DIR``, else ``~/.cache/minigpt``."""
 
     def __post_init__(self) -> None:
-        _check_choice(self.dataset, "data.dataset", (*WIKITEXT_DATASETS, "text"))
+        check_choice(self.dataset, "data.dataset", (*WIKITEXT_DATASETS, "text"))
         if self.dataset == "text":
-            _check(bool(self.train_file), "data.train_file", 'is required with data.dataset="text"')
+            check(bool(self.train_file), "data.train_file", 'is required with data.dataset="text"')
 
 
 @dataclass
@@ -68,6 +77,7 @@ class TrainConfig:
     """Optimisation, schedule, evaluation and checkpointing."""
 
     seed: int = 1337
+    """Seeds initialisation, data order and dropout; runs that differ only in it are one variant."""
     device: str = "auto"
     """``auto`` (cuda, then mps, then cpu), or a torch device string."""
     precision: str = "auto"
@@ -83,16 +93,23 @@ class TrainConfig:
     """Sequences per forward pass on one process; ``batch_size`` must be a multiple of it times the
     number of processes, and the quotient is the gradient-accumulation count."""
     max_steps: int = 5000
+    """Optimizer steps to train for; the learning-rate schedule spans them."""
     max_minutes: float = 0
-    """Stop after this many minutes of training (the schedule's decay follows the time spent); 0: no limit."""
+    """Stop training after this many minutes of training time (evaluation excluded), or at ``max_steps``,
+    whichever comes first; 0 means no time limit. The schedule's decay follows whichever of steps and time is
+    further along, so it ends when the run does."""
     lr: float = 3e-4
+    """Peak AdamW learning rate, reached after warmup."""
     min_lr_ratio: float = 0.1
     """The cosine schedule ends at ``lr * min_lr_ratio``."""
     warmup_steps: int = 200
+    """Steps of linear learning-rate warmup from lr / warmup_steps to lr."""
     weight_decay: float = 0.1
     """Applied to weight matrices and embeddings only, never to biases or LayerNorm parameters."""
     beta1: float = 0.9
+    """AdamW's decay rate for the gradient mean."""
     beta2: float = 0.95
+    """AdamW's decay rate for the squared-gradient mean."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping (the norm is logged either way)."""
     eval_interval: int = 500
@@ -112,12 +129,13 @@ class TrainConfig:
     skip_nonfinite: bool = False
     """On a non-finite loss or gradient, skip the step instead of stopping the run."""
     log_interval: int = 10
+    """Steps between metric rows (train/loss is the mean over these steps)."""
     log_layer_grad_norms: bool = False
     """Also log each block's gradient norm (for pre-LN versus post-LN comparisons)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "micro_batch_size", "max_steps", "log_interval"):
-            _check(getattr(self, name) > 0, f"train.{name}", f"must be positive, got {getattr(self, name)}")
+            check(getattr(self, name) > 0, f"train.{name}", f"must be positive, got {getattr(self, name)}")
         for name in (
             "warmup_steps",
             "eval_interval",
@@ -129,22 +147,18 @@ class TrainConfig:
             "threads",
             "weight_decay",
             "grad_clip",
+            "max_minutes",
         ):
-            _check(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
-        _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
-        _check(
+            check(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
+        check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
+        check(
             0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"
         )
         for name in ("beta1", "beta2"):
-            _check(
+            check(
                 0 <= getattr(self, name) < 1, f"train.{name}", f"must be in [0, 1), got {getattr(self, name)}"
             )
-        _check_choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
-        _check(
-            self.batch_size % self.micro_batch_size == 0,
-            "train.batch_size",
-            f"{self.batch_size} is not a multiple of train.micro_batch_size={self.micro_batch_size}",
-        )
+        check_choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
 
 
 @dataclass
@@ -152,18 +166,28 @@ class LogConfig:
     """Where a run is recorded: always a local run directory, and W&B unless disabled."""
 
     project: str = "minigpt"
+    """The W&B project."""
     run_name: str = ""
-    """Empty means ``<experiment name>-<timestamp>``."""
+    """The run directory's name, used as is (a resume or a sweep relies on it); empty means
+    ``<experiment name>-<timestamp>-<W&B run id or random suffix>``, never an existing directory."""
     out_dir: str = "runs"
     """Run directories are created under this folder."""
     wandb: str = "auto"
-    """``auto`` (``$WANDB_MODE``, else offline), ``offline``, ``online`` or ``disabled``."""
+    """``auto`` (``$WANDB_MODE`` if set; else online under ``wandb agent`` or with W&B credentials, offline
+    without), ``offline``, ``online`` or ``disabled``."""
     group: str = ""
+    """The W&B group; empty means the variant (the config without seed and run-specific keys), so that the
+    seeds of one variant are averaged together in W&B."""
     tags: str = ""
-    """Comma-separated W&B tags."""
+    """Comma-separated W&B tags (the sweep's name is added as one)."""
+    sweep: str = ""
+    """The name of the sweep this run belongs to (the local sweep runner sets it): a W&B tag and config
+    entry, not a W&B sweep id, so the run stays syncable to its project."""
+    export_hf: bool = False
+    """At the end of training, also write a Hugging Face model directory to ``<run_dir>/hf``."""
 
     def __post_init__(self) -> None:
-        _check_choice(self.wandb, "log.wandb", ("auto", "offline", "online", "disabled"))
+        check_choice(self.wandb, "log.wandb", ("auto", "offline", "online", "disabled"))
 
 
 @dataclass
@@ -171,6 +195,7 @@ class ExperimentConfig:
     """One experiment: what to train, on what, how, and where to record it."""
 
     name: str = "experiment"
+    """The experiment's name: the start of its run directories' names."""
     init_from: str = ""
     """Start from trained weights: a MiniGPT checkpoint or run directory, or a Hugging Face GPT-2 directory
     or Hub name. The base then fixes the architecture: only ``model.dropout`` and ``model.attention`` are
@@ -182,7 +207,7 @@ class ExperimentConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             self.train.eval_stride <= self.model.block_size,
             "train.eval_stride",
             f"{self.train.eval_stride} is longer than the context model.block_size={self.model.block_size}: "
@@ -345,7 +370,7 @@ def apply_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> Expe
             name: dataclasses.replace(getattr(config, name), **values) for name, values in per_section.items()
         }
         return dataclasses.replace(config, **top, **changed)
-    except ValueError as e:
+    except ValueError as e:  # model.GPTConfig and lora.LoRAConfig raise ValueError for their own rules
         raise ConfigError(str(e)) from None
 
 
@@ -368,9 +393,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         namespace = runpy.run_path(str(path), run_name="__experiment__")
     except SyntaxError as e:
         raise ConfigError(f"experiment file {path} has a syntax error at line {e.lineno}: {e.msg}") from None
-    except ConfigError as e:
-        raise ConfigError(f"in experiment file {path}: {e}") from None
-    except ValueError as e:  # a dataclass's validation rejected a value set in the file
+    except ValueError as e:  # a dataclass's validation (ConfigError included) rejected a value in the file
         raise ConfigError(f"in experiment file {path}: {e}") from None
     except Exception as e:  # any other mistake in the file: say where, without a traceback into runpy
         frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename) == path]
@@ -407,14 +430,46 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def describe_keys() -> str:
-    """A help text listing every key with its type and default."""
-    default = ExperimentConfig()
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's description, from the class source: the docstring under the field, else the comment at
+    the end of its line (``GPTConfig`` uses those), joined into one paragraph."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = {
+        tok.start[0]: tok.string.lstrip("# ").strip()
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+        if tok.type == tokenize.COMMENT
+    }
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for node, after in zip(body, [*body[1:], None], strict=True):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        if (
+            isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+        elif node.lineno in comments:
+            docs[node.target.id] = comments[node.lineno]
+    return docs
+
+
+def describe_keys(config: ExperimentConfig | None = None) -> str:
+    """Every key with its type, its value in ``config`` (the defaults when None) and its description."""
+    config = config or ExperimentConfig()
+    docs = {f"{key}": doc for key, doc in field_docs(ExperimentConfig).items()}
+    for section in _sections():
+        docs.update({f"{section.name}.{k}": doc for k, doc in field_docs(section.type_cls).items()})
     lines = []
     for key, tp in all_keys().items():
-        obj: Any = default
+        value: Any = config
         for part in key.split("."):
-            obj = getattr(obj, part)
+            value = getattr(value, part)
         type_name = getattr(tp, "__name__", str(tp))
-        lines.append(f"  --{key}=<{type_name}>  (default: {obj!r})")
+        lines.append(f"  --{key}=<{type_name}>  (default: {value!r})")
+        if docs.get(key):
+            lines.append(
+                textwrap.fill(docs[key], width=106, initial_indent=" " * 6, subsequent_indent=" " * 6)
+            )
     return "\n".join(lines)

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from minigpt.config import ConfigError
+from minigpt.config import check
 
 # How long a collective may wait for the slowest process. Long enough for the first process on a machine to
 # tokenize a large corpus (WikiText-103) while the others wait for it; NCCL's own default is 10 minutes.
@@ -42,9 +42,11 @@ def setup(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise ConfigError(
-            f"train.device: distributed training runs on CUDA (NCCL) or the CPU (gloo), not on {device.type}"
+    else:
+        check(
+            device.type == "cpu",
+            "train.device",
+            f"distributed training runs on CUDA (NCCL) or the CPU (gloo), not on {device.type}",
         )
     # With device_id, NCCL binds the group to this GPU at once instead of guessing at the first collective.
     dist.init_process_group(

@@ -16,9 +16,13 @@ Each run's command is the file's ``command`` list with ``${env}``, ``${interpret
 ``${args}``, ``${args_no_hyphens}``, ``${args_no_boolean_flags}`` and ``${args_json}`` substituted as the
 W&B agent does (``--name=value`` with Python's ``str`` of the value, parameters sorted by name), except
 that ``${interpreter}`` is this Python rather than ``python`` from ``PATH``. The runner then appends
-``--log.out_dir``, ``--log.run_name``, ``--log.group`` (and ``--train.threads``), so the program must take
+``--log.out_dir``, ``--log.run_name``, ``--log.sweep`` (and ``--train.threads``), so the program must take
 ``--key=value`` overrides the way ``run.py`` does. Runs go to ``<out-dir>/<sweep-id>/<run name>/`` with
-``WANDB_MODE=offline``; the sweep's state is kept in ``<out-dir>/<sweep-id>/sweep.json``. A restart
+``WANDB_MODE=offline`` and no ``WANDB_SWEEP_ID``: the sweep's name travels as a config value and W&B tag,
+not as a W&B sweep id that no server knows, so ``wandb sync`` uploads each run into its project with its
+own id. The sweep's state is kept in ``<out-dir>/<sweep-id>/sweep.json``, with each run's one-minute load
+average at its start and end (``load_start``, ``load_end``), to judge whether its throughput was measured
+on a quiet machine. A restart
 skips runs whose ``summary.json`` says ``finished``; a run that fails is recorded as failed and the sweep
 carries on. Several files given together share one sweep id and one queue, and a run that two files both
 define (same name, same arguments) runs once.
@@ -65,6 +69,7 @@ class Sweep:
     program: str
     run_cap: int | None = None
     metric: dict[str, Any] = field(default_factory=dict)
+    """The metric a W&B server optimises (``name``, ``goal``); the local runner only checks its form."""
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -93,6 +98,8 @@ def load_sweep(path: str | Path) -> Sweep:
     if "${program}" in command and not program:
         raise SweepError(f"{path}: the command uses ${{program}} but no program is set")
     run_cap, metric = spec.get("run_cap"), spec.get("metric", {})
+    if metric and not (isinstance(metric, dict) and isinstance(metric.get("name"), str)):
+        raise SweepError(f"{path}: metric must be a mapping with a name (and a goal), e.g. final_val/loss")
     return Sweep(path, method, parameters, command, program or "", run_cap, metric)
 
 
@@ -278,6 +285,9 @@ class PlannedRun:
     """pending, running, finished (skipped on restart), or failed."""
     returncode: int | None = None
     seconds: float | None = None
+    load_start: float | None = None
+    """The one-minute load average when the run started (``load_end``: when it ended)."""
+    load_end: float | None = None
 
 
 def plan(
@@ -291,7 +301,7 @@ def plan(
         for index, assignment in enumerate(assignments(sweep, count, seed)):
             name = run_name(sweep, assignment, index)
             extra = [f"--log.out_dir={out_dir / sweep_id}", f"--log.run_name={name}"]
-            extra.append(f"--log.group={sweep_id}")
+            extra.append(f"--log.sweep={sweep_id}")
             if threads:
                 extra.append(f"--train.threads={threads}")
             file_runs.append(PlannedRun(name, build_command(sweep, assignment) + extra))
@@ -304,6 +314,14 @@ def plan(
             raise SweepError(f"two runs are named {r.name} but differ: {runs[r.name].command} vs {r.command}")
         runs.setdefault(r.name, r)
     return list(runs.values())
+
+
+def load_average() -> float | None:
+    """The one-minute load average (None where the system does not report one)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -331,7 +349,9 @@ class SweepRunner:
         )
 
     def child_env(self) -> dict[str, str]:
-        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SWEEP_ID": self.sweep_dir.name}
+        # Without a server no W&B sweep exists: a sweep id here would make the run unsyncable.
+        env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SWEEP_ID", "WANDB_RUN_ID")}
+        env["WANDB_MODE"] = "offline"
         if self.threads:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
         return env
@@ -357,7 +377,7 @@ class SweepRunner:
                     proc = subprocess.Popen(
                         r.command, stdout=log, stderr=subprocess.STDOUT, env=self.child_env()
                     )
-                    r.status = "running"
+                    r.status, r.load_start = "running", load_average()
                     active[r.name] = (r, proc, time.monotonic(), log)
                     self.save_state()
                 time.sleep(0.2)
@@ -366,6 +386,7 @@ class SweepRunner:
                         continue
                     log.close()
                     r.returncode, r.seconds = proc.returncode, round(time.monotonic() - started, 1)
+                    r.load_end = load_average()
                     ok = proc.returncode == 0 and is_finished(self.sweep_dir / r.name)
                     r.status = "finished" if ok else "failed"
                     print(f"[sweep] {r.status} {r.name} (rc {r.returncode}, {r.seconds}s)", flush=True)
@@ -405,10 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for random search")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     args = parser.parse_args(argv)
+    if args.parallel < 1:
+        parser.error(f"--parallel must be >= 1, got {args.parallel}")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0 (0: cores // parallel), got {args.threads}")
     cores = os.cpu_count() or 1
     threads = args.threads or max(1, cores // args.parallel)
-    if args.parallel < 1:
-        parser.error("--parallel must be >= 1")
     if args.parallel * threads > cores:
         print(f"[sweep] warning: {args.parallel} x {threads} threads exceed {cores} cores", file=sys.stderr)
     try:

@@ -2,23 +2,35 @@
 
 - ``RunDirLogger``: the local run directory (always on): ``config.json``, line-buffered ``metrics.jsonl``,
   ``summary.json``. It is the record that analysis reads and that survives with no network at all.
-- ``WandbLogger``: Weights & Biases, offline unless asked otherwise, never blocking on a login or a network.
-- ``ConsoleLogger``: a rich progress bar while training and a summary table at the end.
+- ``WandbLogger``: Weights & Biases, never blocking on a login or a network: online when the user can use
+  W&B (``wandb_mode``), falling back to offline when the server does not answer.
+- ``ConsoleLogger``: where the run is and how it is set up, a progress bar with an ETA, a summary table, and
+  the commands that come next.
+
+``new_run_dir`` names and creates a run's directory; ``build_logger`` assembles the loggers of one run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
+import netrc
 import os
+import re
+import secrets
 import socket
+import sys
 import threading
+import time
 import urllib.parse
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from minigpt.config import ConfigError, flatten
 from minigpt.storage import atomic_write_bytes, atomic_write_json, remove_interrupted_writes
 
 
@@ -33,6 +45,9 @@ class Logger:
 
     def summary(self, metrics: dict[str, Any]) -> None:
         """Record final figures (perplexities, throughput)."""
+
+    def artifact(self, path: Path, name: str, type: str) -> None:
+        """Keep the file or directory ``path`` with the run (a model, an adapter, a report)."""
 
     def finish(self, failed: bool = False) -> None:
         """Flush and close; ``failed`` marks a run that stopped on an error."""
@@ -61,8 +76,12 @@ class MultiLogger(Logger):
         for logger in self.loggers:
             logger.summary(metrics)
 
-    def finish(self, failed: bool = False) -> None:
+    def artifact(self, path: Path, name: str, type: str) -> None:
         for logger in self.loggers:
+            logger.artifact(path, name, type)
+
+    def finish(self, failed: bool = False) -> None:
+        for logger in reversed(self.loggers):  # the last started closes first: the console ends the story
             logger.finish(failed)
 
     @property
@@ -139,12 +158,120 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+
+
+def wandb_base_url() -> str:
+    """The W&B server this process would talk to."""
+    return os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+
+
+def has_wandb_credentials(base_url: str) -> bool:
+    """Whether W&B could log in without asking: ``$WANDB_API_KEY``, or a netrc entry (``$NETRC``, else
+    ``~/.netrc``) for the server's host, which is where ``wandb login`` stores the key."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    host = urllib.parse.urlsplit(base_url).netloc
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
 def wandb_mode(option: str) -> str:
-    """The W&B mode: the option, else ``$WANDB_MODE``, else offline (``auto`` never goes online by itself)."""
+    """The W&B mode. ``auto`` takes ``$WANDB_MODE`` when it is set, else online under ``wandb agent``
+    (it sets ``WANDB_SWEEP_ID``) or when the user has W&B credentials for the server, else offline."""
     if option != "auto":
         return option
-    mode = os.environ.get("WANDB_MODE", "offline")
-    return {"dryrun": "offline", "run": "online"}.get(mode, mode)
+    if "WANDB_MODE" in os.environ:
+        mode = os.environ["WANDB_MODE"]
+        return {"dryrun": "offline", "run": "online"}.get(mode, mode)
+    if os.environ.get("WANDB_SWEEP_ID") or has_wandb_credentials(wandb_base_url()):
+        return "online"
+    return "offline"
+
+
+def new_run_dir(out_dir: Path, name: str) -> Path:
+    """Create and return a run directory ``<out_dir>/<name>-<timestamp>-<suffix>`` that no other run has.
+
+    The suffix is the W&B run id that ``wandb agent`` passes (``$WANDB_RUN_ID``), else random; creation is
+    exclusive, so two runs started in the same second (parallel sweep runs) never share a directory.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+    suffix = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(3)
+    while True:
+        path = out_dir / f"{name}-{stamp}-{suffix}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            suffix = secrets.token_hex(3)  # taken (also by an agent's id reused on a retry): draw another
+            continue
+        return path
+
+
+# Keys that say how or where one run is carried out or recorded, not which experiment it is: runs that
+# differ only in these (and in the seed) are the same variant.
+RUN_SPECIFIC_KEYS = (
+    "train.seed",
+    "train.device",
+    "train.threads",
+    "train.compile",
+    "train.micro_batch_size",
+    "train.ckpt_interval",
+    "train.keep_last",
+    "train.log_interval",
+    "train.log_layer_grad_norms",
+    "data.data_dir",
+    "data.cache_dir",
+    "log.run_name",
+    "log.out_dir",
+    "log.wandb",
+    "log.group",
+    "log.tags",
+    "log.sweep",
+    "log.export_hf",
+)
+
+
+def variant_group(config: dict[str, Any]) -> str:
+    """A W&B group for the variant ``config`` belongs to: its name plus a hash of every key that is not run
+    specific, so W&B's grouped view averages the seeds of one variant and nothing else."""
+    variant = {
+        k: v for k, v in flatten(config).items() if k not in RUN_SPECIFIC_KEYS and not k.startswith("_")
+    }
+    digest = hashlib.sha1(json.dumps(variant, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{config.get('name', 'experiment')}-{digest}"
+
+
+def build_logger(
+    config: dict[str, Any], run_dir: Path, resume_id: str | None = None, first_step: int = 0
+) -> Logger:
+    """The loggers of one run from its resolved config (``ExperimentConfig.to_dict()``): the run directory,
+    the console and, unless ``log.wandb`` is disabled, W&B with its mode, group, job type and tags."""
+    log = config["log"]
+    loggers: list[Logger] = [RunDirLogger(run_dir), ConsoleLogger()]
+    mode = wandb_mode(log["wandb"])
+    if mode != "disabled":
+        tags = [t.strip() for t in log["tags"].split(",") if t.strip()]
+        if log["sweep"] and log["sweep"] not in tags:
+            tags.append(log["sweep"])
+        loggers.append(
+            WandbLogger(
+                mode,
+                log["project"],
+                run_dir,
+                run_dir.name,
+                group=log["group"] or variant_group(config),
+                tags=tuple(tags),
+                resume_id=resume_id,
+                job_type="finetune" if config.get("init_from") else "train",
+                first_step=first_step,
+            )
+        )
+    return MultiLogger(loggers)
 
 
 PROBE_SECONDS = 3.0
@@ -169,10 +296,72 @@ def can_connect(url: str, timeout: float = PROBE_SECONDS) -> bool:
     return connected.is_set()
 
 
+ARTIFACT_SCHEME = "wandb-artifact://"
+
+
+def is_artifact_reference(value: str) -> bool:
+    """Whether ``value`` names a W&B artifact: ``wandb-artifact://[entity/]project/name:version``."""
+    return value.startswith(ARTIFACT_SCHEME)
+
+
+def fetch_artifact(reference: str, wandb_option: str, dest: Path) -> Path:
+    """Download the artifact ``reference`` names into ``dest/<name>-<version>`` and return what it holds:
+    its one file (a checkpoint), else the directory (an HF export or a run directory). Needs W&B online."""
+    name = reference.removeprefix(ARTIFACT_SCHEME)
+    mode = wandb_mode(wandb_option)
+    if mode != "online":
+        raise ConfigError(
+            f"init_from={reference!r} is a W&B artifact, which needs W&B online (this run's mode is {mode}): "
+            "set WANDB_API_KEY or run `wandb login`, and pass --wandb=online or auto"
+        )
+    import wandb
+
+    try:
+        artifact = wandb.Api().artifact(name)
+        directory = Path(artifact.download(root=str(dest / _artifact_name(name))))
+    except Exception as e:  # noqa: BLE001 - wandb raises many kinds; all mean "cannot get it"
+        raise ConfigError(f"init_from={reference!r}: W&B could not provide the artifact: {e}") from None
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    return files[0] if len(files) == 1 else directory
+
+
+def log_artifact_run(path: Path, name: str, type: str, project: str, wandb_option: str = "auto") -> str:
+    """Log ``path`` as an artifact of a short W&B run of its own (job type ``report``, for a command that
+    is not training, such as the report); return where it went: the run's URL or its ``wandb sync``
+    command. Offline, the artifact waits with the run for ``wandb sync``."""
+    mode = wandb_mode(wandb_option)
+    if mode == "disabled":
+        return "not logged: W&B is disabled"
+    run_name = f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    # W&B's own files go beside ``path``, not into it (the artifact would then hold them).
+    logger = WandbLogger(mode, project, Path(path).resolve().parent, run_name, job_type=type)
+    logger.start({"artifact": str(path)}, total_steps=0)
+    logger.artifact(Path(path), name, type)
+    where = logger.location
+    logger.finish()
+    return where
+
+
+def _artifact_name(name: str) -> str:
+    """W&B artifact names take letters, digits, dashes, underscores and dots only."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:128]
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 class WandbLogger(Logger):
     """Weights & Biases. The mode goes into ``WANDB_MODE`` before ``wandb.init`` (passing ``mode=`` alone
     still lets wandb reach for the network). An online start first checks that the W&B server answers at
-    all (a few seconds at most, instead of wandb's long retries), and any failure falls back to offline."""
+    all (a few seconds at most, instead of wandb's long retries), and any failure falls back to offline.
+
+    Every series is plotted against ``train/tokens`` (tokens seen), so runs with different batch sizes line
+    up; the summary of ``val/loss`` is its minimum. A resumed online run rewinds the W&B run to the
+    checkpoint's step (``resume_from``), so the steps logged again after it replace the ones logged before
+    the interruption instead of being dropped as out of order."""
+
+    INIT_TIMEOUT = 30.0
 
     def __init__(
         self,
@@ -183,6 +372,8 @@ class WandbLogger(Logger):
         group: str = "",
         tags: tuple[str, ...] = (),
         resume_id: str | None = None,
+        job_type: str = "train",
+        first_step: int = 0,
     ) -> None:
         self.mode = mode
         self.project = project
@@ -191,39 +382,68 @@ class WandbLogger(Logger):
         self.group = group or None
         self.tags = list(tags)
         self.resume_id = resume_id
+        self.job_type = job_type
+        self.first_step = first_step
+        self.base_url = DEFAULT_BASE_URL
         self._run = None
 
     def start(self, config: dict[str, Any], total_steps: int, first_step: int = 0) -> None:
         import wandb
 
+        self.first_step = first_step or self.first_step
+        # wandb keeps the settings of its first start in a process; the server is read afresh for each run.
+        self.base_url = os.environ.get("WANDB_BASE_URL") or wandb.setup().settings.base_url
         os.environ["WANDB_MODE"] = self.mode
         os.environ.setdefault("WANDB_SILENT", "true")
         directory = os.environ.get("WANDB_DIR") or str(self.run_dir)
         Path(directory).mkdir(parents=True, exist_ok=True)
-        if self.mode == "online":
-            base_url = wandb.setup().settings.base_url
-            if not can_connect(base_url):
-                self._go_offline(f"{base_url} did not accept a connection")
+        if self.mode == "online" and not can_connect(self.base_url):
+            self._go_offline(f"{self.base_url} did not accept a connection")
+        try:
+            self._run = wandb.init(**self._init_kwargs(config, directory))
+        except Exception as e:  # noqa: BLE001 - any failure to reach W&B must not stop training
+            if self.mode != "online":
+                raise
+            self._go_offline(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}")
+            self._run = wandb.init(**self._init_kwargs(config, directory))
+        self._define_metrics()
+        if self.mode == "offline" and self.resume_id and self.first_step:
+            _say(
+                f"W&B offline resume: this part logs the steps after {self.first_step} into run "
+                f"{self.resume_id}. "
+                "When both parts are synced, W&B keeps a step it already has and drops it if logged again, "
+                "so steps between the checkpoint and the interruption show their first values there; "
+                "metrics.jsonl in the run directory holds the resumed ones"
+            )
+        elif self.mode == "offline":
+            _say(f"W&B is offline; upload this run later with: {self.sync_command}")
+
+    def _init_kwargs(self, config: dict[str, Any], directory: str) -> dict[str, Any]:
+        import wandb
+
         # The mode is also passed explicitly: wandb keeps the settings of its first start in a process, so
         # the environment variable alone would not switch a later run (or the fallback) to offline.
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
+            mode=self.mode,
             project=self.project,
             name=self.name,
             group=self.group,
             tags=self.tags,
+            job_type=self.job_type,
             config=config,
             dir=directory,
-            id=self.resume_id,
-            resume="allow" if self.resume_id else None,
-            settings=wandb.Settings(init_timeout=30, silent=True),
+            settings=wandb.Settings(base_url=self.base_url, init_timeout=self.INIT_TIMEOUT, silent=True),
         )
-        try:
-            self._run = wandb.init(mode=self.mode, **kwargs)
-        except Exception as e:  # noqa: BLE001 - any failure to reach W&B must not stop training
-            if self.mode != "online":
-                raise
-            self._go_offline(str(e).splitlines()[0])
-            self._run = wandb.init(mode=self.mode, **kwargs)
+        if self.resume_id and self.mode == "online" and self.first_step:
+            kwargs["resume_from"] = f"{self.resume_id}?_step={self.first_step}"
+        elif self.resume_id:
+            kwargs.update(id=self.resume_id, resume="allow")
+        return kwargs
+
+    def _define_metrics(self) -> None:
+        self._guarded(lambda: self._run.define_metric("train/tokens"))
+        self._guarded(lambda: self._run.define_metric("*", step_metric="train/tokens"))
+        self._guarded(lambda: self._run.define_metric("val/loss", step_metric="train/tokens", summary="min"))
 
     def _go_offline(self, reason: str) -> None:
         warnings.warn(
@@ -231,6 +451,12 @@ class WandbLogger(Logger):
             stacklevel=3,
         )
         os.environ["WANDB_MODE"] = self.mode = "offline"
+
+    @property
+    def sync_command(self) -> str:
+        """The command that uploads this offline run (its ``offline-run-*`` folder)."""
+        where = Path(self._run.dir).parent if self._run is not None else Path(self.run_dir) / "wandb"
+        return f"wandb sync {where}"
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self._run is not None:
@@ -240,28 +466,72 @@ class WandbLogger(Logger):
         if self._run is not None:
             self._guarded(lambda: self._run.summary.update(metrics))
 
+    def artifact(self, path: Path, name: str, type: str) -> None:
+        """Log ``path`` as a W&B artifact; offline, it is kept with the run and ``wandb sync`` uploads it."""
+        if self._run is None:
+            return
+        import wandb
+
+        def log_artifact() -> None:
+            artifact = wandb.Artifact(_artifact_name(name), type=type)
+            if Path(path).is_dir():
+                artifact.add_dir(str(path))
+            else:
+                artifact.add_file(str(path))
+            self._run.log_artifact(artifact)
+
+        self._guarded(log_artifact)
+
     def _guarded(self, call) -> None:
         """W&B failing in the middle of a run must not stop training: warn once and carry on without it
         (the run directory still records everything)."""
+        if self._run is None:
+            return
         try:
             call()
         except Exception as e:  # noqa: BLE001
             warnings.warn(f"W&B stopped working ({e}); training goes on without it", stacklevel=3)
             self.resume_id, self._run = self._run.id, None
 
+    @property
+    def location(self) -> str:
+        """Where the run can be seen: its URL online, else the command that uploads it."""
+        if self.mode == "online" and self._run is not None:
+            return f"W&B run: {self._run.url}"
+        return f"W&B (offline): upload with {self.sync_command}"
+
     def finish(self, failed: bool = False) -> None:
-        if self._run is not None:
-            with contextlib.suppress(Exception):
-                self._run.finish(exit_code=1 if failed else 0)
-            self._run = None
+        if self._run is None:
+            return
+        where = self.location
+        with contextlib.suppress(Exception):
+            self._run.finish(exit_code=1 if failed else 0)
+        self._run = None
+        _say(where)
 
     @property
     def run_id(self) -> str | None:
         return self._run.id if self._run is not None else self.resume_id
 
 
+def format_duration(seconds: float) -> str:
+    """``1h05m``, ``4m10s`` or ``12s``."""
+    seconds = max(0, round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+# An ETA beyond this on a CPU is worth a word: the user probably wanted the CPU profile.
+LONG_CPU_RUN_SECONDS = 2 * 3600
+
+
 class ConsoleLogger(Logger):
-    """A rich progress bar with loss, perplexity, throughput and ETA; a summary table at the end."""
+    """Says where things are: the run's set-up at the start; a progress bar with loss, perplexity,
+    throughput and ETA while training (one line per logged step when not on a terminal); a summary table;
+    and at the end the run directory and the commands that come next."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -269,21 +539,64 @@ class ConsoleLogger(Logger):
         self.console = Console(stderr=True)
         self._progress = None
         self._task = None
+        self._run: dict[str, Any] = {}
+        self._config: dict[str, Any] = {}
+        self._total_steps = 0
+        self._clock: tuple[float, int] | None = None
+        self._warned_long = False
 
     def start(self, config: dict[str, Any], total_steps: int, first_step: int = 0) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+        self._config, self._run = config, config.get("_run", {})
+        self._total_steps = total_steps
+        self.console.print(self.start_line(first_step), soft_wrap=True, highlight=False, markup=False)
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"),
-            TimeRemainingColumn(),
             console=self.console,
             disable=not self.console.is_terminal,
         )
         self._progress.start()
         self._task = self._progress.add_task("train", total=total_steps, completed=first_step, stats="")
+
+    def start_line(self, first_step: int) -> str:
+        run = self._run
+        parts = [f"run directory {run.get('run_dir', '?')}"]
+        device = f"device {run.get('device', '?')}"
+        if run.get("world_size", 1) > 1:
+            device += f" x {run['world_size']} processes"
+        parts.append(device)
+        if run.get("threads"):
+            parts.append(f"{run['threads']} threads")
+        parts.append(f"precision {run.get('precision', '?')}")
+        if "params" in run:
+            parts.append(f"{run['params']:,} parameters")
+        if "tokens_planned" in run:
+            parts.append(f"{run['tokens_planned']:,} tokens planned over {self._total_steps:,} steps")
+        if run.get("max_minutes"):
+            parts.append(f"stopping after {run['max_minutes']:g} minutes if not done")
+        if first_step:
+            parts.append(f"resuming at step {first_step}")
+        return "; ".join(parts)
+
+    def eta_seconds(self, step: int) -> float | None:
+        """Seconds left, from the pace since the first logged step (the first includes warm-up costs), capped
+        by the time budget; None until two logged steps have been seen."""
+        now = time.monotonic()
+        if self._clock is None:
+            self._clock = (now, step)
+            return None
+        started, first = self._clock
+        if step <= first:
+            return None
+        left = (self._total_steps - step) * (now - started) / (step - first)
+        budget = self._run.get("max_minutes") or 0
+        if budget:
+            left = min(left, max(0.0, budget * 60 - (now - started)))
+        return left
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self._progress is None:
@@ -294,6 +607,10 @@ class ConsoleLogger(Logger):
             stats.append(f"ppl {math.exp(min(metrics['train/loss'], 50)):.1f}")
         if "perf/tokens_per_sec" in metrics:
             stats.append(f"{metrics['perf/tokens_per_sec']:,.0f} tok/s")
+        eta = self.eta_seconds(step) if "train/loss" in metrics else None
+        if eta is not None:
+            stats.append(f"eta {format_duration(eta)}")
+            self._warn_if_long(eta)
         if "val/loss" in metrics:
             stats.append(f"val {metrics['val/loss']:.3f}")
             self.console.print(
@@ -302,6 +619,19 @@ class ConsoleLogger(Logger):
         elif not self.console.is_terminal and "train/loss" in metrics:
             self.console.print(f"step {step}: " + ", ".join(stats))
         self._progress.update(self._task, completed=step, **({"stats": " | ".join(stats)} if stats else {}))
+
+    def _warn_if_long(self, eta: float) -> None:
+        if (
+            self._warned_long
+            or eta <= LONG_CPU_RUN_SECONDS
+            or not str(self._run.get("device", "")).startswith("cpu")
+        ):
+            return
+        self._warned_long = True
+        self.console.print(
+            f"this run needs about {format_duration(eta)} more on the CPU; for a quick CPU run use "
+            "experiments/tiny.py (about 2 minutes) or cap this one with --train.max_minutes=60"
+        )
 
     def summary(self, metrics: dict[str, Any]) -> None:
         from rich.table import Table
@@ -316,7 +646,31 @@ class ConsoleLogger(Logger):
             table.add_row(key, f"{value:,.4f}" if isinstance(value, float) else str(value))
         self.console.print(table)
 
+    def next_commands(self, failed: bool) -> list[str]:
+        run_dir = self._run.get("run_dir", "RUN_DIR")
+        if failed:
+            return [f"python run.py --resume={run_dir}"]
+        if self._config.get("lora", {}).get("rank"):
+            sample = (
+                f"python -m minigpt.sample --checkpoint {self._config['init_from']} "
+                f'--adapter {run_dir}/adapter.pt --prompt "The history of"'
+            )
+        else:
+            sample = f'python -m minigpt.sample --checkpoint {run_dir} --prompt "The history of"'
+        return [
+            sample,
+            f"python -m minigpt.export {run_dir} --out {run_dir}/hf",
+            f"python -m analysis.report {run_dir} --out reports/{Path(run_dir).name}",
+        ]
+
     def finish(self, failed: bool = False) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        if not self._run:
+            return
+        state = "failed" if failed else "finished"
+        self.console.print(f"{state}: run directory {self._run.get('run_dir')}", soft_wrap=True, markup=False)
+        self.console.print("continue it with:" if failed else "next:")
+        for command in self.next_commands(failed):
+            self.console.print(f"  {command}", soft_wrap=True, highlight=False, markup=False)

@@ -11,10 +11,15 @@ from minigpt import config as config_module
 from minigpt import data
 from minigpt.config import (
     ConfigError,
+    DataConfig,
     ExperimentConfig,
+    LogConfig,
+    TrainConfig,
     all_keys,
     apply_overrides,
     derive,
+    describe_keys,
+    field_docs,
     load_experiment,
     parse_overrides,
     resolve_key,
@@ -139,7 +144,7 @@ def test_wrong_type_names_the_field_and_what_it_accepts(arg, message):
     [
         (["--n_embd=30", "--n_head=4"], "n_embd (30) must be divisible by GPTConfig.n_head (4)"),
         (["--lr=-1e-3"], "train.lr: must be positive, got -0.001"),
-        (["--batch_size=10", "--micro_batch_size=4"], "train.batch_size: 10 is not a multiple of"),
+        (["--max_minutes=-1"], "train.max_minutes: must be >= 0, got -1.0"),
         (["--norm_position=middle"], "norm_position must be 'pre' or 'post', got 'middle'"),
         (["--dropout=1.5"], "dropout must be in [0, 1), got 1.5"),
         (["--max_steps=0"], "train.max_steps: must be positive, got 0"),
@@ -205,7 +210,6 @@ def test_the_shipped_experiments_load():
         ["--n_layer=2.5"],
         ["--n_embd=30", "--n_head=4"],
         ["--lr=-1"],
-        ["--batch_size=10", "--micro_batch_size=4"],
         ["--norm_position=middle"],
     ],
 )
@@ -230,3 +234,48 @@ def test_help_lists_every_key(capsys):
     out = capsys.readouterr().out
     for key in all_keys():
         assert f"--{key}=" in out
+
+
+def test_every_key_is_described_from_its_field_docs():
+    text = describe_keys()
+    entries = text.split("\n  --")
+    assert len(entries) == len(all_keys())
+    for entry in entries:
+        key, _, description = entry.partition("\n")
+        assert description.strip(), f"--{key.strip()} has no description"
+    assert "number of transformer blocks" in text  # GPTConfig documents its fields in trailing comments
+    assert "inner dimension of each update" in text  # LoRAConfig in docstrings under each field
+
+
+def test_help_for_a_file_shows_the_files_values():
+    tiny = load_experiment(Path(run_script.__file__).parent / "experiments" / "tiny.py")
+    text = describe_keys(tiny)
+    assert "--model.n_layer=<int>  (default: 2)" in text and "--train.max_steps=<int>  (default: 150)" in text
+    assert "--model.n_layer=<int>  (default: 12)" in describe_keys()
+
+
+def test_field_docs_join_multi_line_docstrings():
+    docs = field_docs(TrainConfig)
+    assert docs["max_minutes"].startswith("Stop training after this many minutes")
+    assert "\n" not in docs["precision"] and "  " not in docs["precision"]
+
+
+def test_every_config_rule_raises_config_error():
+    with pytest.raises(ConfigError, match="train.lr: must be positive"):
+        TrainConfig(lr=0)
+    with pytest.raises(ConfigError, match="log.wandb: must be one of"):
+        LogConfig(wandb="sometimes")
+    with pytest.raises(ConfigError, match="data.train_file"):
+        DataConfig(dataset="text")
+
+
+def test_batch_divisibility_is_left_to_the_run_which_knows_the_process_count():
+    # 12 sequences split over micro-batches of 4 on 3 processes only; TrainConfig cannot know the count.
+    assert TrainConfig(batch_size=12, micro_batch_size=4).batch_size == 12
+    assert TrainConfig(batch_size=10, micro_batch_size=4).batch_size == 10
+
+
+def test_new_log_and_train_fields_have_safe_defaults():
+    config = ExperimentConfig()
+    assert (config.log.sweep, config.log.export_hf, config.train.max_minutes) == ("", False, 0)
+    assert overridden("--sweep=abl", "--export_hf", "--max_minutes=1.5").log.sweep == "abl"

@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Records its arguments and how often it ran, fails when --fail=True, and writes summary.json like run.py.
 FAKE_PROGRAM = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     from pathlib import Path
     args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
     run_dir = Path(args["log.out_dir"]) / args["log.run_name"]
@@ -24,6 +24,8 @@ FAKE_PROGRAM = textwrap.dedent(
     calls = run_dir / "calls.txt"
     calls.write_text(calls.read_text() + "x" if calls.exists() else "x")
     (run_dir / "args.json").write_text(json.dumps(sys.argv[1:]))
+    wandb_env = {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
+    (run_dir / "wandb_env.json").write_text(json.dumps(wandb_env))
     status = "failed" if args.get("fail") == "True" else "finished"
     (run_dir / "summary.json").write_text(json.dumps({"status": status}))
     sys.exit(1 if status == "failed" else 0)
@@ -216,3 +218,39 @@ def test_end_to_end_with_run_py_on_a_minuscule_experiment(tmp_path, data_root, m
     (name,) = state(tmp_path)
     summary = json.loads((tmp_path / "runs" / "sw" / name / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["final_val/tokens"] == 63
+
+
+def test_a_local_sweep_child_has_no_wandb_sweep_id_and_carries_the_sweep_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SWEEP_ID", "from-an-outer-agent")
+    monkeypatch.setenv("WANDB_RUN_ID", "outer-run")
+    path = write_sweep(tmp_path, {"seed": {"values": [1]}})
+    assert run_main(tmp_path, path) == 0
+    run_dir = tmp_path / "runs" / "sw" / "seed-1"
+    env = json.loads((run_dir / "wandb_env.json").read_text())
+    assert "WANDB_SWEEP_ID" not in env and "WANDB_RUN_ID" not in env
+    assert env["WANDB_MODE"] == "offline"
+    assert "--log.sweep=sw" in json.loads((run_dir / "args.json").read_text())
+
+
+def test_each_run_records_the_load_average_at_its_start_and_end(tmp_path):
+    path = write_sweep(tmp_path, {"seed": {"values": [1, 2]}})
+    assert run_main(tmp_path, path) == 0
+    runs = json.loads((tmp_path / "runs" / "sw" / "sweep.json").read_text())["runs"]
+    for record in runs:
+        assert isinstance(record["load_start"], float) and isinstance(record["load_end"], float)
+        assert record["load_start"] >= 0 and record["load_end"] >= 0
+
+
+@pytest.mark.parametrize("option, value", [("--parallel", "0"), ("--parallel", "-1"), ("--threads", "-2")])
+def test_impossible_parallelism_is_a_usage_error(tmp_path, capsys, option, value):
+    path = write_sweep(tmp_path, {"seed": {"values": [1]}})
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(tmp_path, path, extra=(option, value))
+    assert exit_info.value.code == 2
+    assert f"{option} must be >= " in capsys.readouterr().err
+
+
+def test_a_metric_without_a_name_is_refused(tmp_path):
+    path = write_sweep(tmp_path, {"seed": {"values": [1]}}, metric={"goal": "minimize"})
+    with pytest.raises(sweep.SweepError, match="metric must be a mapping with a name"):
+        sweep.load_sweep(path)
