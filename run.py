@@ -4,7 +4,8 @@
     python run.py --resume=RUN_DIR [--key=value ...]
 
 Overrides use dotted names (``--train.lr=1e-3``) or unique bare names (``--lr=1e-3``), the form
-``wandb agent`` passes. ``python run.py --help`` lists every key. Experiment files are Python and are
+``wandb agent`` passes. ``python run.py [FILE] --help`` lists every key with its type, its default (the
+file's value when a file is given) and what it does. Experiment files are Python and are
 executed: run only files you trust.
 """
 
@@ -23,9 +24,14 @@ from minigpt.config import (
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or "-h" in argv or "--help" in argv:
         print(__doc__)
-        print("Keys:\n" + describe_keys())
+        experiment = argv[0] if argv and not argv[0].startswith("-") else None
+        try:
+            print("Keys:\n" + describe_keys(load_experiment(experiment) if experiment else None))
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         return 0 if argv else 2
     from minigpt.checkpoint import CheckpointError, load_checkpoint
     from minigpt.data import DataError

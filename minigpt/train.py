@@ -14,13 +14,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from minigpt import checkpoint, data, distributed, lora, perf, provenance, tracking
+from minigpt import checkpoint, data, distributed, export, lora, perf, provenance, tracking
 from minigpt.config import ConfigError, ExperimentConfig, TrainConfig, flatten
 from minigpt.evaluate import EvalResult, evaluate
 from minigpt.model import GPT, GPTConfig
@@ -134,10 +133,15 @@ def adopt_base_architecture(config: ExperimentConfig, base: GPTConfig) -> Experi
     return dataclasses.replace(config, model=model)
 
 
-def load_base(init_from: str) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
-    """The architecture and weights to start from: a MiniGPT checkpoint file or run directory, else a Hugging
-    Face GPT-2 directory or Hub name."""
+def load_base(
+    init_from: str, wandb_option: str = "auto", download_dir: Path = Path("runs/artifacts")
+) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """The architecture and weights ``init_from`` names: a MiniGPT checkpoint file or run directory, a W&B
+    artifact holding one or an export (downloaded into ``download_dir``), else a Hugging Face GPT-2
+    directory or Hub name."""
     path = Path(init_from).expanduser()
+    if tracking.is_artifact_reference(init_from):
+        path = tracking.fetch_artifact(init_from, wandb_option, download_dir)
     if path.is_file() or checkpoint.list_checkpoints(path):
         state = checkpoint.load_checkpoint(path)
         if any(key.endswith(".lora_A") for key in state["model"]):
@@ -175,24 +179,6 @@ def load_splits(config: ExperimentConfig, tokenizer) -> Splits:
     return Splits(train=train, val=val, test=test)
 
 
-def resolve_run_dir(config: ExperimentConfig) -> Path:
-    name = config.log.run_name or f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    return Path(config.log.out_dir) / name
-
-
-def make_logger(config: ExperimentConfig, run_dir: Path, resume_id: str | None) -> tracking.Logger:
-    loggers: list[tracking.Logger] = [tracking.RunDirLogger(run_dir), tracking.ConsoleLogger()]
-    mode = tracking.wandb_mode(config.log.wandb)
-    if mode != "disabled":
-        tags = tuple(t for t in config.log.tags.split(",") if t)
-        loggers.append(
-            tracking.WandbLogger(
-                mode, config.log.project, run_dir, run_dir.name, config.log.group, tags, resume_id
-            )
-        )
-    return tracking.MultiLogger(loggers)
-
-
 def run(
     config: ExperimentConfig,
     resume: str | Path | dict[str, Any] | None = None,
@@ -228,7 +214,8 @@ def settle_config(
             config = adopt_base_architecture(config, GPTConfig(**saved["model_config"]))
         check_resume_compatible(saved["config"], config.to_dict())
     elif config.init_from:
-        base_config, base_weights = load_base(config.init_from)
+        downloads = data.cache_root(config.data) / "artifacts"
+        base_config, base_weights = load_base(config.init_from, config.log.wandb, downloads)
         config = adopt_base_architecture(config, base_config)
     else:
         check_can_create(Path(config.log.out_dir))
@@ -270,7 +257,8 @@ def prepare(
 
     run_dir = Path(saved["path"]).parent if saved else open_run_dir(config)
     if distributed.is_main():
-        logger = make_logger(config, run_dir, saved.get("wandb_run_id") if saved else None)
+        resume_id, first_step = (saved["wandb_run_id"], saved["step"]) if saved else (None, 0)
+        logger = tracking.build_logger(config.to_dict(), run_dir, resume_id, first_step)
     else:
         logger = tracking.Logger()
     trainer = Trainer(config, model, splits, device, precision, accum_steps, logger, run_dir)
@@ -346,8 +334,12 @@ def run_metadata(
 
 
 def open_run_dir(config: ExperimentConfig) -> Path:
-    """Rank 0 names (and so timestamps) the new run directory; every process gets the same path."""
-    run_dir = distributed.broadcast_object(resolve_run_dir(config))
+    """A new run directory: ``log.run_name`` if set, else a unique name that rank 0 creates; every process
+    gets the same path."""
+    if not config.log.run_name:
+        made = tracking.new_run_dir(Path(config.log.out_dir), config.name) if distributed.is_main() else None
+        return distributed.broadcast_object(made)
+    run_dir = Path(config.log.out_dir) / config.log.run_name
     if checkpoint.list_checkpoints(run_dir):
         raise ConfigError(
             f"run directory {run_dir} already has checkpoints: continue it with "
@@ -368,10 +360,28 @@ def train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
             status = "interrupted"
             raise trainer.interrupted() from None
         summary = trainer.final_evaluation()
+        if distributed.is_main():
+            publish(trainer)
         status = "finished"
     finally:
         trainer.logger.finish(failed=status != "finished")
     return summary
+
+
+def publish(trainer: Trainer) -> None:
+    """Hand the final model on: a Hugging Face export when asked for (``log.export_hf``), and W&B artifacts of
+    the model (the export, else the final checkpoint) and of a LoRA adapter."""
+    run_dir, config = trainer.run_dir, trainer.config
+    model_path = checkpoint.checkpoint_path(run_dir, trainer.state.step)
+    if config.log.export_hf:
+        try:
+            model_path = export.export_run(run_dir, run_dir / "hf", merge_adapter=bool(config.lora.rank))
+            print(f"exported a Hugging Face model directory to {model_path}")
+        except export.ExportError as e:
+            print(f"note: no Hugging Face export: {e}")
+    trainer.logger.artifact(model_path, f"{run_dir.name}-model", "model")
+    if config.lora.rank:
+        trainer.logger.artifact(trainer.adapter_path, f"{run_dir.name}-adapter", "lora-adapter")
 
 
 @dataclass
