@@ -1,4 +1,4 @@
-"""The CPU profile of the ablation suite, and its baseline variant: pre-LN, tied embeddings, 4 heads, 4 layers.
+"""The CPU profile of the ablation suite and its baseline variant: 4 layers, pre-LN, tied embeddings, 4 heads.
 
 A 4-layer, 128-wide model with a 128-token context on WikiText-2 (tokenized v1). Every run trains 300 steps of
 16 x 128 tokens, the same 614,400 tokens (about a quarter of an epoch), so variants compare at equal tokens
