@@ -51,14 +51,19 @@ def _seed_offsets(n: int) -> np.ndarray:
     return np.linspace(-0.18, 0.18, n) if n > 1 else np.zeros(1)
 
 
-def _nice_log_ticks(ax: plt.Axes, formatter: Formatter) -> None:
-    """About four round-number ticks on a log x axis whose range may span less than a decade (where
-    matplotlib's log locator gives one tick or crowded ones)."""
-    low, high = ax.get_xlim()
+def _nice_log_ticks(axis: matplotlib.axis.Axis, formatter: Formatter, always: float | None = None) -> None:
+    """Round-number ticks on a log axis that spans less than about a decade, where matplotlib's log locator
+    gives a single tick or crowded "6x10^2" minor labels; wider ranges keep the decades."""
+    low, high = axis.get_view_interval()
+    if low <= 0 or high / low > 20:
+        return
     ticks = [t for t in MaxNLocator(nbins=4).tick_values(low, high) if low <= t <= high and t > 0]
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(formatter)
-    ax.xaxis.set_minor_locator(NullLocator())
+    if always is not None and low <= always <= high:  # e.g. the ratio 1, where the reference line is
+        spacing = (high - low) / 10
+        ticks = sorted([t for t in ticks if abs(t - always) > spacing] + [always])
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(formatter)
+    axis.set_minor_locator(NullLocator())
 
 
 def plot_final(a: Analysis, path: str | Path) -> Path:
@@ -98,8 +103,8 @@ def plot_final(a: Analysis, path: str | Path) -> Path:
     right.set_xscale("log")
     right.set_xlabel("perplexity ratio to baseline, same seed")
     right.set_title("paired ratio: per seed, mean and 95% CI", fontsize=10)
-    _nice_log_ticks(left, EngFormatter(sep=""))
-    _nice_log_ticks(right, FormatStrFormatter("%g"))
+    _nice_log_ticks(left.xaxis, EngFormatter(sep=""))
+    _nice_log_ticks(right.xaxis, FormatStrFormatter("%g"), always=1.0)
     for ax in (left, right):
         ax.grid(alpha=0.3, axis="x")
     fig.suptitle("Final validation perplexity (lower is better)")
@@ -150,6 +155,8 @@ def plot_curves(
         lowest.tick_params(axis="x", labelbottom=True)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
+    if log_y:
+        _nice_log_ticks(axes[0, 0].yaxis, FormatStrFormatter("%g"))
     band = "geometric mean, 95% CI in log space" if log_y else "mean, 95% CI"
     fig.suptitle(
         f"{ylabel.capitalize()}\neach variant (colour) against the baseline (black); {band} over seeds"
@@ -203,9 +210,9 @@ def plot_throughput(variants: Sequence[Variant], path: str | Path, measured: str
         ax.errorbar(math.exp(e.mean), row, xerr=err, fmt="D", ms=5, color=v.colour, capsize=3)
     ax.set_yticks(rows, [v.label for v in variants])
     ax.invert_yaxis()
-    ax.set_xlim(left=0)
+    ax.set_xlim(0, ax.get_xlim()[1] * 1.08)
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     ax.set_xlabel("training throughput (tokens/s per run)")
-    ax.set_title(f"Throughput per seed, mean and 95% CI\n{measured}", fontsize=10)
+    ax.set_title(f"Throughput: per seed (dots), geometric mean and 95% CI\n{measured}", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)
