@@ -56,15 +56,18 @@ class Run:
         return [p[0] for p in points], [p[1] for p in points]
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise RunsError(f"{path} is not valid JSON ({e}); delete or repair that run directory") from e
+
+
 def load_run_dir(path: str | Path) -> Run:
     """One run directory; a run killed before its summary or first metric loads with what it has."""
     path = Path(path)
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except ValueError as e:
-        raise RunsError(f"{path / 'config.json'} is not valid JSON ({e}); delete or repair the run") from e
-    summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    config = _read_json(path / "config.json")
+    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
     metrics_path = path / "metrics.jsonl"
     history = read_metrics(metrics_path) if metrics_path.is_file() else []
     return Run(path.name, flatten(config), summary, history)

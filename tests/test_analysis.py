@@ -249,9 +249,9 @@ def test_bad_input_is_a_message_not_a_traceback(suite, tmp_path, capsys):
     assert "model.nope" in capsys.readouterr().err
     assert report.main([str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
     assert "no such run folder" in capsys.readouterr().err
-    (suite / "baseline-s1" / "config.json").write_text("{")
+    (suite / "baseline-s1" / "summary.json").write_text("{")
     assert report.main([str(suite), "--out", str(tmp_path / "r")]) == 2
-    assert "config.json is not valid JSON" in capsys.readouterr().err
+    assert "summary.json is not valid JSON" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------- records
@@ -302,10 +302,17 @@ def test_the_ablation_sweeps_plan_24_runs_of_8_variants_baseline_once(tmp_path):
     runs = plan([load_sweep(f) for f in files], tmp_path, "s", None, 0, 1)
     assert len(runs) == 24
     variants = {
-        tuple(a for a in r.command if a.startswith("--") and "seed" not in a and "log." not in a)
+        tuple(a for a in r.command if a.startswith(("--model.", "--train.lr", "--train.warmup")))
         for r in runs
     }
     assert len(variants) == 8
+    deep = (
+        "--model.n_head=4",
+        "--model.n_layer=8",
+        "--model.norm_position=post",
+        "--model.tie_embeddings=True",
+    )
+    assert (*deep, "--train.lr=0.004", "--train.warmup_steps=0") in variants
     baseline = [
         r for r in runs if "--model.norm_position=pre" in r.command and "--model.n_head=4" in r.command
     ]
