@@ -13,15 +13,19 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis import report
-from analysis.records import copy_records
-from analysis.runs import load_runs
-from analysis.stats import compare, detectable_difference, holm, mean_ci, mean_curve
-from analysis.variants import make_variants
-from minigpt.config import apply_overrides, load_experiment
-from minigpt.sweep import load_sweep, plan
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# `pip install -e .` installs analysis/, but an environment installed before it was a package has only
+# minigpt; the checkout's analysis/ is what is under test either way.
+sys.path.insert(0, str(REPO_ROOT))
+
+from analysis import report  # noqa: E402
+from analysis.records import copy_records  # noqa: E402
+from analysis.runs import load_runs  # noqa: E402
+from analysis.stats import compare, detectable_difference, holm, mean_ci, mean_curve  # noqa: E402
+from analysis.variants import make_variants  # noqa: E402
+from minigpt.config import apply_overrides, load_experiment  # noqa: E402
+from minigpt.sweep import load_sweep, plan  # noqa: E402
+
 BASE = load_experiment(REPO_ROOT / "experiments" / "ablations" / "cpu_base.py")
 SEEDS = (1, 2, 3)
 
