@@ -238,6 +238,10 @@ def unfinished_lines(a: Analysis) -> list[str]:
     return lines
 
 
+def count(n: int | None) -> str:
+    return "n/a" if n is None else f"{n:,}"
+
+
 def setup_lines(a: Analysis) -> list[str]:
     c = a.baseline.runs[0].config
     s = a.baseline.runs[0].summary
@@ -248,23 +252,23 @@ def setup_lines(a: Analysis) -> list[str]:
         f"{c['model.block_size']}, {c['model.norm_position']}-LN, "
         f"{'tied' if c['model.tie_embeddings'] else 'untied'} embeddings, dropout {c['model.dropout']}"
     )
-    test = f" and {s['final_test/tokens']:,} test" if "final_test/tokens" in s else ""
+    test = f" and {count(s['final_test/tokens'])} test" if "final_test/tokens" in s else ""
     runs = sum(len(v.runs) for v in a.variants)
     return [
         f"- {len(a.variants)} variants, {runs} finished runs, seeds {', '.join(map(str, seeds))}; each "
         "variant is labelled by what it changes from the baseline.",
-        f"- Baseline model: {model}; {c['_run.params']:,} parameters ({c['_run.params_non_embedding']:,} "
-        "non-embedding).",
+        f"- Baseline model: {model}; {count(c.get('_run.params'))} parameters "
+        f"({count(c.get('_run.params_non_embedding'))} non-embedding).",
         f"- Data: {c['data.dataset']}; {c['train.max_steps']:,} steps x {c['train.batch_size']} sequences x "
         f"{c['model.block_size']} tokens = {c['train.max_steps'] * per_step:,} training tokens per run.",
         f"- Optimiser: AdamW, peak lr {c['train.lr']:g}, linear warmup {c['train.warmup_steps']} steps, "
         f"cosine to {c['train.min_lr_ratio']:g} x lr, weight decay {c['train.weight_decay']:g}, gradient "
         f"clipping {c['train.grad_clip']:g}.",
-        f"- Final evaluation: the first {s.get('final_val/tokens', 0):,} validation{test} tokens, "
+        f"- Final evaluation: the first {count(s.get('final_val/tokens'))} validation{test} tokens, "
         f"non-overlapping windows of context {s.get('final_val/context')} "
         f"(stride {s.get('final_val/stride')}).",
-        f"- Hardware: {c['_run.device']}, {c['train.threads']} thread(s) per run, "
-        f"precision {c['_run.precision']}.",
+        f"- Hardware: {c.get('_run.device', 'n/a')}, {c['train.threads']} thread(s) per run, "
+        f"precision {c.get('_run.precision', 'n/a')}.",
     ]
 
 
