@@ -27,7 +27,7 @@ from matplotlib.ticker import (  # noqa: E402
     NullLocator,
 )
 
-from analysis.stats import layer_grad_norms, mean_ci, mean_curve  # noqa: E402
+from analysis.stats import METRIC, layer_grad_norms, mean_ci, mean_curve  # noqa: E402
 from analysis.variants import Variant  # noqa: E402
 
 if TYPE_CHECKING:
@@ -70,8 +70,6 @@ def plot_final(a: Analysis, path: str | Path) -> Path:
     """Left: validation perplexity of every seed (dots) and the mean with its 95% interval (computed on the
     loss, so on this log axis). Right: the per-seed ratio to the baseline at the same seed, and the paired
     mean ratio with its interval. The panels share the rows."""
-    from analysis.report import METRIC
-
     variants = a.variants
     rows = np.arange(len(variants))
     height = 0.45 * len(variants) + 1.4

@@ -29,12 +29,10 @@ import numpy as np
 from analysis import plots
 from analysis.records import copy_records
 from analysis.runs import Run, RunsError, load_runs, load_sweep_state, load_wandb_runs, varying_keys
-from analysis.stats import Comparison, compare, detectable_difference, holm, mean_ci
+from analysis.stats import METRIC, Comparison, compare, detectable_difference, holm, mean_ci
 from analysis.variants import Variant, make_variants
 from minigpt.storage import atomic_write_bytes
 
-METRIC = "final_val/loss"
-"""Every test is on validation loss (log-perplexity); perplexities and ratios are its exponentials."""
 TEST_METRIC = "final_test/loss"
 QUIET_LOAD = 3.0
 """Throughput is shown only when every run's 1-minute load average, at its start and end, was at most this:

@@ -8,11 +8,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from analysis.runs import Run
+
+METRIC = "final_val/loss"
+"""Every test is on validation loss (log-perplexity); perplexities and ratios are its exponentials."""
 
 
 @dataclass
@@ -49,45 +53,35 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Estimate:
 
 @dataclass
 class Comparison:
-    """A variant against the baseline on one metric (validation loss): ``difference`` is
-    mean(variant) - mean(baseline), so ``exp(difference)`` is the perplexity ratio."""
+    """A variant against the baseline on validation loss; exponentiated, ``ci`` is the perplexity ratio."""
 
-    difference: float
     ci: Estimate
-    """The paired differences' mean and 95% interval (Welch's interval when no seed is shared)."""
+    """The mean per-seed difference (variant - baseline, same seed) and its 95% interval; without two shared
+    seeds, the difference of means and Welch's interval."""
     paired_p: float
     """Two-sided paired t-test over the seeds both sides ran (nan with fewer than two shared seeds)."""
     welch_p: float
     """Two-sided Welch's t-test (nan when either side has fewer than two values)."""
-    n_pairs: int
 
 
-def welch_p(variant: Sequence[float], baseline: Sequence[float]) -> float:
-    if len(variant) < 2 or len(baseline) < 2:
-        return math.nan
-    return float(stats.ttest_ind(variant, baseline, equal_var=False).pvalue)
-
-
-def compare(variant: dict[int, float], baseline: dict[int, float]) -> Comparison:
+def compare(variant: dict[Any, float], baseline: dict[Any, float]) -> Comparison:
     """Variant against baseline, each a mapping seed -> value. Runs sharing a seed share the data order, so
     the paired test removes that source of variance; Welch's test ignores the pairing."""
     a, b = list(variant.values()), list(baseline.values())
     shared = sorted(set(variant) & set(baseline), key=str)
-    diffs = [variant[s] - baseline[s] for s in shared]
-    difference = float(np.mean(a) - np.mean(b)) if a and b else math.nan
-    paired = math.nan
-    if len(diffs) >= 2:
-        paired = float(stats.ttest_rel([variant[s] for s in shared], [baseline[s] for s in shared]).pvalue)
-    if len(diffs) >= 2:
-        ci = mean_ci(diffs)
+    if len(shared) >= 2:
+        paired = stats.ttest_rel([variant[s] for s in shared], [baseline[s] for s in shared])
+        ci = mean_ci([variant[s] - baseline[s] for s in shared])
+        paired_p = float(paired.pvalue)
     else:
-        se = (
-            math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
-            if min(len(a), len(b)) > 1
-            else 0
-        )
-        ci = Estimate(difference, t_quantile(min(len(a), len(b))) * se if se else math.nan, 0)
-    return Comparison(difference, ci, paired, welch_p(a, b), len(diffs))
+        ci, paired_p = Estimate(float(np.mean(a) - np.mean(b)), math.nan, 0), math.nan
+    if len(a) < 2 or len(b) < 2:
+        return Comparison(ci, paired_p, math.nan)
+    welch = stats.ttest_ind(a, b, equal_var=False)
+    if len(shared) < 2:
+        low, high = welch.confidence_interval(0.95)
+        ci = Estimate(float(np.mean(a) - np.mean(b)), float(high - low) / 2, 0)
+    return Comparison(ci, paired_p, float(welch.pvalue))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

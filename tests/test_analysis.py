@@ -125,6 +125,17 @@ def test_paired_and_welch_tests_match_hand_computed_statistics():
     assert c.paired_p < c.welch_p  # the shared seed-3 difficulty cancels in the pairs
 
 
+def test_without_shared_seeds_the_interval_is_welchs():
+    variant, base = {4: 6.2, 5: 6.3, 6: 6.1}, {1: 6.0, 2: 6.05, 3: 5.95}
+    c = compare(variant, base)
+    a, b = np.array(list(variant.values())), np.array(list(base.values()))
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 3
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    assert math.isnan(c.paired_p)
+    assert c.ci.mean == pytest.approx(a.mean() - b.mean())
+    assert c.ci.half_width == pytest.approx(stats.t.ppf(0.975, df) * math.sqrt(va + vb), rel=1e-9)
+
+
 def test_holm_adjusts_step_down_and_keeps_order():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5, math.nan])[0] == 0.5 and math.isnan(holm([0.5, math.nan])[1])
