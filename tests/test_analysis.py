@@ -3,6 +3,7 @@ failed, unfinished and mismatched runs, the report and its records, the committe
 
 import json
 import math
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -300,7 +301,7 @@ COMMITTED = sorted(REPO_ROOT.glob("reports/*/report.md"))
 def test_committed_reports_regenerate_from_their_committed_records(committed, tmp_path, monkeypatch):
     text = committed.read_text()
     command = next(line for line in text.splitlines() if line.startswith("Generated from the run records by"))
-    argv = command.split("`")[1].split()[3:]
+    argv = shlex.split(command.split("`")[1])[3:]
     assert (REPO_ROOT / argv[0]).is_dir(), f"{committed} names records {argv[0]} that are not committed"
     out_at = argv.index("--out") + 1
     argv[out_at] = str(tmp_path / "regenerated")
