@@ -1,7 +1,9 @@
-"""Plots of variants: curves against tokens seen, final perplexities, throughput, per-layer gradient norms.
+"""Plots of an ablation suite: final perplexity per seed, curves against tokens seen, per-layer gradient norms
+and throughput.
 
-Every function takes the variants (each with its label and colour, so a variant looks the same in every
-figure) and writes one PNG.
+Every variant keeps its label and colour across figures, the baseline in black. Curves are small multiples:
+one panel per variant against the baseline, panels sharing both axes. Quantities on log axes are averaged
+and given bands in log space, so the bands are symmetric where they are drawn.
 """
 
 from __future__ import annotations
@@ -9,103 +11,206 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    EngFormatter,
+    FixedLocator,
+    FormatStrFormatter,
+    Formatter,
+    MaxNLocator,
+    NullLocator,
+)
 
-from analysis.runs import Variant  # noqa: E402
-from analysis.stats import layer_grad_norms, mean_ci, mean_curve  # noqa: E402
+from analysis.stats import METRIC, layer_grad_norms, mean_ci, mean_curve  # noqa: E402
+from analysis.variants import Variant  # noqa: E402
+
+if TYPE_CHECKING:
+    from analysis.report import Analysis
+
+DPI = 120
+LABEL_INCHES = 2.6
+"""Width kept for variant labels on the left of a figure."""
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return path
 
 
-def plot_curves(
-    variants: Sequence[Variant], key: str, ylabel: str, title: str, path: str | Path, log_y: bool = False
-) -> Path | None:
-    """Mean of ``key`` over each variant's runs against tokens seen, with its 95% CI as a band; None when no
-    variant logged ``key`` at two or more points."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    plotted = False
-    for v in variants:
-        curve = mean_curve(v.runs, key)
-        if curve is None or len(curve.tokens) < 2:
+def _seed_offsets(n: int) -> np.ndarray:
+    """Small vertical offsets so the seeds of one row do not sit on each other."""
+    return np.linspace(-0.18, 0.18, n) if n > 1 else np.zeros(1)
+
+
+def _nice_log_ticks(axis: matplotlib.axis.Axis, formatter: Formatter, always: float | None = None) -> None:
+    """Round-number ticks on a log axis that spans less than about a decade, where matplotlib's log locator
+    gives a single tick or crowded "6x10^2" minor labels; wider ranges keep the decades."""
+    low, high = axis.get_view_interval()
+    if low <= 0 or high / low > 20:
+        return
+    ticks = [t for t in MaxNLocator(nbins=4).tick_values(low, high) if low <= t <= high and t > 0]
+    if always is not None and low <= always <= high:  # e.g. the ratio 1, where the reference line is
+        spacing = (high - low) / 10
+        ticks = sorted([t for t in ticks if abs(t - always) > spacing] + [always])
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(formatter)
+    axis.set_minor_locator(NullLocator())
+
+
+def plot_final(a: Analysis, path: str | Path) -> Path:
+    """Left: validation perplexity of every seed (dots) and the mean with its 95% interval (computed on the
+    loss, so on this log axis). Right: the per-seed ratio to the baseline at the same seed, and the paired
+    mean ratio with its interval. The panels share the rows."""
+    variants = a.variants
+    rows = np.arange(len(variants))
+    height = 0.45 * len(variants) + 1.4
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, height), sharey=True, layout="constrained")
+    base = {r.seed: r.summary[METRIC] for r in a.baseline.runs}
+    for row, v in zip(rows, variants, strict=True):
+        losses = [r.summary[METRIC] for r in v.runs]
+        left.scatter(np.exp(losses), row + _seed_offsets(len(losses)), s=14, color=v.colour, alpha=0.6, lw=0)
+        e = mean_ci(losses)
+        err = (
+            [[math.exp(e.mean) - math.exp(e.low)], [math.exp(e.high) - math.exp(e.mean)]] if e.n > 1 else None
+        )
+        left.errorbar(math.exp(e.mean), row, xerr=err, fmt="D", ms=5, color=v.colour, capsize=3)
+        if v.is_baseline:
             continue
-        plotted = True
-        ax.plot(curve.tokens, curve.mean, color=v.colour, label=f"{v.label} (n={len(v.runs)})")
-        ax.fill_between(curve.tokens, curve.low, curve.high, color=v.colour, alpha=0.2, linewidth=0)
-    if not plotted:
-        plt.close(fig)
-        return None
-    ax.set(xlabel="tokens seen", ylabel=ylabel, title=f"{title}\n(mean over seeds, band: 95% CI)")
-    if log_y:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def plot_final(variants: Sequence[Variant], keys: Sequence[str], path: str | Path) -> Path:
-    """Final metrics (e.g. ``final_val/ppl``) per variant: mean and 95% CI, one panel per key."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 0.5 * len(variants) + 2), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
-        for row, v in enumerate(variants):
-            e = mean_ci([r.summary[key] for r in v.runs if key in r.summary])
-            err = 0.0 if math.isnan(e.half_width) else e.half_width
-            ax.errorbar(e.mean, row, xerr=err, fmt="o", color=v.colour, capsize=4)
-        ax.set_yticks(range(len(variants)), [v.label for v in variants], fontsize=8)
-        ax.invert_yaxis()
-        ax.set(xlabel=f"{key} (lower is better)", title=f"final {key}: mean, 95% CI")
+        ratios = [math.exp(r.summary[METRIC] - base[r.seed]) for r in v.runs if r.seed in base]
+        right.scatter(ratios, row + _seed_offsets(len(ratios)), s=14, color=v.colour, alpha=0.6, lw=0)
+        ci = a.comparisons[v.label].ci
+        err = None
+        if not math.isnan(ci.half_width):
+            err = [[math.exp(ci.mean) - math.exp(ci.low)], [math.exp(ci.high) - math.exp(ci.mean)]]
+        right.errorbar(math.exp(ci.mean), row, xerr=err, fmt="D", ms=5, color=v.colour, capsize=3)
+    left.set_yticks(rows, [v.label for v in variants])
+    left.invert_yaxis()
+    left.set_xscale("log")
+    left.set_xlabel("validation perplexity (log scale)")
+    left.set_title("per seed (dots), mean and 95% CI", fontsize=10)
+    right.axvline(1.0, color="black", lw=0.8)
+    right.set_xscale("log")
+    right.set_xlabel("perplexity ratio to baseline, same seed")
+    right.set_title("paired ratio: per seed, mean and 95% CI", fontsize=10)
+    _nice_log_ticks(left.xaxis, EngFormatter(sep=""))
+    _nice_log_ticks(right.xaxis, FormatStrFormatter("%g"), always=1.0)
+    for ax in (left, right):
         ax.grid(alpha=0.3, axis="x")
+    fig.suptitle("Final validation perplexity (lower is better)")
     return _save(fig, path)
 
 
-def plot_throughput(variants: Sequence[Variant], path: str | Path) -> Path:
-    """Training throughput per variant (``tokens_per_sec`` of each run's summary), mean and 95% CI."""
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(variants) + 2))
-    for row, v in enumerate(variants):
-        e = mean_ci([r.summary["tokens_per_sec"] for r in v.runs if "tokens_per_sec" in r.summary])
-        err = 0.0 if math.isnan(e.half_width) else e.half_width
-        ax.barh(row, e.mean, xerr=err, color=v.colour, capsize=4)
-    ax.set_yticks(range(len(variants)), [v.label for v in variants], fontsize=8)
-    ax.invert_yaxis()
-    ax.set(xlabel="training throughput (tokens/s)", title="Throughput per variant (mean, 95% CI)")
-    ax.grid(alpha=0.3, axis="x")
+def plot_curves(
+    variants: Sequence[Variant], key: str, ylabel: str, path: str | Path, log_y: bool = False
+) -> Path | None:
+    """``key`` against tokens seen: one panel per variant, with the baseline repeated in each, mean over
+    seeds and its 95% band; None when no variant logged ``key`` at two or more points."""
+    curves = {v.label: mean_curve(v.runs, key, log=log_y) for v in variants}
+    curves = {k: c for k, c in curves.items() if c is not None and len(c.tokens) >= 2}
+    if not curves:
+        return None
+    baseline = variants[0]
+    others = [v for v in variants[1:] if v.label in curves] or [baseline]
+    cols = 2 if len(others) > 1 else 1
+    rows = math.ceil(len(others) / cols)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(5.2 * cols, 2.6 * rows + 0.8),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, v in zip(axes.flat, others, strict=False):
+        for shown in [baseline, v] if v is not baseline else [v]:
+            c = curves.get(shown.label)
+            if c is None:
+                continue
+            ax.plot(c.tokens, c.mean, color=shown.colour, lw=1.4)
+            ax.fill_between(c.tokens, c.low, c.high, color=shown.colour, alpha=0.18, linewidth=0)
+        title = v.label if v is baseline else f"{v.label} (n={len(v.runs)}; baseline n={len(baseline.runs)})"
+        ax.set_title(title, fontsize=10, color=v.colour)
+        ax.grid(alpha=0.3)
+        if log_y:
+            ax.set_yscale("log")
+    for ax in axes.flat[len(others) :]:
+        ax.set_visible(False)
+    for col in range(cols):
+        lowest = [ax for ax in axes[:, col] if ax.get_visible()][-1]
+        lowest.set_xlabel("tokens seen")
+        lowest.xaxis.set_major_formatter(EngFormatter(sep=""))
+        lowest.xaxis.set_major_locator(MaxNLocator(5))
+        lowest.tick_params(axis="x", labelbottom=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    if log_y:
+        _nice_log_ticks(axes[0, 0].yaxis, FormatStrFormatter("%g"))
+    band = "geometric mean, 95% CI in log space" if log_y else "mean, 95% CI"
+    fig.suptitle(
+        f"{ylabel.capitalize()}\neach variant (colour) against the baseline (black); {band} over seeds"
+    )
     return _save(fig, path)
 
 
 def plot_layer_grad_norms(variants: Sequence[Variant], path: str | Path) -> Path | None:
-    """Each block's gradient norm (before clipping, averaged over logged steps and runs) against depth;
-    None when no variant logged them."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    """Each block's gradient norm before clipping (geometric mean over logged steps, then over seeds, with
+    the 95% interval in log space) against depth; None when no variant logged them."""
+    fig, ax = plt.subplots(figsize=(9, 4.6), layout="constrained")
     plotted = False
     for v in variants:
         norms = layer_grad_norms(v.runs)
         if not norms:
             continue
-        layers = list(norms)
-        means = [norms[i].mean for i in layers]
-        errs = [0.0 if math.isnan(norms[i].half_width) else norms[i].half_width for i in layers]
-        ax.errorbar(layers, means, yerr=errs, color=v.colour, marker="o", capsize=3, label=v.label)
+        layers = np.array(list(norms))
+        mean = np.exp([norms[i].mean for i in layers])
+        half = np.array([0.0 if math.isnan(norms[i].half_width) else norms[i].half_width for i in layers])
+        low, high = np.exp(np.log(mean) - half), np.exp(np.log(mean) + half)
+        style = {"lw": 2.2, "zorder": 4} if v.is_baseline else {"lw": 1.3}
+        ax.plot(layers, mean, color=v.colour, marker="o", ms=4, label=v.label, **style)
+        ax.fill_between(layers, low, high, color=v.colour, alpha=0.15, linewidth=0)
         plotted = True
     if not plotted:
         plt.close(fig)
         return None
-    ax.set(
-        xlabel="block (0 = nearest the input)",
-        ylabel="gradient norm (L2, before clipping)",
-        title="Per-layer gradient norm, mean over training (95% CI over seeds)",
-    )
+    ax.set(xlabel="block (0 = nearest the input)", ylabel="gradient norm before clipping (log scale)")
+    ax.set_title("Per-layer gradient norm over training: geometric mean, 95% CI over seeds", fontsize=11)
     ax.set_yscale("log")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return _save(fig, path)
+
+
+def plot_throughput(variants: Sequence[Variant], path: str | Path, measured: str) -> Path:
+    """Training tokens/s of every seed (dots) and the geometric mean with its 95% interval, per variant;
+    ``measured`` says under what load it was measured (shown under the title)."""
+    rows = np.arange(len(variants))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(variants) + 1.6), layout="constrained")
+    for row, v in zip(rows, variants, strict=True):
+        rates = [r.summary["tokens_per_sec"] for r in v.runs if r.summary.get("tokens_per_sec", 0) > 0]
+        if not rates:
+            continue
+        ax.scatter(rates, row + _seed_offsets(len(rates)), s=14, color=v.colour, alpha=0.6, lw=0)
+        e = mean_ci(np.log(rates))
+        err = None
+        if e.n > 1:
+            err = [[math.exp(e.mean) - math.exp(e.low)], [math.exp(e.high) - math.exp(e.mean)]]
+        ax.errorbar(math.exp(e.mean), row, xerr=err, fmt="D", ms=5, color=v.colour, capsize=3)
+    ax.set_yticks(rows, [v.label for v in variants])
+    ax.invert_yaxis()
+    ax.set_xlim(0, ax.get_xlim()[1] * 1.08)
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_xlabel("training throughput (tokens/s per run)")
+    ax.set_title(f"Throughput: per seed (dots), geometric mean and 95% CI\n{measured}", fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)

@@ -2,7 +2,7 @@
 
 A run directory is what ``minigpt.tracking.RunDirLogger`` writes: ``config.json`` (the resolved config with
 a ``_run`` block), ``summary.json`` (``status`` and final metrics) and ``metrics.jsonl`` (one object per
-logged step).
+logged step, each with ``train/tokens``). A local sweep adds ``sweep.json`` beside its run directories.
 """
 
 from __future__ import annotations
@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.config import flatten
+from minigpt.tracking import read_metrics
+
+
+class RunsError(ValueError):
+    """Runs that cannot be analysed as asked; the message says which and what to do."""
 
 
 @dataclass
@@ -23,40 +28,49 @@ class Run:
     """Flattened to dotted keys: ``model.n_head``, ``train.lr``, ``_run.device``..."""
     summary: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
-    """One dict per logged step, each with ``step``."""
+    """One dict per logged step, each with ``step`` (and ``train/tokens`` from current runs)."""
 
     @property
     def status(self) -> str:
-        return self.summary.get("status", "unknown")
+        return self.summary.get("status", "not started")
 
     @property
-    def tokens_per_step(self) -> int:
-        return int(self.config["train.batch_size"]) * int(self.config["model.block_size"])
+    def seed(self) -> Any:
+        return self.config.get("train.seed")
+
+    @property
+    def token_budget(self) -> int:
+        """Training tokens the run was configured for: steps x sequences per step x context."""
+        c = self.config
+        return int(c["train.max_steps"]) * int(c["train.batch_size"]) * int(c["model.block_size"])
 
     def series(self, key: str) -> tuple[list[float], list[float]]:
-        """``(tokens seen, value)`` for every logged step that has ``key``."""
-        points = [(h["step"] * self.tokens_per_step, float(h[key])) for h in self.history if key in h]
+        """``(tokens seen, value)`` for every logged row that has ``key``; rows from runs logged before
+        ``train/tokens`` existed count tokens from the step."""
+        per_step = int(self.config["train.batch_size"]) * int(self.config["model.block_size"])
+        points = [
+            (float(h.get("train/tokens", h["step"] * per_step)), float(h[key]))
+            for h in self.history
+            if key in h and isinstance(h[key], int | float)
+        ]
         return [p[0] for p in points], [p[1] for p in points]
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a torn last line (a run killed mid-write) is dropped."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise RunsError(f"{path} is not valid JSON ({e}); delete or repair that run directory") from e
 
 
 def load_run_dir(path: str | Path) -> Run:
+    """One run directory; a run killed before its summary or first metric loads with what it has."""
     path = Path(path)
-    config = json.loads((path / "config.json").read_text())
-    summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"status": "unknown"}
-    return Run(path.name, flatten(config), summary, read_jsonl(path / "metrics.jsonl"))
+    config = _read_json(path / "config.json")
+    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    metrics_path = path / "metrics.jsonl"
+    history = read_metrics(metrics_path) if metrics_path.is_file() else []
+    return Run(path.name, flatten(config), summary, history)
 
 
 def load_runs(roots: Iterable[str | Path]) -> list[Run]:
@@ -65,11 +79,19 @@ def load_runs(roots: Iterable[str | Path]) -> list[Run]:
     for root in roots:
         root = Path(root)
         if not root.exists():
-            raise FileNotFoundError(f"no such run folder: {root}")
+            raise RunsError(f"no such run folder: {root}")
         for config_path in sorted(root.glob("**/config.json")):
             if "wandb" not in config_path.parts:
                 runs.append(load_run_dir(config_path.parent))
+    if not runs:
+        raise RunsError(f"no run directories (folders with config.json) under {', '.join(map(str, roots))}")
     return sorted(runs, key=lambda r: r.name)
+
+
+def load_sweep_state(root: str | Path) -> dict[str, Any] | None:
+    """The ``sweep.json`` a local sweep keeps in its folder, or None when ``root`` has none."""
+    path = Path(root) / "sweep.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_wandb_runs(project: str, filters: dict[str, Any] | None = None) -> list[Run]:
@@ -90,44 +112,29 @@ def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> dict[tuple, list[Run
     for key in keys:
         missing = [r.name for r in runs if key not in r.config]
         if missing:
-            raise KeyError(f"config key {key} is missing from runs {', '.join(missing[:3])}")
+            raise RunsError(
+                f"config key {key} (from --group-by) is missing from runs {', '.join(missing[:3])}; "
+                "check the spelling (dotted, e.g. model.n_head)"
+            )
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         groups.setdefault(tuple(run.config[k] for k in keys), []).append(run)
     return groups
 
 
-@dataclass
-class Variant:
-    """One group of runs that differ only in seed, with a label and a colour used by every plot."""
-
-    values: dict[str, Any]
-    runs: list[Run]
-    label: str = ""
-    colour: str = ""
+NOT_VARIANT_KEYS = ("train.seed", "name")
+"""Config keys that differ between runs of one variant: the seed (what the statistics are over), names."""
+NOT_VARIANT_PREFIXES = ("_run.", "log.", "data.cache_dir", "data.data_dir", "train.device", "train.threads")
 
 
-PALETTE = (
-    "tab:blue",
-    "tab:orange",
-    "tab:green",
-    "tab:red",
-    "tab:purple",
-    "tab:brown",
-    "tab:pink",
-    "tab:gray",
-)
-PALETTE += ("tab:olive", "tab:cyan")
-
-
-def make_variants(runs: Sequence[Run], keys: Sequence[str]) -> list[Variant]:
-    """Group ``runs`` by ``keys``, groups sorted by their values; label each group by the keys whose values
-    differ between groups."""
-    groups = dict(sorted(group_runs(runs, keys).items(), key=lambda g: [(type(x).__name__, x) for x in g[0]]))
-    varying = [i for i, k in enumerate(keys) if len({g[i] for g in groups}) > 1] or list(range(len(keys)))
-    variants = []
-    for n, (values, members) in enumerate(groups.items()):
-        label = ", ".join(f"{keys[i].rsplit('.', 1)[-1]}={values[i]}" for i in varying)
-        colour = PALETTE[n % len(PALETTE)]
-        variants.append(Variant(dict(zip(keys, values, strict=True)), list(members), label, colour))
-    return variants
+def varying_keys(runs: Sequence[Run]) -> list[str]:
+    """The config keys whose values differ between runs, seeds and bookkeeping (names, folders) left out:
+    what defines a variant when ``--group-by`` is not given."""
+    keys = sorted({k for r in runs for k in r.config})
+    return [
+        k
+        for k in keys
+        if k not in NOT_VARIANT_KEYS
+        and not k.startswith(NOT_VARIANT_PREFIXES)
+        and len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1
+    ]

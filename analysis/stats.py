@@ -1,16 +1,22 @@
-"""The statistics an ablation claim needs: means with t-based confidence intervals, Welch's t-test, and
-curves averaged over seeds."""
+"""The statistics an ablation claim needs, on validation loss (log-perplexity, where seed noise is closer to
+normal and differences are perplexity ratios): t-based confidence intervals, paired and Welch t-tests against
+the baseline, Holm's correction over one report's comparisons, the smallest detectable difference, and
+curves averaged over seeds (in log space on log axes)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from analysis.runs import Run
+
+METRIC = "final_val/loss"
+"""Every test is on validation loss (log-perplexity); perplexities and ratios are its exponentials."""
 
 
 @dataclass
@@ -29,6 +35,11 @@ class Estimate:
         return self.mean + self.half_width
 
 
+def t_quantile(n: int, confidence: float = 0.95) -> float:
+    """The two-sided t critical value for the mean of ``n`` values (nan below two)."""
+    return float(stats.t.ppf((1 + confidence) / 2, n - 1)) if n >= 2 else math.nan
+
+
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Estimate:
     """Mean and the half-width of its two-sided t-distribution confidence interval."""
     x = np.asarray(values, dtype=float)
@@ -37,23 +48,61 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Estimate:
     if len(x) < 2:
         return Estimate(float(x[0]), math.nan, 1)
     sem = x.std(ddof=1) / math.sqrt(len(x))
-    return Estimate(float(x.mean()), float(stats.t.ppf((1 + confidence) / 2, len(x) - 1) * sem), len(x))
+    return Estimate(float(x.mean()), t_quantile(len(x), confidence) * float(sem), len(x))
 
 
 @dataclass
 class Comparison:
-    difference: float
-    """mean(variant) - mean(baseline)."""
-    p_value: float
+    """A variant against the baseline on validation loss; exponentiated, ``ci`` is the perplexity ratio."""
+
+    ci: Estimate
+    """The mean per-seed difference (variant - baseline, same seed) and its 95% interval; without two shared
+    seeds, the difference of means and Welch's interval."""
+    paired_p: float
+    """Two-sided paired t-test over the seeds both sides ran (nan with fewer than two shared seeds)."""
+    welch_p: float
     """Two-sided Welch's t-test (nan when either side has fewer than two values)."""
 
 
-def welch(variant: Sequence[float], baseline: Sequence[float]) -> Comparison:
-    a, b = np.asarray(variant, dtype=float), np.asarray(baseline, dtype=float)
-    difference = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+def compare(variant: dict[Any, float], baseline: dict[Any, float]) -> Comparison:
+    """Variant against baseline, each a mapping seed -> value. Runs sharing a seed share the data order, so
+    the paired test removes that source of variance; Welch's test ignores the pairing."""
+    a, b = list(variant.values()), list(baseline.values())
+    shared = sorted(set(variant) & set(baseline), key=str)
+    if len(shared) >= 2:
+        paired = stats.ttest_rel([variant[s] for s in shared], [baseline[s] for s in shared])
+        ci = mean_ci([variant[s] - baseline[s] for s in shared])
+        paired_p = float(paired.pvalue)
+    else:
+        ci, paired_p = Estimate(float(np.mean(a) - np.mean(b)), math.nan, 0), math.nan
     if len(a) < 2 or len(b) < 2:
-        return Comparison(difference, math.nan)
-    return Comparison(difference, float(stats.ttest_ind(a, b, equal_var=False).pvalue))
+        return Comparison(ci, paired_p, math.nan)
+    welch = stats.ttest_ind(a, b, equal_var=False)
+    if len(shared) < 2:
+        low, high = welch.confidence_interval(0.95)
+        ci = Estimate(float(np.mean(a) - np.mean(b)), float(high - low) / 2, 0)
+    return Comparison(ci, paired_p, float(welch.pvalue))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error over the comparisons); nan stays nan."""
+    indexed = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(indexed):
+        running = max(running, min(1.0, (len(indexed) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float | None = None) -> float:
+    """The smallest true mean difference a paired t-test over ``n`` seeds detects at level ``alpha``, given
+    the SD of the per-seed differences: the one that just reaches p < alpha (``power=None``), or the one
+    it detects with probability ``power`` (normal-theory approximation with t quantiles)."""
+    if n < 2 or math.isnan(sd):
+        return math.nan
+    z = stats.t.ppf(1 - alpha / 2, n - 1) + (0.0 if power is None else stats.t.ppf(power, n - 1))
+    return float(z * sd / math.sqrt(n))
 
 
 @dataclass
@@ -62,34 +111,44 @@ class Curve:
     mean: np.ndarray
     low: np.ndarray
     high: np.ndarray
-    """The band: the 95% t-interval of the mean over runs (equal to the mean where only one run logged)."""
+    """The band: the 95% t-interval of the mean over runs (equal to the mean where only one run logged);
+    with ``log=True`` the geometric mean and an interval computed on the logarithms."""
 
 
-def mean_curve(runs: Sequence[Run], key: str, confidence: float = 0.95) -> Curve | None:
-    """``key`` against tokens seen, averaged over ``runs`` at the token counts every run logged."""
+def mean_curve(runs: Sequence[Run], key: str, log: bool = False, confidence: float = 0.95) -> Curve | None:
+    """``key`` against tokens seen, averaged over ``runs`` at the token counts every run logged; in log
+    space when ``log`` (for quantities plotted on a log axis, so the band is symmetric there)."""
     series = [dict(zip(*run.series(key), strict=True)) for run in runs]
     series = [s for s in series if s]
     if not series:
         return None
     tokens = sorted(set.intersection(*(set(s) for s in series)))
+    transform, inverse = (np.log, np.exp) if log else (np.asarray, np.asarray)
     means, lows, highs = [], [], []
     for t in tokens:
-        e = mean_ci([s[t] for s in series], confidence)
+        values = [s[t] for s in series]
+        if log and min(values) <= 0:
+            return None
+        e = mean_ci(transform(np.asarray(values, dtype=float)), confidence)
         half = 0.0 if math.isnan(e.half_width) else e.half_width
         means.append(e.mean)
         lows.append(e.mean - half)
         highs.append(e.mean + half)
-    return Curve(np.array(tokens), np.array(means), np.array(lows), np.array(highs))
+    return Curve(
+        np.array(tokens), inverse(np.array(means)), inverse(np.array(lows)), inverse(np.array(highs))
+    )
 
 
 def layer_grad_norms(runs: Sequence[Run]) -> dict[int, Estimate]:
-    """Each block's gradient norm (``grad_norm/layer_i``), averaged over a run's logged steps, then over
-    runs; empty when the runs did not log them."""
+    """Each block's gradient norm (``grad_norm/layer_i``): the geometric mean over a run's logged steps,
+    then the mean and 95% interval of its logarithm over runs (exponentiate to plot on a log axis); empty
+    when the runs did not log them."""
     per_layer: dict[int, list[float]] = {}
     for run in runs:
         keys = {k for h in run.history for k in h if k.startswith("grad_norm/layer_")}
         for key in keys:
-            values = [h[key] for h in run.history if key in h and math.isfinite(h[key])]
+            values = [h[key] for h in run.history if key in h and isinstance(h[key], int | float)]
+            values = [v for v in values if math.isfinite(v) and v > 0]
             if values:
-                per_layer.setdefault(int(key.rsplit("_", 1)[1]), []).append(float(np.mean(values)))
+                per_layer.setdefault(int(key.rsplit("_", 1)[1]), []).append(float(np.mean(np.log(values))))
     return {layer: mean_ci(values) for layer, values in sorted(per_layer.items())}

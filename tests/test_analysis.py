@@ -1,97 +1,108 @@
-"""Analysis on synthetic run directories: grouping, means, t-intervals, Welch's test, plots, the report, and
-the notebook executed top to bottom."""
+"""Analysis on fabricated run directories: statistics against hand computations, labels, robustness to
+failed, unfinished and mismatched runs, the report and its records, the committed reports, the notebook."""
 
 import json
 import math
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
+import nbclient
+import nbformat
 import numpy as np
 import pytest
 from scipy import stats
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(
-    0, str(REPO_ROOT)
-)  # analysis/ is a folder of the repository, not part of the installed package
+# `pip install -e .` installs analysis/, but an environment installed before it was a package has only
+# minigpt; the checkout's analysis/ is what is under test either way.
+sys.path.insert(0, str(REPO_ROOT))
 
 from analysis import report  # noqa: E402
-from analysis.runs import load_runs, make_variants  # noqa: E402
-from analysis.stats import mean_ci, mean_curve, welch  # noqa: E402
+from analysis.records import copy_records  # noqa: E402
+from analysis.runs import load_runs  # noqa: E402
+from analysis.stats import compare, detectable_difference, holm, mean_ci, mean_curve  # noqa: E402
+from analysis.variants import make_variants  # noqa: E402
+from minigpt.config import apply_overrides, load_experiment  # noqa: E402
+from minigpt.sweep import load_sweep, plan  # noqa: E402
 
-# variant (norm_position, n_head) -> final val/ppl per seed
-FINAL_PPL = {
-    ("pre", 4): [100.0, 104.0, 102.0],
-    ("post", 4): [110.0, 118.0, 114.0],
-    ("pre", 1): [101.0, 103.0],
+BASE = load_experiment(REPO_ROOT / "experiments" / "ablations" / "cpu_base.py")
+SEEDS = (1, 2, 3)
+
+# variant overrides -> final validation loss per seed (seed 3 is hard for everyone: the pairing matters)
+LOSSES = {
+    (): [6.00, 6.02, 6.10],
+    (("model.norm_position", "post"),): [6.20, 6.21, 6.31],
+    (("model.norm_position", "post"), ("train.warmup_steps", 0)): [6.25, 6.24, 6.36],
+    (("model.n_head", 16),): [6.01, 6.00, 6.12],
 }
 
 
-def write_run(root: Path, norm: str, heads: int, seed: int, ppl: float, status: str = "finished") -> None:
-    run_dir = root / f"{norm}-{heads}-s{seed}"
+def write_run(
+    root: Path,
+    overrides: dict,
+    seed: int,
+    loss: float,
+    status: str = "finished",
+    with_test: bool = True,
+    tokens_per_sec: float = 2400.0,
+) -> Path:
+    config = apply_overrides(BASE, {**overrides, "train.seed": seed})
+    name = "-".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in sorted(overrides.items())) or "baseline"
+    run_dir = root / f"{name}-s{seed}"
     run_dir.mkdir(parents=True)
-    config = {
-        "name": "synthetic",
-        "model": {
-            "norm_position": norm,
-            "n_head": heads,
-            "n_layer": 2,
-            "n_embd": 32,
-            "block_size": 8,
-            "dropout": 0.0,
-        },
-        "data": {"dataset": "wikitext-2-v1"},
-        "train": {
-            "seed": seed,
-            "batch_size": 2,
-            "max_steps": 4,
-            "lr": 1e-3,
-            "warmup_steps": 1,
-            "min_lr_ratio": 0.1,
-            "weight_decay": 0.1,
-            "grad_clip": 1.0,
-            "threads": 1,
-            "eval_max_tokens": 0,
-        },
-        "_run": {"device": "cpu", "precision": "fp32", "params": 1000, "params_non_embedding": 100},
-    }
-    (run_dir / "config.json").write_text(json.dumps(config))
-    history = [
-        {
-            "step": s,
-            "train/loss": 5.0 - s + seed * 0.1,
-            "train/grad_norm": 1.0,
-            "grad_norm/layer_0": 0.5 * seed,
-            "grad_norm/layer_1": 0.25 * seed,
-        }
-        for s in (1, 2, 3, 4)
-    ]
+    run = {"device": "cpu", "precision": "fp32", "params": 7_000_000, "params_non_embedding": 800_000}
+    (run_dir / "config.json").write_text(json.dumps({**config.to_dict(), "_run": run}))
+    per_step = config.train.batch_size * config.model.block_size
+    history = []
+    for step in range(10, config.train.max_steps + 1, 10):
+        row = {"step": step, "train/tokens": step * per_step, "train/loss": loss + 3.0 * 10 / step}
+        row.update({"train/grad_norm": 0.5 * seed, "grad_norm/layer_0": 0.2 * seed, "grad_norm/layer_1": 0.1})
+        history.append(row)
+        if step % 50 == 0:
+            history.append(
+                {"step": step, "train/tokens": step * per_step, "val/ppl": math.exp(loss + 30 / step)}
+            )
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    summary = {
-        "status": status,
-        "final_val/ppl": ppl,
-        "final_test/ppl": ppl + 1,
-        "tokens_per_sec": 100.0 + seed,
-        "train_seconds": 5.0,
-        "final_val/tokens": 99,
-        "final_test/tokens": 99,
-        "final_val/context": 8,
-        "final_val/stride": 8,
-    }
+    summary = {"status": status, "final_val/loss": loss, "final_val/ppl": math.exp(loss)}
+    summary.update({"final_val/tokens": 65535, "final_val/context": 128, "final_val/stride": 128})
+    if with_test:
+        summary.update({"final_test/loss": loss + 0.05, "final_test/tokens": 65535})
+    summary.update({"tokens_per_sec": tokens_per_sec + seed, "train_seconds": 256.0})
+    if status != "finished":
+        summary = {"status": status}
     (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "ckpt-300.pt").write_bytes(b"not a record")
+    return run_dir
 
 
-@pytest.fixture
-def synthetic_runs(tmp_path: Path) -> Path:
-    root = tmp_path / "runs"
-    for (norm, heads), values in FINAL_PPL.items():
-        for seed, ppl in enumerate(values, start=1):
-            write_run(root, norm, heads, seed, ppl)
-    write_run(root, "post", 4, 9, float("nan"), status="failed")
+def write_suite(root: Path, loads: tuple[float, float] | None = None, **kwargs) -> Path:
+    names = []
+    for overrides, losses in LOSSES.items():
+        for seed, loss in zip(SEEDS, losses, strict=True):
+            names.append(write_run(root, dict(overrides), seed, loss, **kwargs).name)
+    runs = [{"name": n, "status": "finished"} for n in names]
+    if loads is not None:
+        runs = [{**r, "load_start": loads[0], "load_end": loads[1]} for r in runs]
+    (root / "sweep.json").write_text(json.dumps({"sweep_id": "test", "runs": runs}))
     return root
 
 
-KEYS = ["model.norm_position", "model.n_head"]
+def losses_of(*overrides) -> dict[int, float]:
+    return dict(zip(SEEDS, LOSSES[tuple(overrides)], strict=True))
+
+
+def table_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("|")]
+
+
+@pytest.fixture
+def suite(tmp_path: Path) -> Path:
+    return write_suite(tmp_path / "suite", loads=(2.1, 2.3))
+
+
+# --------------------------------------------------------------------------------------------- statistics
 
 
 def test_mean_ci_uses_the_t_distribution():
@@ -101,74 +112,230 @@ def test_mean_ci_uses_the_t_distribution():
     assert math.isnan(mean_ci([5.0]).half_width)
 
 
-def test_welch_matches_the_hand_computed_statistic():
-    a, b = [110.0, 118.0, 114.0], [100.0, 104.0, 102.0]
-    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 3
-    t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)
+def test_paired_and_welch_tests_match_hand_computed_statistics():
+    variant, base = losses_of(("model.norm_position", "post")), losses_of()
+    c = compare(variant, base)
+    d = np.array([variant[s] - base[s] for s in SEEDS])
+    t_paired = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+    assert c.paired_p == pytest.approx(2 * stats.t.sf(abs(t_paired), 2), rel=1e-9)
+    a, b = np.array(list(variant.values())), np.array(list(base.values()))
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 3
     df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
-    c = welch(a, b)
-    assert c.difference == pytest.approx(12.0)
-    assert c.p_value == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
+    t_welch = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    assert c.welch_p == pytest.approx(2 * stats.t.sf(abs(t_welch), df), rel=1e-9)
+    assert c.paired_p < c.welch_p  # the shared seed-3 difficulty cancels in the pairs
 
 
-def test_runs_group_by_config_keys_and_label_by_what_varies(synthetic_runs):
-    variants = make_variants(load_runs([synthetic_runs]), KEYS)
-    by_label = {v.label: v for v in variants}
-    assert sorted(by_label) == [
-        "norm_position=post, n_head=4",
-        "norm_position=pre, n_head=1",
-        "norm_position=pre, n_head=4",
+def test_without_shared_seeds_the_interval_is_welchs():
+    variant, base = {4: 6.2, 5: 6.3, 6: 6.1}, {1: 6.0, 2: 6.05, 3: 5.95}
+    c = compare(variant, base)
+    a, b = np.array(list(variant.values())), np.array(list(base.values()))
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 3
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    assert math.isnan(c.paired_p)
+    assert c.ci.mean == pytest.approx(a.mean() - b.mean())
+    assert c.ci.half_width == pytest.approx(stats.t.ppf(0.975, df) * math.sqrt(va + vb), rel=1e-9)
+
+
+def test_holm_adjusts_step_down_and_keeps_order():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, math.nan])[0] == 0.5 and math.isnan(holm([0.5, math.nan])[1])
+
+
+def test_a_difference_of_the_detectable_size_is_just_significant():
+    sd, d = 0.03, detectable_difference(0.03, 3)
+    diffs = [d - sd, d, d + sd]  # mean d, SD exactly sd
+    assert stats.ttest_1samp(diffs, 0.0).pvalue == pytest.approx(0.05, rel=1e-6)
+    assert detectable_difference(sd, 3, power=0.8) > d > detectable_difference(sd, 10)
+
+
+def test_curves_on_log_axes_average_in_log_space(suite):
+    runs = [r for r in load_runs([suite]) if r.name.startswith("baseline")]
+    curve = mean_curve(runs, "train/grad_norm", log=True)
+    assert curve.mean[0] == pytest.approx((0.5 * 1.0 * 1.0 * 1.5) ** (1 / 3))  # geometric mean of 0.5, 1, 1.5
+    assert curve.high[0] / curve.mean[0] == pytest.approx(curve.mean[0] / curve.low[0])
+    assert curve.tokens[0] == 10 * 16 * 128
+
+
+# ------------------------------------------------------------------------------------------------ variants
+
+
+def test_variants_are_labelled_by_what_differs_from_the_baseline(tmp_path):
+    for seed in SEEDS:
+        write_run(tmp_path, {}, seed, 6.0)
+        write_run(tmp_path, {"model.norm_position": "post", "train.warmup_steps": 0}, seed, 6.2)
+        deep = {"model.n_layer": 8, "train.lr": 4e-3, "model.norm_position": "post", "train.warmup_steps": 0}
+        write_run(tmp_path, deep, seed, 6.3)
+        write_run(tmp_path, {"model.tie_embeddings": False}, seed, 6.0)
+    keys = ["model.n_layer", "train.lr", "model.norm_position", "train.warmup_steps", "model.tie_embeddings"]
+    wanted = {"model.norm_position": "pre", "train.warmup_steps": "30"}  # both are tied 2 to 2
+    variants = make_variants(load_runs([tmp_path]), keys, wanted)
+    assert [v.label for v in variants] == [
+        "baseline",
+        "8 layers, lr 4e-3, post-LN, no warmup",
+        "post-LN, no warmup",
+        "untied embeddings",
     ]
-    assert len(by_label["norm_position=post, n_head=4"].runs) == 4  # three finished, one failed
-    assert len({v.colour for v in variants}) == 3
+    assert variants[0].is_baseline and len({v.colour for v in variants}) == 4
 
 
-def test_analysis_keeps_failed_runs_out_and_picks_the_modal_baseline(synthetic_runs):
-    a = report.analyse(load_runs([synthetic_runs]), KEYS)
-    assert a.baseline.values == {"model.norm_position": "pre", "model.n_head": 4}
-    post = next(v for v in a.variants if v.values["model.norm_position"] == "post")
-    assert [r.summary["final_val/ppl"] for r in post.runs] == [110.0, 118.0, 114.0]
-    assert [r.status for r in a.unfinished[post.label]] == ["failed"]
+def test_a_tied_baseline_asks_for_the_baseline_option(tmp_path, capsys):
+    for seed in SEEDS:
+        write_run(tmp_path / "runs", {}, seed, 6.0 + 0.01 * seed)
+        write_run(tmp_path / "runs", {"model.norm_position": "post"}, seed, 6.2 + 0.02 * seed)
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 2
+    assert "pass --baseline model.norm_position=VALUE" in capsys.readouterr().err
+    argv = [str(tmp_path / "runs"), "--out", str(tmp_path / "r"), "--baseline", "model.norm_position=pre"]
+    assert report.main(argv) == 0
 
 
-def test_mean_curve_averages_runs_at_equal_tokens(synthetic_runs):
-    a = report.analyse(load_runs([synthetic_runs]), KEYS)
-    curve = mean_curve(a.baseline.runs, "train/loss")
-    assert list(curve.tokens) == [16, 32, 48, 64]  # step x batch 2 x context 8
-    assert curve.mean[0] == pytest.approx(4.0 + 0.2)  # seeds 1..3 add 0.1 x seed
-    assert curve.low[0] < curve.mean[0] < curve.high[0]
+# -------------------------------------------------------------------------------------------------- report
 
 
-def test_report_has_the_right_numbers_and_non_empty_plots(synthetic_runs, tmp_path):
+def test_report_tables_hold_the_paired_and_welch_results(suite, tmp_path):
     out = tmp_path / "report"
-    assert report.main([str(synthetic_runs), "--group-by", *KEYS, "--out", str(out)]) == 0
+    assert report.main([str(suite), "--out", str(out), "--baseline", "model.norm_position=pre"]) == 0
     text = (out / "report.md").read_text()
-    e = mean_ci(FINAL_PPL[("post", 4)])
-    assert f"| norm_position=post, n_head=4 | 3/4 | {e.mean:,.2f} ± {e.half_width:,.2f}" in text
-    p = welch(FINAL_PPL[("post", 4)], FINAL_PPL[("pre", 4)]).p_value
-    assert f"| norm_position=post, n_head=4 | +12.00 (+11.8%) | {p:.3f} |" in text
-    assert "is failed" in text
-    pngs = sorted(out.glob("*.png"))
-    assert {p.name for p in pngs} >= {
-        "train_loss.png",
-        "final_ppl.png",
-        "throughput.png",
-        "layer_grad_norms.png",
-    }
-    assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
-    for png in pngs:
-        assert f"]({png.name})" in text
+    post = compare(losses_of(("model.norm_position", "post")), losses_of())
+    ratio = math.exp(post.ci.mean)
+    p_values = [
+        compare(losses_of(*o), losses_of()).paired_p
+        for o in [(("model.n_head", 16),), (("model.norm_position", "post"),)]
+        + [(("model.norm_position", "post"), ("train.warmup_steps", 0))]
+    ]
+    holm_post = holm(p_values)[1]
+    row = next(line for line in table_lines(text) if line.startswith("| post-LN |"))
+    assert f"| {ratio:.3f} [" in row
+    assert f"| {report.fmt_p(post.paired_p)} ({report.fmt_p(holm_post)}) |" in row
+    base_ppl = math.exp(np.mean(LOSSES[()]))
+    assert f"| **baseline** | 3/3 | {base_ppl:,.1f} [" in text
+    assert "paired t-test" in text and "Welch" in text and "Holm" in text
+    assert "0.000" not in text
+    for png in ("final_ppl.png", "train_loss.png", "val_ppl.png", "grad_norm.png", "layer_grad_norms.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in text
+    assert "measured on a quiet machine" in text and (out / "throughput.png").is_file()
 
 
-def test_report_refuses_an_unknown_group_key(synthetic_runs, tmp_path, capsys):
-    assert report.main([str(synthetic_runs), "--group-by", "model.nope", "--out", str(tmp_path / "r")]) == 2
+def test_p_values_below_a_thousandth_read_as_an_inequality():
+    assert report.fmt_p(1e-7) == "< 0.001" and report.fmt_p(0.0123) == "0.012"
+
+
+def test_throughput_is_left_out_when_the_machine_was_busy_or_unmeasured(tmp_path):
+    for loads in [(4.5, 5.0), None]:
+        root = write_suite(tmp_path / f"suite-{loads}", loads=loads)
+        out = tmp_path / f"report-{loads}"
+        assert report.main([str(root), "--out", str(out), "--baseline", "model.norm_position=pre"]) == 0
+        text = (out / "report.md").read_text()
+        assert "Not shown:" in text and not (out / "throughput.png").exists()
+        assert ("busy" if loads else "no load average") in text
+
+
+def test_runs_without_a_test_split_report_validation_only(tmp_path):
+    root = write_suite(tmp_path / "suite", with_test=False)
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out), "--baseline", "model.norm_position=pre"]) == 0
+    text = (out / "report.md").read_text()
+    assert "no test split" in text and "test ppl" not in text
+
+
+def test_failed_and_unfinished_runs_are_listed_and_left_out(suite, tmp_path):
+    write_run(suite, {"model.n_head": 16}, 4, 9.0, status="failed")
+    run_dir = write_run(suite, {"model.n_head": 16}, 5, 9.0, status="running")
+    (run_dir / "summary.json").unlink()  # killed before its first summary
+    out = tmp_path / "report"
+    assert report.main([str(suite), "--out", str(out), "--baseline", "model.norm_position=pre"]) == 0
+    text = (out / "report.md").read_text()
+    assert "| 16 heads | 3/5 |" in text
+    assert "is failed" in text and "is not started" in text
+
+
+def test_mixed_token_budgets_are_refused_unless_allowed(suite, tmp_path, capsys):
+    for seed in SEEDS:
+        write_run(suite, {"model.n_head": 1, "train.max_steps": 150}, seed, 6.1 + 0.01 * seed)
+    argv = [str(suite), "--out", str(tmp_path / "r"), "--baseline", "model.norm_position=pre"]
+    assert report.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "different training-token budgets" in err and "--allow-mixed-budgets" in err
+    assert report.main([*argv, "--allow-mixed-budgets"]) == 0
+    assert "allowed by --allow-mixed-budgets" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_bad_input_is_a_message_not_a_traceback(suite, tmp_path, capsys):
+    assert report.main([str(suite), "--group-by", "model.nope", "--out", str(tmp_path / "r")]) == 2
     assert "model.nope" in capsys.readouterr().err
+    assert report.main([str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    (suite / "baseline-s1" / "summary.json").write_text("{")
+    assert report.main([str(suite), "--out", str(tmp_path / "r")]) == 2
+    assert "summary.json is not valid JSON" in capsys.readouterr().err
 
 
-def test_notebook_executes_top_to_bottom(synthetic_runs, tmp_path, monkeypatch):
-    import nbclient  # in the test extra: pip install -e .[test]
-    import nbformat
+# ------------------------------------------------------------------------------------------------- records
 
+
+def test_records_keep_only_the_compact_files_and_give_the_same_report(suite, tmp_path):
+    records = tmp_path / "committed" / "runs"
+    from_source, from_records = tmp_path / "a", tmp_path / "b"
+    argv = ["--baseline", "model.norm_position=pre"]
+    assert report.main([str(suite), "--records", str(records), "--out", str(from_source), *argv]) == 0
+    assert sorted(p.name for p in (records / "baseline-s1").iterdir()) == [
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+    ]
+    assert (records / "sweep.json").is_file()
+    assert report.main([str(records), "--out", str(from_records), *argv]) == 0
+    source_text, records_text = (
+        (from_source / "report.md").read_text(),
+        (from_records / "report.md").read_text(),
+    )
+    assert f"`python -m analysis.report {records} --out {from_source} --baseline" in source_text
+    assert source_text.replace(str(from_source), str(from_records)) == records_text
+    assert copy_records(suite, records) == 12  # a second copy replaces, never accumulates
+
+
+COMMITTED = sorted(REPO_ROOT.glob("reports/*/report.md"))
+
+
+@pytest.mark.parametrize("committed", COMMITTED, ids=[p.parent.name for p in COMMITTED])
+def test_committed_reports_regenerate_from_their_committed_records(committed, tmp_path, monkeypatch):
+    text = committed.read_text()
+    command = next(line for line in text.splitlines() if line.startswith("Generated from the run records by"))
+    argv = shlex.split(command.split("`")[1])[3:]
+    assert (REPO_ROOT / argv[0]).is_dir(), f"{committed} names records {argv[0]} that are not committed"
+    out_at = argv.index("--out") + 1
+    argv[out_at] = str(tmp_path / "regenerated")
+    monkeypatch.chdir(REPO_ROOT)
+    assert report.main(argv) == 0
+    assert table_lines((tmp_path / "regenerated" / "report.md").read_text()) == table_lines(text)
+
+
+# ------------------------------------------------------------------------------------------- suite, notebook
+
+
+def test_the_ablation_sweeps_plan_24_runs_of_8_variants_baseline_once(tmp_path):
+    files = [REPO_ROOT / "sweeps" / f"ablations-{n}.yaml" for n in ("norm", "tying", "heads", "warmup")]
+    runs = plan([load_sweep(f) for f in files], tmp_path, "s", None, 0, 1)
+    assert len(runs) == 24
+    variants = {
+        tuple(a for a in r.command if a.startswith(("--model.", "--train.lr", "--train.warmup")))
+        for r in runs
+    }
+    assert len(variants) == 8
+    deep = (
+        "--model.n_head=4",
+        "--model.n_layer=8",
+        "--model.norm_position=post",
+        "--model.tie_embeddings=True",
+    )
+    assert (*deep, "--train.lr=0.004", "--train.warmup_steps=0") in variants
+    baseline = [
+        r for r in runs if "--model.norm_position=pre" in r.command and "--model.n_head=4" in r.command
+    ]
+    assert len([r for r in baseline if "--model.tie_embeddings=True" in r.command]) == 3
+
+
+def test_notebook_executes_from_the_analysis_folder(suite, tmp_path, monkeypatch):
     # A kernelspec named python3 that runs this interpreter, found first through JUPYTER_PATH, so the
     # notebook runs in this environment whatever other python3 kernels the machine has.
     spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
@@ -178,14 +345,21 @@ def test_notebook_executes_top_to_bottom(synthetic_runs, tmp_path, monkeypatch):
         json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"})
     )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("MINIGPT_REPORT_RUNS", str(synthetic_runs))
-    monkeypatch.setenv("MINIGPT_REPORT_GROUP_BY", " ".join(KEYS))
-    monkeypatch.setenv("MINIGPT_REPORT_OUT", str(tmp_path / "nb-report"))
+    monkeypatch.setenv("MINIGPT_REPORT_RUNS", str(suite))
+    monkeypatch.setenv("MINIGPT_REPORT_OUT", str(tmp_path / "nb"))
     notebook = nbformat.read(REPO_ROOT / "analysis" / "report.ipynb", as_version=4)
-    nbclient.NotebookClient(
-        notebook, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(REPO_ROOT)}}
-    ).execute()
+    path = {"metadata": {"path": str(REPO_ROOT / "analysis")}}
+    nbclient.NotebookClient(notebook, kernel_name="python3", timeout=120, resources=path).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
-    assert (tmp_path / "nb-report" / "report.md").is_file()
+    assert (tmp_path / "nb" / "final_ppl.png").is_file()
+
+
+def test_the_report_command_copies_nothing_but_records(suite, tmp_path):
+    shutil.copytree(suite, tmp_path / "copy")
+    (tmp_path / "copy" / "baseline-s1" / "wandb").mkdir()
+    (tmp_path / "copy" / "baseline-s1" / "wandb" / "config.json").write_text("{}")
+    copy_records(tmp_path / "copy", tmp_path / "records")
+    assert not (tmp_path / "records" / "baseline-s1" / "wandb").exists()
+    assert not list((tmp_path / "records").glob("**/*.pt"))

@@ -1,6 +1,7 @@
 """The GPU profile of the ablation suite: the reference setup at full size (6 layers, 512 wide, 8 heads,
-512-token context, 5000 steps), with per-layer gradient norms logged. Vary it with the sweeps in
-``sweeps/gpu-ablations-*.yaml`` (or ``--key=value`` on the command line)."""
+512-token context, 5000 steps of 32 sequences), with per-layer gradient norms logged. Its variants are the
+sweeps ``sweeps/gpu-ablations-*.yaml``. This profile has not been run yet: the committed report is the CPU
+profile's."""
 
 from pathlib import Path
 
@@ -8,5 +9,9 @@ from minigpt.config import derive
 
 config = derive(
     Path(__file__).parent.parent / "baseline.py",
-    {"name": "ablation-gpu", "log_layer_grad_norms": True, "project": "minigpt-ablations"},
+    {
+        "name": "ablation-gpu",
+        "train.log_layer_grad_norms": True,
+        "log.project": "minigpt-ablations",
+    },
 )
