@@ -335,6 +335,7 @@ def test_the_ablation_sweeps_plan_24_runs_of_8_variants_baseline_once(tmp_path):
     assert len([r for r in baseline if "--model.tie_embeddings=True" in r.command]) == 3
 
 
+@pytest.mark.slow
 def test_notebook_executes_from_the_analysis_folder(suite, tmp_path, monkeypatch):
     # A kernelspec named python3 that runs this interpreter, found first through JUPYTER_PATH, so the
     # notebook runs in this environment whatever other python3 kernels the machine has.

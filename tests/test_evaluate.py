@@ -103,6 +103,7 @@ def compact_vocabulary(ids: np.ndarray, size: int) -> np.ndarray:
     return table[ids]
 
 
+@pytest.mark.slow
 def test_sliding_window_perplexity_is_lower_on_real_text(data_root, tokenizer_dir):
     # A model trained for seconds predicts held-out text from the last token or two and barely uses more
     # context; on text it has learned, context decides, which is what sliding windows supply.

@@ -130,6 +130,7 @@ def test_greedy_generation_matches_hf(name):
     assert len(set(mine[:, 6:].flatten().tolist())) > 3  # not a trivially constant continuation
 
 
+@pytest.mark.slow
 def test_saved_model_loads_in_a_pipeline_and_from_pretrained(tmp_path, tokenizer_dir):
     ours = GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
     to_hf(ours).save_pretrained(tmp_path)

@@ -304,6 +304,7 @@ def base_run(tmp_path):
     return run_dir, model
 
 
+@pytest.mark.slow
 def test_run_fine_tunes_from_a_checkpoint_writes_the_adapter_and_resumes(tmp_path, data_root, base_run):
     base_dir, base = base_run
     # The experiment's own architecture (GPT-2 small by default) gives way to the base's; dropout does not.

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 from helpers import tiny_config
 
 from minigpt import provenance, train
@@ -46,6 +47,7 @@ def test_an_edited_model_is_recorded_as_dirty_with_its_diff(tmp_path, monkeypatc
     assert state.untracked == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_a_run_from_an_edited_checkout_keeps_the_diff_in_its_directory(tiny_corpus, tmp_path, monkeypatch):
     edited = provenance.SourceState(commit="a" * 40, dirty=True, diff="--- a/minigpt/model.py\n+change\n")
     monkeypatch.setattr(provenance, "source_state", lambda: edited)
@@ -56,6 +58,7 @@ def test_a_run_from_an_edited_checkout_keeps_the_diff_in_its_directory(tiny_corp
     assert recorded["git_commit"] == "a" * 40 and recorded["git_dirty"] is True
 
 
+@pytest.mark.slow
 def test_a_run_from_a_clean_checkout_writes_no_diff(tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(provenance, "source_state", lambda: provenance.SourceState(commit="b" * 40))
     train.run(tiny_config(tiny_corpus, tmp_path, {"max_steps": 1}))

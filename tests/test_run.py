@@ -21,6 +21,7 @@ from minigpt.tracking import read_metrics
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_prints_how_to_resume(tiny_corpus, tmp_path, monkeypatch, capsys):
     config = tiny_config(tiny_corpus, tmp_path, {"max_steps": 8, "ckpt_interval": 0, "eval_interval": 0})
     experiment = write_experiment(tmp_path / "experiment.py", config)
@@ -48,6 +49,7 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_how_to_resume(tiny_corpus, tmp_pat
     )
 
 
+@pytest.mark.slow
 def test_a_real_sigint_stops_a_training_process_with_a_checkpoint(tiny_corpus, tmp_path):
     config = tiny_config(
         tiny_corpus,

@@ -183,6 +183,7 @@ def test_files_run_together_share_one_queue_and_run_a_common_run_once(tmp_path):
     assert calls(tmp_path, "seed-1_heads-4") == 1
 
 
+@pytest.mark.slow
 def test_end_to_end_with_run_py_on_a_minuscule_experiment(tmp_path, data_root, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     monkeypatch.setenv("MINIGPT_DATA_DIR", str(data_root))

@@ -147,6 +147,7 @@ def test_connection_probe_answers_for_open_closed_and_stalled_hosts(monkeypatch)
     released.set()
 
 
+@pytest.mark.slow
 def test_wandb_online_without_a_network_falls_back_to_offline_quickly(tmp_path, monkeypatch):
     # An API key is configured, so wandb itself would retry the server for its whole init_timeout.
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)

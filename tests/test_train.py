@@ -75,6 +75,7 @@ def test_tiny_model_overfits_a_single_batch():
     assert losses[-1] < 0.01
 
 
+@pytest.mark.slow
 def test_run_directory_records_config_metrics_and_summary(finished_run):
     config, run_dir, summary = finished_run
     saved = json.loads((run_dir / "config.json").read_text())
@@ -109,6 +110,7 @@ def test_run_directory_records_config_metrics_and_summary(finished_run):
     assert not (run_dir / "wandb").exists()  # W&B disabled
 
 
+@pytest.mark.slow
 def test_logged_learning_rate_follows_the_schedule(finished_run):
     config, run_dir, _ = finished_run
     for row in read_metrics(run_dir / "metrics.jsonl"):
@@ -133,6 +135,7 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor():
     assert train.lr_at(0, no_warmup) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_plain_data_without_compile_prefixes(finished_run):
     config, run_dir, _ = finished_run
     found = checkpoint.list_checkpoints(run_dir)
@@ -146,6 +149,7 @@ def test_checkpoints_hold_plain_data_without_compile_prefixes(finished_run):
     assert not list(run_dir.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_compiled_model_saves_unprefixed_weights(tiny_corpus, tmp_path, monkeypatch):
     # The wrapper, not the compiler, adds the prefix; the eager backend makes the same wrapper without
     # loading the inductor compiler.
@@ -172,6 +176,7 @@ class Interrupted(Exception):
     """Stands in for a crash in the middle of a run."""
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact_on_cpu(tiny_corpus, tmp_path, monkeypatch):
     overrides = {"dropout": 0.1, "max_steps": 8, "eval_interval": 4}  # dropout: the RNG state must resume too
     reference = tiny_config(tiny_corpus, tmp_path / "reference", overrides)
@@ -209,6 +214,7 @@ def test_resume_is_bit_exact_on_cpu(tiny_corpus, tmp_path, monkeypatch):
     assert summary["final_test/ppl"] == reference_summary["final_test/ppl"]
 
 
+@pytest.mark.slow
 def test_resume_with_an_incompatible_config_names_the_key(finished_run, tmp_path, capsys):
     config, run_dir, _ = finished_run
     copy = shutil.copytree(run_dir, tmp_path / "run")
@@ -220,6 +226,7 @@ def test_resume_with_an_incompatible_config_names_the_key(finished_run, tmp_path
     assert "train.lr is 0.003 in the checkpoint but 0.5 now" in err
 
 
+@pytest.mark.slow
 def test_resume_may_extend_a_finished_run(finished_run, tmp_path):
     _, run_dir, _ = finished_run
     copy = shutil.copytree(run_dir, tmp_path / "run")
@@ -228,6 +235,7 @@ def test_resume_may_extend_a_finished_run(finished_run, tmp_path):
     assert checkpoint.load_checkpoint(copy)["step"] == 7
 
 
+@pytest.mark.slow
 def test_wandb_offline_writes_its_run_and_disabled_writes_none(tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_DIR")  # W&B files then go into the run directory
     offline = tiny_config(tiny_corpus, tmp_path / "offline", {"max_steps": 1, "wandb": "offline"})
@@ -264,6 +272,7 @@ def nan_in_training_steps(bad_steps: set[int], accum_steps: int) -> type[GPT]:
     return NaNModel
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_step_and_the_last_good_checkpoint(
     tiny_corpus, tmp_path, monkeypatch, capsys
 ):
@@ -282,6 +291,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_the_last_good_checkpoint(
     assert max(train_losses(run_dir)) == 4
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_skips_the_bad_step_and_trains_on(tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "GPT", nan_in_training_steps({3}, accum_steps=2))
     summary = train.run(tiny_config(tiny_corpus, tmp_path, {"skip_nonfinite": True}))
