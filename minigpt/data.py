@@ -116,6 +116,9 @@ def tokenizer_candidates(config: DataConfig) -> list[Path]:
     return [root / f"{config.tokenizer}-tokenizer", root / config.tokenizer] if root is not None else []
 
 
+_NO_ASSET_ROOT = "no asset root is set (data.data_dir or MINIGPT_DATA_DIR)"
+
+
 def _places(looked: Sequence[Path | str]) -> str:
     return "".join(f"\n  - {place}" for place in looked)
 
@@ -166,14 +169,10 @@ def _tokenizer_from_hub(name: str, looked: list[Path]):
     try:  # without the Hub, the Hugging Face cache may still hold it
         return AutoTokenizer.from_pretrained(name, local_files_only=unavailable is not None)
     except (OSError, ValueError) as e:
-        hub = (
-            f"the Hugging Face Hub: {unavailable}"
-            if unavailable
-            else f"the Hugging Face Hub: {_first_line(e)}"
-        )
-        where = looked or ["no asset root is set (data.data_dir or MINIGPT_DATA_DIR)"]
+        hub = f"the Hugging Face Hub: {unavailable or _first_line(e)}"
+        places = [*(looked or [_NO_ASSET_ROOT]), f"the Hugging Face cache {constants.HF_HUB_CACHE}", hub]
         raise DataError(
-            f"tokenizer {name!r} not found. Looked in:{_places([*where, constants.HF_HUB_CACHE, hub])}\n"
+            f"tokenizer {name!r} not found. Looked in:{_places(places)}\n"
             f"Point --tokenizer at a tokenizer directory, or set MINIGPT_DATA_DIR to an asset root holding "
             f"{name}-tokenizer/."
         ) from None
@@ -275,7 +274,7 @@ def _split_not_found(config: DataConfig, split: str, hub: str, cache_file: Path)
     root = data_root(config)
     filename = _wikitext_filename(config.dataset, split)
     looked = [
-        *(wikitext_candidates(config, split) or ["no asset root is set (data.data_dir or MINIGPT_DATA_DIR)"]),
+        *(wikitext_candidates(config, split) or [_NO_ASSET_ROOT]),
         f"the token cache {cache_file}",
         f"the Hugging Face Hub: {hub}",
     ]
