@@ -4,15 +4,23 @@ Each split is one continuous stream of text, tokenized once and cached as a ``ui
 keyed by the source, the split and the tokenizer. Training draws windows of ``block_size + 1`` tokens in an
 order that is a pure function of the seed and a sample counter, so it resumes exactly and splits across
 processes without coordination.
+
+Assets are looked for in a fixed order (``tokenizer_candidates``, ``wikitext_candidates``): the local asset
+root, then the token cache, then the Hugging Face Hub. The Hub is skipped when an offline variable is set
+and probed once per process otherwise, so a missing asset fails in seconds with a list of every place
+looked, instead of after the Hub clients' retries.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import lzma
 import os
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,21 +28,39 @@ import numpy as np
 import torch
 
 from minigpt.config import WIKITEXT_DATASETS, DataConfig
-from minigpt.storage import atomic_write_bytes, atomic_write_json
+from minigpt.storage import atomic_write_bytes, atomic_write_json, why_unwritable
 
 SPLITS = ("train", "val", "test")
 _WIKITEXT_SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 _SALESFORCE_SPLIT_NAMES = {"train": "train", "val": "valid", "test": "test"}
+
+HUB_PROBE_TIMEOUT_S = 3.0
+DATASETS_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+TOKENIZER_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 
 
 class DataError(RuntimeError):
     """A missing or unusable dataset, split, tokenizer or cache; the message says where it looked."""
 
 
+# ----------------------------------------------------------------------------------------------- places
+
+
 def data_root(config: DataConfig) -> Path | None:
     """The local asset root: ``config.data_dir``, else ``$MINIGPT_DATA_DIR``, else none."""
+    origin = "data.data_dir" if config.data_dir else "MINIGPT_DATA_DIR"
     root = config.data_dir or os.environ.get("MINIGPT_DATA_DIR", "")
-    return Path(root).expanduser() if root else None
+    if not root:
+        return None
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        problem = "is a file" if path.exists() else "does not exist"
+        raise DataError(
+            f"the asset root {path} (from {origin}) {problem}: point {origin} at the folder that holds "
+            "gpt2-tokenizer/ and the WikiText folders, or unset it to use the Hugging Face Hub"
+        )
+    return path
 
 
 def cache_root(config: DataConfig) -> Path:
@@ -42,32 +68,118 @@ def cache_root(config: DataConfig) -> Path:
     return Path(root).expanduser()
 
 
+def hub_unavailable(offline_variables: Sequence[str]) -> str | None:
+    """Why the Hugging Face Hub cannot be used now, or None when it can.
+
+    An offline variable set to a true value means: do not try. Otherwise the endpoint (``HF_ENDPOINT``) is
+    probed once per process with a short timeout, because the Hub clients retry an unreachable host for
+    tens of seconds before they give up.
+    """
+    for variable in offline_variables:
+        if os.environ.get(variable, "").strip().upper() in _TRUE_VALUES:
+            return f"offline ({variable}={os.environ[variable]})"
+    from huggingface_hub import constants
+
+    return _probe_hub(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+
+
+@functools.cache
+def _probe_hub(endpoint: str) -> str | None:
+    try:
+        urllib.request.urlopen(
+            urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S
+        ).close()
+    except urllib.error.HTTPError as e:  # an answer, if only an error status: the Hub is there
+        e.close()
+    except (OSError, ValueError) as e:
+        return f"unreachable at {endpoint} ({getattr(e, 'reason', e)})"
+    return None
+
+
+def _wikitext_filename(dataset: str, split: str) -> str:
+    extension = "raw" if "-raw-" in dataset else "tokens"
+    return f"wiki.{_SALESFORCE_SPLIT_NAMES[split]}.{extension}"
+
+
+def wikitext_candidates(config: DataConfig, split: str) -> list[Path]:
+    """The files a WikiText split is looked for in, in order (Salesforce layout, optionally ``.xz``)."""
+    root = data_root(config)
+    if root is None:
+        return []
+    filename = _wikitext_filename(config.dataset, split)
+    return [root / config.dataset / filename, root / config.dataset / f"{filename}.xz"]
+
+
+def tokenizer_candidates(config: DataConfig) -> list[Path]:
+    """The folders a tokenizer named like ``gpt2`` is looked for in before the Hub."""
+    root = data_root(config)
+    return [root / f"{config.tokenizer}-tokenizer", root / config.tokenizer] if root is not None else []
+
+
+_NO_ASSET_ROOT = "no asset root is set (data.data_dir or MINIGPT_DATA_DIR)"
+
+
+def _places(looked: Sequence[Path | str]) -> str:
+    return "".join(f"\n  - {place}" for place in looked)
+
+
 # ----------------------------------------------------------------------------------------------- tokenizer
 
 
 def load_tokenizer(config: DataConfig):  # -> transformers.PreTrainedTokenizerFast
-    """The tokenizer named by ``config.tokenizer``: a local directory, the asset root's copy, or the Hub."""
+    """The tokenizer named by ``config.tokenizer``: a directory, the asset root's copy, or the Hub's."""
+    name = config.tokenizer
+    path = Path(name).expanduser()
+    if path.exists() or path.is_absolute() or name.startswith((".", "~")):  # a path, never a Hub name
+        return _tokenizer_from_dir(path)
+    candidates = tokenizer_candidates(config)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return _tokenizer_from_dir(candidate)
+    return _tokenizer_from_hub(name, candidates)
+
+
+_TOKENIZER_FILES = "tokenizer.json, or vocab.json and merges.txt"
+
+
+def _tokenizer_from_dir(path: Path):
+    if not path.exists():
+        raise DataError(
+            f"tokenizer directory {path} does not exist: point --tokenizer at a folder holding "
+            f"{_TOKENIZER_FILES} (such as <asset root>/gpt2-tokenizer)"
+        )
+    if not path.is_dir():
+        raise DataError(f"--tokenizer={path} is a file; name the folder that holds {_TOKENIZER_FILES}")
     from transformers import AutoTokenizer
 
-    name = config.tokenizer
-    root = data_root(config)
-    looked = []
-    candidates = [Path(name).expanduser()]
-    if root is not None:
-        candidates.append(root / f"{name}-tokenizer")
-        candidates.append(root / name)
-    for candidate in candidates:
-        looked.append(str(candidate))
-        if candidate.is_dir():
-            return AutoTokenizer.from_pretrained(str(candidate))
     try:
-        return AutoTokenizer.from_pretrained(name)
-    except OSError as e:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # a broken tokenizer file fails with whatever its parser raises
         raise DataError(
-            f"tokenizer {name!r} not found: looked in {', '.join(looked)} and on the Hugging Face Hub ({e}). "
-            "Point --tokenizer at a tokenizer directory, or set MINIGPT_DATA_DIR to an asset root holding "
+            f"tokenizer directory {path} holds no loadable tokenizer ({type(e).__name__}: "
+            f"{_first_line(e)}); it needs {_TOKENIZER_FILES}"
+        ) from None
+
+
+def _tokenizer_from_hub(name: str, looked: list[Path]):
+    from huggingface_hub import constants
+    from transformers import AutoTokenizer
+
+    unavailable = hub_unavailable(TOKENIZER_OFFLINE_VARIABLES)
+    try:  # without the Hub, the Hugging Face cache may still hold it
+        return AutoTokenizer.from_pretrained(name, local_files_only=unavailable is not None)
+    except (OSError, ValueError) as e:
+        hub = f"the Hugging Face Hub: {unavailable or _first_line(e)}"
+        places = [*(looked or [_NO_ASSET_ROOT]), f"the Hugging Face cache {constants.HF_HUB_CACHE}", hub]
+        raise DataError(
+            f"tokenizer {name!r} not found. Looked in:{_places(places)}\n"
+            f"Point --tokenizer at a tokenizer directory, or set MINIGPT_DATA_DIR to an asset root holding "
             f"{name}-tokenizer/."
         ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -88,14 +200,41 @@ class TextSource:
     path: Path | None = None
     hub_name: str | None = None
 
+    def __str__(self) -> str:
+        return (
+            str(self.path) if self.path is not None else f"wikitext/{self.hub_name} on the Hugging Face Hub"
+        )
+
     def read(self) -> str:
-        if self.path is not None:
-            opener = lzma.open if self.path.suffix == ".xz" else open
-            with opener(self.path, "rt", encoding="utf-8", newline="") as f:
-                return f.read()
+        return self._read_file() if self.path is not None else self._read_hub()
+
+    def _read_file(self) -> str:
+        compressed = self.path.suffix == ".xz"
+        try:
+            with (lzma.open if compressed else open)(self.path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise DataError(f"cannot read the {self.split} text file {self.path} ({e.strerror})") from None
+        except (lzma.LZMAError, EOFError) as e:
+            raise DataError(f"{self.path} is not a complete .xz file ({_first_line(e)})") from None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            within = " of the decompressed text" if compressed else ""
+            raise DataError(
+                f"{self.path} is not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {e.start:,}"
+                f"{within} (line {line}) cannot be decoded ({e.reason}). Convert the file to UTF-8 "
+                "(e.g. iconv -f latin1 -t utf-8) or choose a text file"
+            ) from None
+
+    def _read_hub(self) -> str:
         from datasets import load_dataset
 
-        rows = load_dataset("wikitext", self.hub_name, split=_WIKITEXT_SPLIT_NAMES[self.split])["text"]
+        try:
+            rows = load_dataset("wikitext", self.hub_name, split=_WIKITEXT_SPLIT_NAMES[self.split])["text"]
+        except OSError as e:  # connection lost, or no such dataset
+            raise DataError(f"could not load the {self.split} split of {self}: {_first_line(e)}") from None
         # The Hub stores a blank line as "" but the released files have " \n"; restore the file exactly.
         return "".join(row if row else " \n" for row in rows)
 
@@ -107,45 +246,56 @@ class TextSource:
 
 
 def resolve_source(config: DataConfig, split: str) -> TextSource:
-    """Find a split locally (asset root, Salesforce layout, optionally ``.xz``) or fall back to the Hub."""
+    """A split's text file (``text`` dataset, or a WikiText file under the asset root), else the Hub's."""
     if config.dataset == "text":
-        name = {"train": config.train_file, "val": config.val_file, "test": config.test_file}[split]
-        if not name:
-            raise DataError(f"no {split} file: set --data.{split}_file=PATH (dataset 'text')")
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise DataError(f"{split} text file {path} does not exist")
+        path = _text_file(config, split)
         digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
         return TextSource(key=f"text-{path.stem}-{digest}", split=split, path=path)
-
-    extension = "raw" if "-raw-" in config.dataset else "tokens"
-    filename = f"wiki.{_SALESFORCE_SPLIT_NAMES[split]}.{extension}"
-    looked: list[str] = []
-    root = data_root(config)
-    if root is not None:
-        for candidate in (root / config.dataset / filename, root / config.dataset / f"{filename}.xz"):
-            looked.append(str(candidate))
-            if candidate.is_file():
-                return TextSource(key=config.dataset, split=split, path=candidate)
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        where = "; ".join(looked) if looked else "no local asset root is set (MINIGPT_DATA_DIR)"
-        raise DataError(
-            f"{config.dataset} {split} split not found: looked in {where}, and the Hub is offline. "
-            f"Put {filename} (or {filename}.xz) in <asset root>/{config.dataset}/ and set MINIGPT_DATA_DIR, "
-            "or choose another --dataset" + _local_alternatives(root, split)
-        )
+    for candidate in wikitext_candidates(config, split):
+        if candidate.is_file():
+            return TextSource(key=config.dataset, split=split, path=candidate)
     return TextSource(key=config.dataset, split=split, hub_name=config.dataset)
 
 
-def _local_alternatives(root: Path | None, split: str) -> str:
-    if root is None:
-        return "."
-    have = [
-        name
-        for name in WIKITEXT_DATASETS
-        if any((root / name).glob(f"wiki.{_SALESFORCE_SPLIT_NAMES[split]}.*"))
+def _text_file(config: DataConfig, split: str) -> Path:
+    name = {"train": config.train_file, "val": config.val_file, "test": config.test_file}[split]
+    if not name:
+        raise DataError(f"no {split} file: set --data.{split}_file=PATH (dataset 'text')")
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise DataError(f"{split} text file {path} does not exist (data.{split}_file)")
+    if not path.is_file():
+        raise DataError(f"{split} text file {path} is a directory; data.{split}_file names a text file")
+    return path
+
+
+def _split_not_found(config: DataConfig, split: str, hub: str, cache_file: Path) -> DataError:
+    """Which split of which data set, every place looked, and the ways forward."""
+    root = data_root(config)
+    filename = _wikitext_filename(config.dataset, split)
+    looked = [
+        *(wikitext_candidates(config, split) or [_NO_ASSET_ROOT]),
+        f"the token cache {cache_file}",
+        f"the Hugging Face Hub: {hub}",
     ]
-    return f" (available locally: {', '.join(have)})." if have else "."
+    folder = root / config.dataset if root is not None else f"<asset root>/{config.dataset}"
+    ways = [f"put {filename} (or {filename}.xz) in {folder}/"]
+    if root is None:
+        ways[0] += " and set MINIGPT_DATA_DIR=<asset root> (or --data_dir)"
+    ways += [
+        f"--dataset={name} (its {split} split is in the asset root)"
+        for name in WIKITEXT_DATASETS
+        if name != config.dataset
+        and root is not None
+        and any(
+            (root / name / f"{_wikitext_filename(name, split)}{suffix}").is_file() for suffix in ("", ".xz")
+        )
+    ]
+    ways.append("--dataset=text --train_file=PATH --val_file=PATH (any UTF-8 text)")
+    return DataError(
+        f"the {split} split of {config.dataset} was not found. Looked in:{_places(looked)}\n"
+        f"Ways forward:{_places(ways)}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- tokenization
@@ -211,37 +361,60 @@ def load_split(config: DataConfig, split: str, tokenizer, show_progress: bool = 
     stem = f"{split}.{fingerprint}"
     bin_path, meta_path = directory / f"{stem}.bin", directory / f"{stem}.json"
     if meta_path.is_file() and bin_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("tokenizer") != fingerprint:
-            raise DataError(
-                f"token cache {bin_path} was made with another tokenizer ({meta.get('tokenizer')}, now "
-                f"{fingerprint}); delete {directory} to rebuild it"
-            )
-        if meta.get("source") == source.fingerprint():
-            if bin_path.stat().st_size != 2 * meta["num_tokens"]:
-                raise DataError(f"token cache {bin_path} is truncated; delete it to rebuild")
-            tokens = (
-                np.memmap(bin_path, dtype=np.uint16, mode="r")
-                if meta["num_tokens"]
-                else np.zeros(0, np.uint16)
-            )
-            return _scorable(TokenSplit(tokens, meta["num_bytes"], source.key), split)
+        cached = _cached_split(bin_path, meta_path, fingerprint, source)
+        if cached is not None:
+            return _scorable(cached, split)
+    if source.hub_name is not None:
+        unavailable = hub_unavailable(DATASETS_OFFLINE_VARIABLES)
+        if unavailable:
+            raise _split_not_found(config, split, unavailable, bin_path)
+    unwritable = why_unwritable(directory)  # before reading and tokenizing, which can take minutes
+    if unwritable:
+        raise DataError(
+            f"token cache: {unwritable}; set --cache_dir or MINIGPT_CACHE_DIR to a writable folder"
+        )
     text = source.read()
     if not text.strip():
-        raise DataError(f"the {split} split of {source.key} is empty ({source.path or source.hub_name})")
+        raise DataError(f"the {split} split ({source}) is empty or only whitespace")
     tokens = tokenize(text, tokenizer, show_progress)
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(bin_path, tokens.tobytes())
     meta = {
         "tokenizer": fingerprint,
         "source": source.fingerprint(),
         "num_tokens": int(len(tokens)),
         "num_bytes": len(text.encode("utf-8")),
     }
-    atomic_write_json(meta_path, meta)
+    try:
+        atomic_write_bytes(bin_path, tokens.tobytes())
+        atomic_write_json(meta_path, meta)
+    except OSError as e:
+        raise DataError(
+            f"cannot write the token cache {bin_path} ({e.strerror}); free some space or set --cache_dir or "
+            "MINIGPT_CACHE_DIR to another folder"
+        ) from None
     return _scorable(
         TokenSplit(np.memmap(bin_path, dtype=np.uint16, mode="r"), meta["num_bytes"], source.key), split
     )
+
+
+def _cached_split(bin_path: Path, meta_path: Path, fingerprint: str, source: TextSource) -> TokenSplit | None:
+    """The cached tokens of ``source``, or None when the cache holds an older version of its text."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(
+            f"token cache {meta_path} is unreadable ({_first_line(e)}); delete it to rebuild"
+        ) from None
+    if meta.get("tokenizer") != fingerprint:
+        raise DataError(
+            f"token cache {bin_path} was made with another tokenizer ({meta.get('tokenizer')}, now "
+            f"{fingerprint}); delete {bin_path.parent} to rebuild it"
+        )
+    if meta.get("source") != source.fingerprint():
+        return None
+    if bin_path.stat().st_size != 2 * meta["num_tokens"]:
+        raise DataError(f"token cache {bin_path} is truncated; delete it to rebuild")
+    tokens = np.memmap(bin_path, dtype=np.uint16, mode="r") if meta["num_tokens"] else np.zeros(0, np.uint16)
+    return TokenSplit(tokens, meta["num_bytes"], source.key)
 
 
 def _scorable(tokens: TokenSplit, split: str) -> TokenSplit:
@@ -268,8 +441,9 @@ class BlockSampler:
     def __init__(self, tokens: np.ndarray, block_size: int, seed: int) -> None:
         if len(tokens) < block_size + 1:
             raise DataError(
-                f"the training split has {len(tokens)} tokens, fewer than one block of block_size + 1 = "
-                f"{block_size + 1}; use more text or a smaller --block_size"
+                f"the train split has {len(tokens):,} tokens, fewer than one training window of the context "
+                f"(model.block_size={block_size}) + 1 = {block_size + 1}: use more train text or "
+                f"--block_size={max(len(tokens) - 1, 1)} or less"
             )
         self.tokens = tokens
         self.block_size = block_size

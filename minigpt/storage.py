@@ -54,6 +54,27 @@ def remove_interrupted_writes(directory: str | Path, name: str) -> None:
         partial.unlink(missing_ok=True)
 
 
+def why_unwritable(directory: str | Path) -> str | None:
+    """Why files could not be written in ``directory`` (creating it if missing), or None; creates nothing.
+
+    It writes a temporary file for real, in the folder or its nearest existing parent: permission bits do
+    not bind root, and a read-only mount shows only when writing. The message names the folder and says
+    "cannot create" or "is not writable".
+    """
+    directory = Path(directory)
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        return f"cannot create {directory}: {existing} is a file"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        if existing == directory:
+            return f"{directory} is not writable ({e.strerror})"
+        return f"cannot create {directory}: {existing} is not writable ({e.strerror})"
+    return None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 

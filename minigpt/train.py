@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +18,10 @@ from typing import Any
 
 import torch
 
-from minigpt import checkpoint, data, distributed, export, lora, perf, provenance, tracking
+from minigpt import checkpoint, data, distributed, export, lora, perf, provenance, storage, tracking
 from minigpt.config import ConfigError, ExperimentConfig, TrainConfig, flatten
 from minigpt.evaluate import EvalResult, evaluate
 from minigpt.model import GPT, GPTConfig
-from minigpt.storage import atomic_write_bytes
 
 
 class NonFiniteLossError(RuntimeError):
@@ -224,17 +222,10 @@ def settle_config(
 
 
 def check_can_create(out_dir: Path) -> None:
-    """Refuse an output folder that cannot be made or written, before minutes go into loading data (and
-    without leaving anything behind)."""
-    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
-    if not existing.is_dir():
-        raise ConfigError(f"log.out_dir={out_dir}: cannot create it, {existing} is a file, not a folder")
-    try:
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as e:
-        raise ConfigError(
-            f"log.out_dir={out_dir}: {existing} is not writable ({e.strerror}); choose another --out_dir"
-        ) from None
+    """Refuse an output folder that cannot be made or written, before minutes go into loading data."""
+    problem = storage.why_unwritable(out_dir)
+    if problem:
+        raise ConfigError(f"log.out_dir={out_dir}: {problem}; choose another --out_dir")
 
 
 def prepare(
@@ -269,7 +260,7 @@ def prepare(
         run_metadata(trainer, source, command, saved), total_steps=t.max_steps, first_step=trainer.state.step
     )
     if source.diff and distributed.is_main():
-        atomic_write_bytes(run_dir / "git.diff", source.diff.encode())
+        storage.atomic_write_bytes(run_dir / "git.diff", source.diff.encode())
     return trainer
 
 

@@ -1,6 +1,8 @@
 """Text to tokens: whole-stream tokenization, the token cache, missing data, training and eval windows."""
 
+import dataclasses
 import json
+import lzma
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from helpers import wiki_valid_text
 from minigpt import data
 from minigpt.config import DataConfig
 from minigpt.data import BlockSampler, DataError, _safe_chunks, eval_windows, load_split, load_tokenizer
+from minigpt.storage import why_unwritable
 
 # From the asset root's README: wiki.valid.raw encoded by GPT-2 as one stream.
 WIKI_VALID_RAW_TOKENS = 249_887
@@ -118,38 +121,145 @@ def test_truncated_cache_is_rejected(tmp_path, tokenizer_dir, tokenizer):
         load_split(config, "train", tokenizer, show_progress=False)
 
 
-def test_missing_split_says_where_it_looked_and_how_to_fix(data_root):
-    config = DataConfig(dataset="wikitext-2-raw-v1", data_dir=str(data_root))
+def test_missing_split_says_where_it_looked_and_how_to_fix(data_root, tokenizer, tmp_path):
+    config = DataConfig(dataset="wikitext-2-raw-v1", data_dir=str(data_root), cache_dir=str(tmp_path))
     with pytest.raises(DataError) as error:
-        data.resolve_source(config, "train")  # raw train is not among the local assets
+        load_split(config, "train", tokenizer, show_progress=False)  # raw train is not among the local assets
     message = str(error.value)
-    assert str(data_root / "wikitext-2-raw-v1" / "wiki.train.raw") in message
-    assert str(data_root / "wikitext-2-raw-v1" / "wiki.train.raw.xz") in message
-    assert "the Hub is offline" in message and "MINIGPT_DATA_DIR" in message
-    assert "available locally: wikitext-2-v1" in message
+    assert message.startswith("the train split of wikitext-2-raw-v1 was not found. Looked in:\n")
+    assert f"  - {data_root / 'wikitext-2-raw-v1' / 'wiki.train.raw'}\n" in message
+    assert f"  - {data_root / 'wikitext-2-raw-v1' / 'wiki.train.raw.xz'}\n" in message
+    assert f"  - the token cache {tmp_path / 'wikitext-2-raw-v1' / 'train.'}" in message
+    assert "  - the Hugging Face Hub: offline (HF_HUB_OFFLINE=1)\nWays forward:" in message
+    assert f"  - put wiki.train.raw (or wiki.train.raw.xz) in {data_root / 'wikitext-2-raw-v1'}/\n" in message
+    assert "  - --dataset=wikitext-2-v1 (its train split is in the asset root)\n" in message
+    assert message.endswith("  - --dataset=text --train_file=PATH --val_file=PATH (any UTF-8 text)")
 
 
-def test_missing_asset_root_says_how_to_set_one(monkeypatch):
+def test_missing_asset_root_says_how_to_set_one(monkeypatch, tokenizer, tmp_path):
     monkeypatch.delenv("MINIGPT_DATA_DIR", raising=False)
-    with pytest.raises(DataError, match=r"no local asset root is set \(MINIGPT_DATA_DIR\)"):
-        data.resolve_source(DataConfig(dataset="wikitext-2-v1"), "val")
+    config = DataConfig(dataset="wikitext-2-v1", cache_dir=str(tmp_path))
+    with pytest.raises(DataError) as error:
+        load_split(config, "val", tokenizer, show_progress=False)
+    message = str(error.value)
+    assert "  - no asset root is set (data.data_dir or MINIGPT_DATA_DIR)\n" in message
+    assert (
+        "put wiki.valid.tokens (or wiki.valid.tokens.xz) in <asset root>/wikitext-2-v1/ and set " in message
+    )
+    assert "MINIGPT_DATA_DIR=<asset root> (or --data_dir)" in message
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_an_asset_root_that_is_no_folder_is_named_with_where_it_was_set(tmp_path, monkeypatch, kind):
+    root = tmp_path / "assets"
+    if kind == "file":
+        root.write_text("not a folder")
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(root))
+    problem = "is a file" if kind == "file" else "does not exist"
+    with pytest.raises(
+        DataError, match=f"the asset root {root} \\(from MINIGPT_DATA_DIR\\) {problem}: point"
+    ):
+        load_tokenizer(DataConfig())
+
+
+def test_a_hub_split_cached_earlier_is_used_offline(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.delenv("MINIGPT_DATA_DIR", raising=False)
+    config = DataConfig(dataset="wikitext-103-raw-v1", cache_dir=str(tmp_path))
+    text = " = Valkyria = \n Some text from the Hub .\n"
+    offline_check = data.hub_unavailable
+    monkeypatch.setattr(data, "hub_unavailable", lambda variables: None)
+    monkeypatch.setattr(data.TextSource, "_read_hub", lambda source: text)
+    online = load_split(config, "test", tokenizer, show_progress=False)
+    monkeypatch.setattr(data, "hub_unavailable", offline_check)  # offline again (conftest)
+    monkeypatch.setattr(data.TextSource, "_read_hub", lambda source: pytest.fail("read the Hub"))
+    offline = load_split(config, "test", tokenizer, show_progress=False)
+    np.testing.assert_array_equal(offline.tokens, online.tokens)
+    np.testing.assert_array_equal(offline.tokens, whole_stream_ids(tokenizer, text))
 
 
 def test_missing_text_file_and_tokenizer_are_named(tmp_path, monkeypatch):
     config = DataConfig(dataset="text", train_file=str(tmp_path / "nope.txt"))
-    with pytest.raises(DataError, match=r"train text file .*nope.txt does not exist"):
+    with pytest.raises(DataError, match=r"train text file .*nope.txt does not exist \(data.train_file\)"):
         data.resolve_source(config, "train")
     with pytest.raises(DataError, match=r"no val file: set --data.val_file=PATH"):
         data.resolve_source(config, "val")
     monkeypatch.delenv("MINIGPT_DATA_DIR", raising=False)
-    with pytest.raises(DataError, match=r"tokenizer '.*no-tokenizer' not found: looked in .*--tokenizer"):
+    with pytest.raises(
+        DataError, match=r"tokenizer directory .*no-tokenizer does not exist: point --tokenizer"
+    ):
         load_tokenizer(DataConfig(tokenizer=str(tmp_path / "no-tokenizer")))
+    with pytest.raises(DataError, match=r"tokenizer 'no-such-name' not found. Looked in:\n  - no asset root"):
+        load_tokenizer(DataConfig(tokenizer="no-such-name"))  # a Hub name: the Hub is offline (conftest)
+
+
+def test_a_broken_tokenizer_file_is_named(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(
+        DataError, match=rf"tokenizer directory {tmp_path} holds no loadable tokenizer \(KeyError"
+    ):
+        load_tokenizer(DataConfig(tokenizer=str(tmp_path)))
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_text_that_is_not_utf8_names_the_file_and_the_byte_offset(
+    tmp_path, tokenizer_dir, tokenizer, compressed
+):
+    content = "Première ligne.\nSecond line, then ".encode() + b"\xff\xfe" + b" the rest.\n"
+    path = tmp_path / ("train.txt.xz" if compressed else "train.txt")
+    path.write_bytes(lzma.compress(content) if compressed else content)
+    config = DataConfig(
+        dataset="text", train_file=str(path), tokenizer=str(tokenizer_dir), cache_dir=str(tmp_path)
+    )
+    offset = content.index(b"\xff")
+    within = " of the decompressed text" if compressed else ""
+    with pytest.raises(DataError) as error:
+        load_split(config, "train", tokenizer, show_progress=False)
+    assert str(error.value).startswith(
+        f"{path} is not UTF-8 text: byte 0xff at byte offset {offset}{within} (line 2) cannot be decoded "
+        "(invalid start byte). Convert the file to UTF-8"
+    )
+
+
+def test_an_unwritable_token_cache_fails_before_tokenizing(tmp_path, tokenizer_dir, tokenizer, monkeypatch):
+    calls = count_tokenizations(monkeypatch)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the cache folder should be")
+    config = text_config(tmp_path, tokenizer_dir, train="Hello world. " * 20)
+    config = dataclasses.replace(config, cache_dir=str(blocker / "cache"))
+    with pytest.raises(
+        DataError, match=rf"token cache: cannot create {blocker}/cache/text-train-\w+: {blocker} is a"
+    ):
+        load_split(config, "train", tokenizer, show_progress=False)
+    assert calls == []
+
+
+def test_why_unwritable_creates_nothing_and_names_the_obstacle(tmp_path):
+    assert why_unwritable(tmp_path / "new" / "deeper") is None
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    assert (
+        why_unwritable(tmp_path / "file" / "runs")
+        == f"cannot create {tmp_path}/file/runs: {tmp_path}/file is a file"
+    )
+    assert why_unwritable(tmp_path / "file") == f"cannot create {tmp_path}/file: {tmp_path}/file is a file"
+    assert list(tmp_path.iterdir()) == [tmp_path / "file"]  # the probe file is gone
+
+
+def test_an_unreadable_cache_record_is_named(tmp_path, tokenizer_dir, tokenizer):
+    config = text_config(tmp_path, tokenizer_dir, train="Hello world. " * 20)
+    load_split(config, "train", tokenizer, show_progress=False)
+    (meta_path,) = (tmp_path / "cache").rglob("*.json")
+    meta_path.write_text('{"tokenizer": ')
+    with pytest.raises(DataError, match=r"token cache .*\.json is unreadable \(.*\); delete it to rebuild"):
+        load_split(config, "train", tokenizer, show_progress=False)
 
 
 @pytest.mark.parametrize("text", ["", " \n \n"])
 def test_empty_split_is_an_error(tmp_path, tokenizer_dir, tokenizer, text):
     config = text_config(tmp_path, tokenizer_dir, train=text)
-    with pytest.raises(DataError, match=r"the train split of text-train-\w+ is empty"):
+    with pytest.raises(
+        DataError, match=rf"the train split \({tmp_path}/train.txt\) is empty or only whitespace"
+    ):
         load_split(config, "train", tokenizer, show_progress=False)
 
 
@@ -159,8 +269,12 @@ def test_split_of_one_token_is_an_error(tmp_path, tokenizer_dir, tokenizer):
         load_split(config, "val", tokenizer, show_progress=False)
 
 
-def test_text_shorter_than_one_block_is_an_error():
-    with pytest.raises(DataError, match=r"has 16 tokens, fewer than one block of block_size \+ 1 = 17"):
+def test_text_shorter_than_one_block_names_its_tokens_and_the_context():
+    with pytest.raises(
+        DataError,
+        match=r"the train split has 16 tokens, fewer than one training window of the context "
+        r"\(model.block_size=16\) \+ 1 = 17: use more train text or --block_size=15 or less",
+    ):
         BlockSampler(np.arange(16, dtype=np.uint16), block_size=16, seed=0)
 
 

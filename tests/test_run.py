@@ -117,7 +117,7 @@ def test_the_memory_estimate_grows_with_the_batch_and_counts_every_parameter_fou
 @pytest.mark.parametrize(
     ("make_out_dir", "fragment"),
     [
-        (lambda tmp: tmp / "a-file" / "runs", "cannot create it"),
+        (lambda tmp: tmp / "a-file" / "runs", "cannot create"),
         (lambda tmp: Path("/proc/minigpt-runs"), "is not writable"),
     ],
 )
