@@ -9,6 +9,7 @@ checkpoint back into its model, adapters included.
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +76,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             earlier = f"; to continue from the one before it, pass {found[-2][1]}"
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a text file or a cut-off one is not
+        raise CheckpointError(
+            f"{path} is not a loadable MiniGPT checkpoint: not a complete PyTorch archive (a text file, or a "
+            f"file truncated while being written){earlier}"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, objects weights_only refuses
+    except Exception as e:  # corrupt members, or objects weights_only refuses (a foreign pickle)
+        # torch's own message suggests weights_only=False, which would run the file's code: not passed on.
+        reason = (
+            "holds objects other than tensors and plain data" if "Weights only" in str(e) else "is corrupt"
+        )
         raise CheckpointError(
-            f"{path} is not a loadable MiniGPT checkpoint (truncated, corrupt, or holding objects other than "
-            f"tensors and plain data): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            f"{earlier}"
+            f"{path} is not a loadable MiniGPT checkpoint: it {reason} ({type(e).__name__}), so it was not "
+            f"loaded{earlier}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(

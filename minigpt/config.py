@@ -23,24 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from minigpt.errors import ConfigError, check, check_choice
 from minigpt.lora import LoRAConfig
 from minigpt.model import GPTConfig
-
-
-class ConfigError(ValueError):
-    """A bad experiment file, override key or value. The message says what is wrong and how to fix it."""
-
-
-def check(condition: bool, key: str, message: str) -> None:
-    """The one way a configuration rule is enforced: ``ConfigError("<key>: <message>")`` unless ``condition``.
-    ``key`` is the dotted name the user sets (``train.lr``); ``message`` says what is wrong and what fits."""
-    if not condition:
-        raise ConfigError(f"{key}: {message}")
-
-
-def check_choice(value: str, key: str, choices: tuple[str, ...]) -> None:
-    check(value in choices, key, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
-
 
 WIKITEXT_DATASETS = ("wikitext-2-raw-v1", "wikitext-2-v1", "wikitext-103-raw-v1", "wikitext-103-v1")
 
@@ -365,13 +350,10 @@ def apply_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> Expe
             per_section.setdefault(section, {})[name] = value
         else:
             top[dotted] = value
-    try:
-        changed = {
-            name: dataclasses.replace(getattr(config, name), **values) for name, values in per_section.items()
-        }
-        return dataclasses.replace(config, **top, **changed)
-    except ValueError as e:  # model.GPTConfig and lora.LoRAConfig raise ValueError for their own rules
-        raise ConfigError(str(e)) from None
+    changed = {
+        name: dataclasses.replace(getattr(config, name), **values) for name, values in per_section.items()
+    }
+    return dataclasses.replace(config, **top, **changed)
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -380,6 +362,10 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     Experiment files are Python and are run as such: only run files you trust.
     """
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.py"))
+        listing = f": {', '.join(found)}" if found else " (it holds no .py files)"
+        raise ConfigError(f"{path} is a folder; name one experiment file in it{listing}")
     if not path.is_file():
         nearby = sorted(p.name for p in path.parent.glob("*.py")) if path.parent.is_dir() else []
         close = difflib.get_close_matches(path.name, nearby, n=3)
@@ -393,7 +379,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         namespace = runpy.run_path(str(path), run_name="__experiment__")
     except SyntaxError as e:
         raise ConfigError(f"experiment file {path} has a syntax error at line {e.lineno}: {e.msg}") from None
-    except ValueError as e:  # a dataclass's validation (ConfigError included) rejected a value in the file
+    except ConfigError as e:  # a config's own validation rejected a value set in the file
         raise ConfigError(f"in experiment file {path}: {e}") from None
     except Exception as e:  # any other mistake in the file: say where, without a traceback into runpy
         frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename) == path]

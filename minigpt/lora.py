@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minigpt.errors import check
 from minigpt.model import GPT
 from minigpt.storage import atomic_write_bytes, atomic_write_json
 
@@ -65,20 +66,23 @@ class LoRAConfig:
     ``c_proj`` (both projections), ``attn.c_proj``, ``c_fc``, ``mlp.c_fc``, ``mlp.c_proj``."""
 
     def __post_init__(self) -> None:
-        if self.rank < 0:
-            raise ValueError(f"lora.rank must be >= 0 (0 disables LoRA), got {self.rank}")
-        if self.alpha <= 0:
-            raise ValueError(f"lora.alpha must be positive, got {self.alpha}")
-        if not 0.0 <= self.adapter_dropout < 1.0:
-            raise ValueError(f"lora.adapter_dropout must be in [0, 1), got {self.adapter_dropout}")
-        if not self.target_list:
-            raise ValueError("lora.targets must name at least one layer, e.g. 'c_attn,c_proj,c_fc'")
+        check(self.rank >= 0, "lora.rank", f"must be >= 0 (0 disables LoRA), got {self.rank}")
+        check(self.alpha > 0, "lora.alpha", f"must be positive, got {self.alpha}")
+        check(
+            0.0 <= self.adapter_dropout < 1.0,
+            "lora.adapter_dropout",
+            f"must be in [0, 1), got {self.adapter_dropout}",
+        )
+        check(
+            bool(self.target_list), "lora.targets", "must name at least one layer, e.g. 'c_attn,c_proj,c_fc'"
+        )
         for target in self.target_list:
-            if not any(_matches(path, target) for path in ADAPTABLE):
-                raise ValueError(
-                    f"lora.targets: {target!r} matches no adaptable layer; the layers are "
-                    f"{', '.join(ADAPTABLE)} (a name matches at the end of the path, so 'c_proj' means both)"
-                )
+            check(
+                any(_matches(path, target) for path in ADAPTABLE),
+                "lora.targets",
+                f"{target!r} matches no adaptable layer; the layers are {', '.join(ADAPTABLE)} (a name "
+                "matches at the end of the path, so 'c_proj' means both)",
+            )
 
     @property
     def target_list(self) -> list[str]:

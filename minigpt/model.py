@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minigpt.errors import check, check_choice
 from minigpt.loss import IGNORE_INDEX, linear_cross_entropy
 
 # ---------------------------------------------------------------------------------------------------------
@@ -48,20 +49,16 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"GPTConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by GPTConfig.n_head ({self.n_head})"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.layer_norm_epsilon <= 0:
-            raise ValueError(f"GPTConfig.layer_norm_epsilon must be positive, got {self.layer_norm_epsilon}")
-        if self.norm_position not in ("pre", "post"):
-            raise ValueError(f"GPTConfig.norm_position must be 'pre' or 'post', got {self.norm_position!r}")
-        if self.attention not in ("manual", "sdpa"):
-            raise ValueError(f"GPTConfig.attention must be 'manual' or 'sdpa', got {self.attention!r}")
+            check(getattr(self, name) > 0, f"model.{name}", f"must be positive, got {getattr(self, name)}")
+        check(
+            self.n_embd % self.n_head == 0,
+            "model.n_embd",
+            f"{self.n_embd} must be divisible by model.n_head={self.n_head} (each head gets n_embd / n_head)",
+        )
+        check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        check(self.layer_norm_epsilon > 0, "model.layer_norm_epsilon", "must be positive")
+        check_choice(self.norm_position, "model.norm_position", ("pre", "post"))
+        check_choice(self.attention, "model.attention", ("manual", "sdpa"))
 
 
 # ---------------------------------------------------------------------------------------------------------

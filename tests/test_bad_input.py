@@ -105,6 +105,12 @@ BAD_INPUTS: list[tuple[str, str, Callable[[Workspace], list[str]], str]] = [
     # ------------------------------------------------------------------------------- the experiment file
     ("experiment file missing", "run", lambda ws: [str(ws.root / "expriment.py")], "does not exist"),
     (
+        "a folder instead of an experiment file",
+        "run",
+        lambda ws: [ws.experiment() and str(ws.root)],
+        "{root} is a folder; name one experiment file in it: experiment.py",
+    ),
+    (
         "experiment file with a syntax error",
         "run",
         lambda ws: [ws.text_file("broken.py", "config = (\n")],
@@ -146,7 +152,7 @@ BAD_INPUTS: list[tuple[str, str, Callable[[Workspace], list[str]], str]] = [
         "n_embd not divisible by n_head",
         "run",
         lambda ws: [ws.experiment(), "--n_embd=30", "--n_head=4"],
-        "GPTConfig.n_embd (30) must be divisible by GPTConfig.n_head (4)",
+        "model.n_embd: 30 must be divisible by model.n_head=4",
     ),
     (
         "evaluation context beyond the model's positions",
@@ -318,7 +324,7 @@ BAD_INPUTS: list[tuple[str, str, Callable[[Workspace], list[str]], str]] = [
         "truncated checkpoint",
         "run",
         lambda ws: [f"--resume={truncated(ws.checkpoint())}"],
-        "is not a loadable MiniGPT checkpoint (truncated, corrupt",
+        "is not a loadable MiniGPT checkpoint: not a complete PyTorch archive",
     ),
     (
         "foreign checkpoint",
@@ -330,13 +336,13 @@ BAD_INPUTS: list[tuple[str, str, Callable[[Workspace], list[str]], str]] = [
         "resuming from a text file",
         "run",
         lambda ws: [f"--resume={ws.text_file('notes.txt', NOTES)}"],
-        "{root}/notes.txt",
+        "{root}/notes.txt is not a loadable MiniGPT checkpoint: not a complete PyTorch archive (a text file",
     ),
     (
         "resuming from an empty folder",
         "run",
         lambda ws: [f"--resume={ws.folder('empty-run')}"],
-        "{root}/empty-run",
+        "no checkpoint (ckpt-*.pt) in {root}/empty-run",
     ),
     (
         "run directory without checkpoints",
@@ -354,7 +360,7 @@ BAD_INPUTS: list[tuple[str, str, Callable[[Workspace], list[str]], str]] = [
         "fine-tuning from a text file",
         "run",
         lambda ws: [ws.experiment(), f"--init_from={ws.text_file('notes.txt', NOTES)}"],
-        "{root}/notes.txt",
+        "{root}/notes.txt is not a loadable MiniGPT checkpoint: not a complete PyTorch archive",
     ),
     (
         "fine-tuning from a folder without a model",
@@ -392,13 +398,13 @@ BAD_INPUTS: list[tuple[str, str, Callable[[Workspace], list[str]], str]] = [
         "sampling from an empty folder",
         "sample",
         lambda ws: ["--checkpoint", ws.folder("nothing"), "--prompt=Hi"],
-        "{root}/nothing",
+        "no checkpoint (ckpt-*.pt) in {root}/nothing",
     ),
     (
         "an adapter that is a text file",
         "sample",
         lambda ws: sampling(ws, "--prompt=Hi", f"--adapter={ws.text_file('adapter.txt', NOTES)}"),
-        "{root}/adapter.txt",
+        "{root}/adapter.txt is a file, but an adapter is a directory",
     ),
 ]
 

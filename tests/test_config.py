@@ -142,7 +142,7 @@ def test_wrong_type_names_the_field_and_what_it_accepts(arg, message):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--n_embd=30", "--n_head=4"], "n_embd (30) must be divisible by GPTConfig.n_head (4)"),
+        (["--n_embd=30", "--n_head=4"], "model.n_embd: 30 must be divisible by model.n_head=4"),
         (["--lr=-1e-3"], "train.lr: must be positive, got -0.001"),
         (["--max_minutes=-1"], "train.max_minutes: must be >= 0, got -1.0"),
         (["--norm_position=middle"], "norm_position must be 'pre' or 'post', got 'middle'"),
