@@ -306,7 +306,8 @@ def run_metadata(
         "_run": {
             "git_commit": source.commit,
             "git_dirty": source.dirty,
-            "git_untracked": source.untracked,
+            "git_untracked": source.untracked[:20],  # the first few: a stray venv can hold thousands
+            "git_untracked_count": len(source.untracked),
             "command": command or sys.argv,
             "device": str(trainer.device),
             "world_size": trainer.world_size,
