@@ -544,6 +544,7 @@ class ConsoleLogger(Logger):
         self._total_steps = 0
         self._clock: tuple[float, int] | None = None
         self._warned_long = False
+        self._forecast_done = False
 
     def start(self, config: dict[str, Any], total_steps: int, first_step: int = 0) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -574,10 +575,13 @@ class ConsoleLogger(Logger):
         parts.append(f"precision {run.get('precision', '?')}")
         if "params" in run:
             parts.append(f"{run['params']:,} parameters")
-        if "tokens_planned" in run:
-            parts.append(f"{run['tokens_planned']:,} tokens planned over {self._total_steps:,} steps")
         if run.get("max_minutes"):
-            parts.append(f"stopping after {run['max_minutes']:g} minutes if not done")
+            ceiling = f"{run['tokens_planned']:,} tokens, " if "tokens_planned" in run else ""
+            parts.append(
+                f"training for {run['max_minutes']:g} minutes (at most {ceiling}{self._total_steps:,} steps)"
+            )
+        elif "tokens_planned" in run:
+            parts.append(f"{run['tokens_planned']:,} tokens planned over {self._total_steps:,} steps")
         if first_step:
             parts.append(f"resuming at step {first_step}")
         return "; ".join(parts)
@@ -610,6 +614,7 @@ class ConsoleLogger(Logger):
         eta = self.eta_seconds(step) if "train/loss" in metrics else None
         if eta is not None:
             stats.append(f"eta {format_duration(eta)}")
+            self._forecast_budget(step)
             self._warn_if_long(eta)
         if "val/loss" in metrics:
             stats.append(f"val {metrics['val/loss']:.3f}")
@@ -620,6 +625,26 @@ class ConsoleLogger(Logger):
             self.console.print(f"step {step}: " + ", ".join(stats))
         self._progress.update(self._task, completed=step, **({"stats": " | ".join(stats)} if stats else {}))
 
+    def _forecast_budget(self, step: int) -> None:
+        """Under a time budget the tokens a run will see depend on the machine, so once the pace is known,
+        say where the budget will end."""
+        budget = self._run.get("max_minutes") or 0
+        if self._forecast_done or not budget or self._clock is None:
+            return
+        self._forecast_done = True
+        started, first = self._clock
+        seconds_per_step = (time.monotonic() - started) / (step - first)
+        last_step = min(self._total_steps, first + int(budget * 60 / seconds_per_step))
+        if last_step >= self._total_steps:
+            return
+        tokens = ""
+        if self._run.get("tokens_planned"):
+            tokens = f", about {last_step * self._run['tokens_planned'] // self._total_steps:,} tokens"
+        self.console.print(
+            f"at this pace the {budget:g}-minute budget ends near step {last_step:,}{tokens}",
+            highlight=False,
+        )
+
     def _warn_if_long(self, eta: float) -> None:
         if (
             self._warned_long
@@ -629,8 +654,9 @@ class ConsoleLogger(Logger):
             return
         self._warned_long = True
         self.console.print(
-            f"this run needs about {format_duration(eta)} more on the CPU; for a quick CPU run use "
-            "experiments/tiny.py (about 2 minutes) or cap this one with --train.max_minutes=60"
+            f"this run needs about {format_duration(eta)} more on the CPU; for a CPU-sized run use "
+            "experiments/cpu_hour.py (the best model this code trains in an hour), experiments/tiny.py "
+            "(about 2 minutes), or cap this one with --train.max_minutes=60"
         )
 
     def summary(self, metrics: dict[str, Any]) -> None:

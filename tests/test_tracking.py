@@ -272,10 +272,23 @@ def test_the_start_line_says_where_and_how_the_run_goes(capsys):
         "2 threads",
         "precision fp32",
         "1,234,567 parameters",
-        "153,600 tokens planned over 150 steps",
-        "stopping after 60 minutes",
+        "training for 60 minutes (at most 153,600 tokens, 150 steps)",
     ):
         assert part in line
+    console_started()
+    assert "153,600 tokens planned over 150 steps" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_time_budget_says_where_it_will_end_once_the_pace_is_known(capsys, monkeypatch):
+    clock = SteppedClock()
+    monkeypatch.setattr(tracking.time, "monotonic", clock.monotonic)
+    console = console_started(total_steps=100_000, tokens_planned=409_600_000, max_minutes=60)
+    for step in (10, 20, 30):
+        console.log({"train/loss": 5.0}, step=step)
+        clock.now += 2  # 10 steps in 2 s: 18,000 steps in the hour
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("budget ends") == 1
+    assert "the 60-minute budget ends near step 18,010, about 73,768,960 tokens" in err
 
 
 class SteppedClock:
@@ -309,7 +322,7 @@ def test_a_many_hour_cpu_run_suggests_the_cpu_profile_once(capsys, monkeypatch):
         console.log({"train/loss": 5.0}, step=step)
         clock.now += 10
     err = " ".join(capsys.readouterr().err.split())
-    assert err.count("experiments/tiny.py") == 1 and "--train.max_minutes=60" in err
+    assert err.count("experiments/cpu_hour.py") == 1 and "--train.max_minutes=60" in err
     gpu = console_started(total_steps=100_000, device="cuda:0")
     for step in (10, 20, 30):
         gpu.log({"train/loss": 5.0}, step=step)
