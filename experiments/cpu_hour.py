@@ -19,7 +19,7 @@ config = derive(
     {
         "name": "cpu-hour",
         "model.block_size": 256,
-        "model.n_layer": 8,
+        "model.n_layer": 4,
         "model.n_head": 4,
         "model.n_embd": 256,
         "model.dropout": 0.0,
@@ -30,7 +30,7 @@ config = derive(
         "train.micro_batch_size": 16,
         "train.max_steps": 1_000_000,
         "train.max_minutes": 60,
-        "train.lr": 2e-3,
+        "train.lr": 3e-3,
         "train.warmup_steps": 100,
         "train.min_lr_ratio": 0.1,
         "train.eval_interval": 250,

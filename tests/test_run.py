@@ -14,7 +14,7 @@ from helpers import tiny_config, write_experiment
 
 import run as run_script
 from minigpt import checkpoint, perf, train
-from minigpt.config import ConfigError, apply_overrides
+from minigpt.config import ConfigError, apply_overrides, load_experiment
 from minigpt.model import GPTConfig
 from minigpt.tracking import read_metrics
 
@@ -130,3 +130,42 @@ def test_an_output_folder_that_cannot_be_made_is_refused_up_front(
     assert run_script.main([str(write_experiment(tmp_path / "experiment.py", config))]) == 2
     err = capsys.readouterr().err
     assert fragment in err and f"log.out_dir={out_dir}" in err and "Traceback" not in err
+
+
+def test_the_cpu_hour_profile_keeps_the_seed_recipe_and_stops_on_the_clock():
+    config = load_experiment(REPO_ROOT / "experiments" / "cpu_hour.py")
+    assert config.train.max_minutes == 60
+    ceiling_tokens = config.train.max_steps * config.train.batch_size * config.model.block_size
+    assert ceiling_tokens > 10**6 * 3600  # the step count binds only above a million tokens a second
+    assert (config.model.norm_position, config.data.dataset) == ("pre", "wikitext-2-v1")
+    assert config.train.warmup_steps > 0 and config.train.min_lr_ratio < 1  # warmup, then cosine decay
+    states, activations = perf.training_memory_bytes(config.model, config.train.micro_batch_size)
+    assert states + activations < 4 * 2**30  # trains on any laptop
+
+
+def test_the_cpu_hour_file_runs_and_its_schedule_ends_with_the_budget(tiny_corpus, tmp_path):
+    profile = load_experiment(REPO_ROOT / "experiments" / "cpu_hour.py")
+    config = apply_overrides(
+        profile,
+        {
+            **{f"data.{key}": value for key, value in tiny_corpus.items()},
+            **{"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16},
+            **{"batch_size": 4, "micro_batch_size": 4},
+            "max_minutes": 0.02,
+            "warmup_steps": 2,
+            "eval_stride": 8,
+            "eval_interval": 0,
+            "log_interval": 1,
+            "device": "cpu",
+            "precision": "fp32",
+            "threads": 1,
+            "out_dir": str(tmp_path),
+            "run_name": "run",
+            "wandb": "disabled",
+        },
+    )
+    summary = train.run(config)
+    assert 1 <= summary["step"] < profile.train.max_steps
+    rows = [row for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/lr" in row]
+    assert rows[-1]["train/lr"] < 0.2 * profile.train.lr  # the cosine reached (near) its floor of 0.1 x lr
+    assert "final_val_sliding/ppl" in summary
