@@ -51,13 +51,28 @@ def _seed_offsets(n: int) -> np.ndarray:
     return np.linspace(-0.18, 0.18, n) if n > 1 else np.zeros(1)
 
 
+def log_tick_values(low: float, high: float, most: int = 5) -> list[float]:
+    """Round ticks for a log axis from ``low`` to ``high``: the densest of the 1-1.5-2-3-4-5-7, 1-2-3-5,
+    1-2-5, 1-3 and 1 series per decade that gives at most ``most`` ticks, so a 180-1,400 axis reads 200, 300,
+    500, 1000 rather than a lone 1000 or crowded "6x10^2" labels."""
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    ticks: list[float] = []
+    for mantissas in ((1, 1.5, 2, 3, 4, 5, 7), (1, 2, 3, 5), (1, 2, 5), (1, 3), (1,)):
+        ticks = [float(f"{m}e{e}") for e in decades for m in mantissas if low <= float(f"{m}e{e}") <= high]
+        if len(ticks) <= most:
+            break
+    return ticks
+
+
 def _nice_log_ticks(axis: matplotlib.axis.Axis, formatter: Formatter, always: float | None = None) -> None:
-    """Round-number ticks on a log axis that spans less than about a decade, where matplotlib's log locator
-    gives a single tick or crowded "6x10^2" minor labels; wider ranges keep the decades."""
+    """Round-number ticks on a log axis spanning up to three decades (``log_tick_values``); a range too
+    narrow for two of them (a ratio axis around 1) gets evenly spaced ones; wider ones keep the decades."""
     low, high = axis.get_view_interval()
-    if low <= 0 or high / low > 20:
+    if low <= 0 or high / low > 1000:
         return
-    ticks = [t for t in MaxNLocator(nbins=4).tick_values(low, high) if low <= t <= high and t > 0]
+    ticks = log_tick_values(low, high)
+    if len(ticks) < 2:
+        ticks = [t for t in MaxNLocator(nbins=4).tick_values(low, high) if low <= t <= high and t > 0]
     if always is not None and low <= always <= high:  # e.g. the ratio 1, where the reference line is
         spacing = (high - low) / 10
         ticks = sorted([t for t in ticks if abs(t - always) > spacing] + [always])

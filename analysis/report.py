@@ -252,13 +252,24 @@ def setup_lines(a: Analysis) -> list[str]:
     )
     test = f" and {count(s['final_test/tokens'])} test" if "final_test/tokens" in s else ""
     runs = sum(len(v.runs) for v in a.variants)
+    data = (
+        f"- Data: {c['data.dataset']}; {c['train.max_steps']:,} steps x {c['train.batch_size']} sequences x "
+        f"{c['model.block_size']} tokens = {c['train.max_steps'] * per_step:,} training tokens per run."
+    )
+    if c.get("train.max_minutes"):
+        seen = [r.summary["tokens"] for v in a.variants for r in v.runs if "tokens" in r.summary]
+        data = (
+            f"- Data: {c['data.dataset']}; each run trains for {c['train.max_minutes']:g} minutes "
+            f"(`train.max_minutes`, evaluation excluded) in steps of {c['train.batch_size']} sequences x "
+            f"{c['model.block_size']} tokens, so a faster variant sees more tokens: "
+            f"{count(min(seen, default=None))} to {count(max(seen, default=None))} per run."
+        )
     return [
         f"- {len(a.variants)} variants, {runs} finished runs, seeds {', '.join(map(str, seeds))}; each "
         "variant is labelled by what it changes from the baseline.",
         f"- Baseline model: {model}; {count(c.get('_run.params'))} parameters "
         f"({count(c.get('_run.params_non_embedding'))} non-embedding).",
-        f"- Data: {c['data.dataset']}; {c['train.max_steps']:,} steps x {c['train.batch_size']} sequences x "
-        f"{c['model.block_size']} tokens = {c['train.max_steps'] * per_step:,} training tokens per run.",
+        data,
         f"- Optimiser: AdamW, peak lr {c['train.lr']:g}, linear warmup {c['train.warmup_steps']} steps, "
         f"cosine to {c['train.min_lr_ratio']:g} x lr, weight decay {c['train.weight_decay']:g}, gradient "
         f"clipping {c['train.grad_clip']:g}.",

@@ -49,8 +49,9 @@ class Logger:
     def artifact(self, path: Path, name: str, type: str) -> None:
         """Keep the file or directory ``path`` with the run (a model, an adapter, a report)."""
 
-    def finish(self, failed: bool = False) -> None:
-        """Flush and close; ``failed`` marks a run that stopped on an error."""
+    def finish(self, status: str = "finished") -> None:
+        """Flush and close. ``status`` is how the run ended: ``finished``, ``failed`` (an error) or
+        ``interrupted`` (Ctrl-C, with a checkpoint to resume from)."""
 
     @property
     def run_id(self) -> str | None:
@@ -80,9 +81,9 @@ class MultiLogger(Logger):
         for logger in self.loggers:
             logger.artifact(path, name, type)
 
-    def finish(self, failed: bool = False) -> None:
+    def finish(self, status: str = "finished") -> None:
         for logger in reversed(self.loggers):  # the last started closes first: the console ends the story
-            logger.finish(failed)
+            logger.finish(status)
 
     @property
     def run_id(self) -> str | None:
@@ -137,11 +138,11 @@ class RunDirLogger(Logger):
         self._summary["status"] = status
         atomic_write_json(self.run_dir / "summary.json", self._summary)
 
-    def finish(self, failed: bool = False) -> None:
+    def finish(self, status: str = "finished") -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-            self._write_summary(status="failed" if failed else "finished")
+            self._write_summary(status=status)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -500,12 +501,12 @@ class WandbLogger(Logger):
             return f"W&B run: {self._run.url}"
         return f"W&B (offline): upload with {self.sync_command}"
 
-    def finish(self, failed: bool = False) -> None:
+    def finish(self, status: str = "finished") -> None:
         if self._run is None:
             return
         where = self.location
         with contextlib.suppress(Exception):
-            self._run.finish(exit_code=1 if failed else 0)
+            self._run.finish(exit_code={"finished": 0, "interrupted": 130}.get(status, 1))
         self._run = None
         _say(where)
 
@@ -679,7 +680,7 @@ class ConsoleLogger(Logger):
         if self._config.get("lora", {}).get("rank"):
             sample = (
                 f"python -m minigpt.sample --checkpoint {self._config['init_from']} "
-                f'--adapter {run_dir}/adapter.pt --prompt "The history of"'
+                f'--adapter {run_dir}/adapter --prompt "The history of"'
             )
         else:
             sample = f'python -m minigpt.sample --checkpoint {run_dir} --prompt "The history of"'
@@ -689,14 +690,15 @@ class ConsoleLogger(Logger):
             f"python -m analysis.report {run_dir} --out reports/{Path(run_dir).name}",
         ]
 
-    def finish(self, failed: bool = False) -> None:
+    def finish(self, status: str = "finished") -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
         if not self._run:
             return
-        state = "failed" if failed else "finished"
-        self.console.print(f"{state}: run directory {self._run.get('run_dir')}", soft_wrap=True, markup=False)
-        self.console.print("continue it with:" if failed else "next:")
-        for command in self.next_commands(failed):
+        done = status == "finished"
+        where = f"{status}: run directory {self._run.get('run_dir')}"
+        self.console.print(where, soft_wrap=True, markup=False)
+        self.console.print("next:" if done else "continue it with:")
+        for command in self.next_commands(failed=not done):
             self.console.print(f"  {command}", soft_wrap=True, highlight=False, markup=False)

@@ -356,7 +356,7 @@ def train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
             publish(trainer)
         status = "finished"
     finally:
-        trainer.logger.finish(failed=status != "finished")
+        trainer.logger.finish(status)
     return summary
 
 

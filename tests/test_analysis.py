@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # minigpt; the checkout's analysis/ is what is under test either way.
 sys.path.insert(0, str(REPO_ROOT))
 
-from analysis import report  # noqa: E402
+from analysis import plots, report  # noqa: E402
 from analysis.records import copy_records  # noqa: E402
 from analysis.runs import load_runs  # noqa: E402
 from analysis.stats import compare, detectable_difference, holm, mean_ci, mean_curve  # noqa: E402
@@ -103,6 +103,20 @@ def suite(tmp_path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "ticks"),
+    [
+        (180, 1400, [200, 300, 500, 1000]),
+        (150, 4000, [200, 500, 1000, 2000]),
+        (185, 290, [200]),  # one tick: the axis falls back to evenly spaced ones
+        (0.9, 6.5, [1, 2, 3, 5]),
+        (3, 2000, [10, 100, 1000]),
+    ],
+)
+def test_log_axes_get_round_ticks_in_every_decade(low, high, ticks):
+    assert plots.log_tick_values(low, high) == ticks
 
 
 def test_mean_ci_uses_the_t_distribution():
@@ -236,6 +250,18 @@ def test_runs_without_a_test_split_report_validation_only(tmp_path):
     assert report.main([str(root), "--out", str(out), "--baseline", "model.norm_position=pre"]) == 0
     text = (out / "report.md").read_text()
     assert "no test split" in text and "test ppl" not in text
+
+
+def test_a_time_budgeted_sweep_reports_its_budget_and_the_tokens_each_run_saw(tmp_path):
+    root = tmp_path / "suite"
+    for overrides, tokens in (({}, 700_000), ({"model.n_head": 16}, 650_000)):
+        run_dir = write_run(root, {**overrides, "train.max_minutes": 8}, 1, 6.0)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "tokens": tokens}))
+    assert report.main([str(root), "--out", str(tmp_path / "report"), "--baseline", "model.n_head=4"]) == 0
+    text = " ".join((tmp_path / "report" / "report.md").read_text().split())
+    assert "each run trains for 8 minutes" in text and "650,000 to 700,000 per run" in text
+    assert "training tokens per run" not in text
 
 
 def test_failed_and_unfinished_runs_are_listed_and_left_out(suite, tmp_path):

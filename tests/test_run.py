@@ -39,6 +39,7 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_how_to_resume(tiny_corpus, tmp_pat
     assert "interrupted at step 3 of 8" in err and f"python run.py --resume={run_dir}" in err
     assert "Traceback" not in err
     assert [step for step, _ in checkpoint.list_checkpoints(run_dir)] == [3]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 
     monkeypatch.setattr(train.Trainer, "train_step", real_step)
     assert run_script.main([f"--resume={run_dir}"]) == 0

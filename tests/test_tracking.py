@@ -55,7 +55,7 @@ def test_run_directory_logger_writes_config_metrics_and_summary(tmp_path):
 def test_a_failed_run_is_marked_failed(tmp_path):
     logger = RunDirLogger(tmp_path)
     logger.start({}, total_steps=1)
-    logger.finish(failed=True)
+    logger.finish("failed")
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
 
 
@@ -337,5 +337,15 @@ def test_the_end_says_where_the_run_is_and_what_comes_next(capsys):
     assert 'python -m minigpt.sample --checkpoint runs/tiny-1 --prompt "The history of"' in err
     assert "python -m minigpt.export runs/tiny-1 --out runs/tiny-1/hf" in err
     assert "python -m analysis.report runs/tiny-1 --out reports/tiny-1" in err
-    console_started().finish(failed=True)
-    assert "python run.py --resume=runs/tiny-1" in capsys.readouterr().err
+    console_started().finish("interrupted")
+    err = capsys.readouterr().err
+    assert "interrupted: run directory runs/tiny-1" in err and "python run.py --resume=runs/tiny-1" in err
+
+
+def test_after_a_lora_run_the_sample_command_names_the_adapter_folder(capsys):
+    console = ConsoleLogger()
+    config = {"name": "ft", "init_from": "runs/base", "lora": {"rank": 8}, "_run": {"run_dir": "runs/ft-1"}}
+    console.start(config, total_steps=10)
+    console.finish()
+    err = " ".join(capsys.readouterr().err.split())
+    assert "python -m minigpt.sample --checkpoint runs/base --adapter runs/ft-1/adapter --prompt" in err
