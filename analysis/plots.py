@@ -171,9 +171,8 @@ def plot_curves(
     if log_y:
         _nice_log_ticks(axes[0, 0].yaxis, FormatStrFormatter("%g"))
     band = "geometric mean, 95% CI in log space" if log_y else "mean, 95% CI"
-    fig.suptitle(
-        f"{ylabel.capitalize()}\neach variant (colour) against the baseline (black); {band} over seeds"
-    )
+    against = "each variant (colour) against the baseline (black); " if len(variants) > 1 else ""
+    fig.suptitle(f"{ylabel.capitalize()}\n{against}{band} over seeds")
     return _save(fig, path)
 
 

@@ -67,9 +67,9 @@ def analyse(
 ) -> Analysis:
     """Variants of the finished runs (baseline first), their comparisons with the baseline, and notes."""
     keys = list(keys) if keys else varying_keys(runs)
-    if not keys:
-        raise RunsError("the runs do not differ in any config key besides the seed; nothing to compare")
     all_variants = make_variants(runs, keys, baseline)
+    if not keys:  # one run, or seeds of one configuration: described, with nothing to compare it to
+        all_variants[0].label = str(runs[0].config.get("name") or "all runs")
     unfinished = {v.label: [r for r in v.runs if not is_complete(r)] for v in all_variants}
     variants = [v for v in all_variants if any(is_complete(r) for r in v.runs)]
     for v in variants:
@@ -90,6 +90,8 @@ def analyse(
         notes.append(
             f"Runs have different training-token budgets (allowed by --allow-mixed-budgets): {per_variant}."
         )
+    if not keys:
+        notes.append("The runs share one configuration: they are described, not compared.")
     if not any(TEST_METRIC in r.summary for v in variants for r in v.runs):
         notes.append("The runs have no test split: only validation perplexity is reported.")
     a = Analysis(variants, variants[0], unfinished, loads=loads or {}, notes=notes)
@@ -264,6 +266,8 @@ def setup_lines(a: Analysis) -> list[str]:
             f"{c['model.block_size']} tokens, so a faster variant sees more tokens: "
             f"{count(min(seen, default=None))} to {count(max(seen, default=None))} per run."
         )
+        if len(set(seen)) == 1:
+            data = data.split(", so a faster")[0] + f": {count(seen[0])} tokens."
     return [
         f"- {len(a.variants)} variants, {runs} finished runs, seeds {', '.join(map(str, seeds))}; each "
         "variant is labelled by what it changes from the baseline.",
@@ -276,7 +280,8 @@ def setup_lines(a: Analysis) -> list[str]:
         f"- Final evaluation: the first {count(s.get('final_val/tokens'))} validation{test} tokens, "
         f"non-overlapping windows of context {s.get('final_val/context')} "
         f"(stride {s.get('final_val/stride')}).",
-        f"- Hardware: {c.get('_run.device', 'n/a')}, {c['train.threads']} thread(s) per run, "
+        f"- Hardware: {c.get('_run.device', 'n/a')}, {c.get('_run.threads') or c['train.threads']} "
+        "thread(s) per run, "
         f"precision {c.get('_run.precision', 'n/a')}.",
     ]
 
@@ -298,8 +303,11 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     quiet, quiet_text = quiet_machine(a, quiet_load)
+    compared = len(a.variants) > 1
+    if not compared:  # one variant: its perplexity is in the table, and there is no ratio to plot
+        (out / "final_ppl.png").unlink(missing_ok=True)
     figures = [
-        ("Final validation perplexity", plots.plot_final(a, out / "final_ppl.png")),
+        ("Final validation perplexity", plots.plot_final(a, out / "final_ppl.png") if compared else None),
         (
             "Validation perplexity during training",
             plots.plot_curves(

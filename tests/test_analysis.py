@@ -264,6 +264,16 @@ def test_a_time_budgeted_sweep_reports_its_budget_and_the_tokens_each_run_saw(tm
     assert "training tokens per run" not in text
 
 
+def test_a_single_run_is_described_with_its_curves(tmp_path):
+    run_dir = write_run(tmp_path / "runs", {}, 1, 5.0)
+    out = tmp_path / "report"
+    assert report.main([str(run_dir), "--out", str(out)]) == 0  # the command a finished run suggests
+    text = (out / "report.md").read_text()
+    assert "| **ablation-cpu** | 1/1 | 148.4 (n = 1) |" in text and "described, not compared" in text
+    assert (out / "val_ppl.png").is_file() and (out / "train_loss.png").is_file()
+    assert not (out / "final_ppl.png").exists()  # no ratio to a baseline to draw
+
+
 def test_failed_and_unfinished_runs_are_listed_and_left_out(suite, tmp_path):
     write_run(suite, {"model.n_head": 16}, 4, 9.0, status="failed")
     run_dir = write_run(suite, {"model.n_head": 16}, 5, 9.0, status="running")
