@@ -58,7 +58,7 @@ def log_tick_values(low: float, high: float, most: int = 5) -> list[float]:
     decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
     ticks: list[float] = []
     for mantissas in ((1, 1.5, 2, 3, 4, 5, 7), (1, 2, 3, 5), (1, 2, 5), (1, 3), (1,)):
-        ticks = [float(f"{m}e{e}") for e in decades for m in mantissas if low <= float(f"{m}e{e}") <= high]
+        ticks = [t for e in decades for m in mantissas if low <= (t := float(f"{m}e{e}")) <= high]
         if len(ticks) <= most:
             break
     return ticks

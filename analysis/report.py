@@ -254,20 +254,22 @@ def setup_lines(a: Analysis) -> list[str]:
     )
     test = f" and {count(s['final_test/tokens'])} test" if "final_test/tokens" in s else ""
     runs = sum(len(v.runs) for v in a.variants)
-    data = (
-        f"- Data: {c['data.dataset']}; {c['train.max_steps']:,} steps x {c['train.batch_size']} sequences x "
-        f"{c['model.block_size']} tokens = {c['train.max_steps'] * per_step:,} training tokens per run."
-    )
-    if c.get("train.max_minutes"):
-        seen = [r.summary["tokens"] for v in a.variants for r in v.runs if "tokens" in r.summary]
+    steps = f"{c['train.batch_size']} sequences x {c['model.block_size']} tokens"
+    if c.get("train.max_minutes"):  # the clock, not the step count, decides how much each run sees
+        seen = sorted({r.summary["tokens"] for v in a.variants for r in v.runs if "tokens" in r.summary})
+        if len(seen) > 1:
+            amount = f", so a faster variant sees more tokens: {count(seen[0])} to {count(seen[-1])} per run"
+        else:
+            amount = f": {count(seen[0]) if seen else 'n/a'} tokens"
         data = (
             f"- Data: {c['data.dataset']}; each run trains for {c['train.max_minutes']:g} minutes "
-            f"(`train.max_minutes`, evaluation excluded) in steps of {c['train.batch_size']} sequences x "
-            f"{c['model.block_size']} tokens, so a faster variant sees more tokens: "
-            f"{count(min(seen, default=None))} to {count(max(seen, default=None))} per run."
+            f"(`train.max_minutes`, evaluation excluded) in steps of {steps}{amount}."
         )
-        if len(set(seen)) == 1:
-            data = data.split(", so a faster")[0] + f": {count(seen[0])} tokens."
+    else:
+        data = (
+            f"- Data: {c['data.dataset']}; {c['train.max_steps']:,} steps x {steps} = "
+            f"{c['train.max_steps'] * per_step:,} training tokens per run."
+        )
     return [
         f"- {len(a.variants)} variants, {runs} finished runs, seeds {', '.join(map(str, seeds))}; each "
         "variant is labelled by what it changes from the baseline.",

@@ -587,9 +587,9 @@ class ConsoleLogger(Logger):
             parts.append(f"resuming at step {first_step}")
         return "; ".join(parts)
 
-    def eta_seconds(self, step: int) -> float | None:
-        """Seconds left, from the pace since the first logged step (the first includes warm-up costs), capped
-        by the time budget; None until two logged steps have been seen."""
+    def _pace(self, step: int) -> tuple[float, float] | None:
+        """Seconds since the first logged step (which includes warm-up costs) and seconds per step since then;
+        None until two logged steps have been seen."""
         now = time.monotonic()
         if self._clock is None:
             self._clock = (now, step)
@@ -597,10 +597,18 @@ class ConsoleLogger(Logger):
         started, first = self._clock
         if step <= first:
             return None
-        left = (self._total_steps - step) * (now - started) / (step - first)
+        return now - started, (now - started) / (step - first)
+
+    def eta_seconds(self, step: int) -> float | None:
+        """Seconds left at the pace so far, capped by the time budget; None until the pace is known."""
+        pace = self._pace(step)
+        if pace is None:
+            return None
+        elapsed, seconds_per_step = pace
+        left = (self._total_steps - step) * seconds_per_step
         budget = self._run.get("max_minutes") or 0
         if budget:
-            left = min(left, max(0.0, budget * 60 - (now - started)))
+            left = min(left, max(0.0, budget * 60 - elapsed))
         return left
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -630,11 +638,12 @@ class ConsoleLogger(Logger):
         """Under a time budget the tokens a run will see depend on the machine, so once the pace is known,
         say where the budget will end."""
         budget = self._run.get("max_minutes") or 0
-        if self._forecast_done or not budget or self._clock is None:
+        pace = None if self._forecast_done or not budget else self._pace(step)
+        if pace is None:
             return
         self._forecast_done = True
-        started, first = self._clock
-        seconds_per_step = (time.monotonic() - started) / (step - first)
+        _, seconds_per_step = pace
+        first = self._clock[1]
         last_step = min(self._total_steps, first + int(budget * 60 / seconds_per_step))
         if last_step >= self._total_steps:
             return

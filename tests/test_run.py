@@ -133,7 +133,7 @@ def test_an_output_folder_that_cannot_be_made_is_refused_up_front(
     assert fragment in err and f"log.out_dir={out_dir}" in err and "Traceback" not in err
 
 
-def test_the_cpu_hour_profile_keeps_the_seed_recipe_and_stops_on_the_clock():
+def test_the_cpu_hour_profile_keeps_the_seed_recipe_under_a_60_minute_budget():
     config = load_experiment(REPO_ROOT / "experiments" / "cpu_hour.py")
     assert config.train.max_minutes == 60
     ceiling_tokens = config.train.max_steps * config.train.batch_size * config.model.block_size
