@@ -4,6 +4,8 @@ peak memory."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import resource
 import sys
 import time
@@ -55,6 +57,31 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+# glibc's mallopt parameters (malloc.h) and the values set: the largest mmap threshold glibc accepts (so
+# every block below 32 MiB comes from the heap), and a trim threshold and top pad far above a step's churn.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_KEEP_FREED = ((_M_MMAP_THRESHOLD, 32 * 2**20), (_M_TRIM_THRESHOLD, 2**30), (_M_TOP_PAD, 256 * 2**20))
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory in the process instead of returning it to the kernel.
+
+    By default glibc serves every block over its (adaptive) mmap threshold with a fresh ``mmap`` and gives
+    it back on ``free``, and trims the heap top whenever it exceeds 128 KiB. A training step frees and
+    reallocates the same activations and gradients every step, so each step faults in freshly zeroed pages
+    again: measured, 18-22% of a CPU run's time spent in the kernel. Raising the thresholds keeps those
+    pages mapped for the next step. Returns whether the setting took effect (False off glibc)."""
+    libc_name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or libc_name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(libc_name).mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in _KEEP_FREED)
 
 
 def pick_device(name: str) -> torch.device:

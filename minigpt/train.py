@@ -189,6 +189,8 @@ def run(
     model data-parallel; only rank 0 records the run. The process group lives exactly as long as this call,
     also when it fails.
     """
+    if config.train.keep_freed_memory:
+        perf.keep_freed_memory()
     device = distributed.setup(perf.pick_device(config.train.device))
     try:
         saved = checkpoint.load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume
