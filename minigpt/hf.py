@@ -92,6 +92,11 @@ def to_hf(model: GPT, attn_implementation: str = "sdpa"):
             "Share the MiniGPT checkpoint instead (python -m minigpt.sample --checkpoint loads it), or train "
             "with model.norm_position=pre to get a model that exports"
         )
+    if cfg.embedding_norm:
+        raise ValueError(
+            "model.embedding_norm adds a LayerNorm on the embeddings, which GPT-2 does not have: share the "
+            "MiniGPT checkpoint instead (python -m minigpt.sample --checkpoint loads it)"
+        )
     unmerged = [name for name, layer in lora_layers(model).items() if not layer.merged]
     if unmerged:
         raise ValueError(

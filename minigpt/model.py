@@ -46,6 +46,10 @@ class GPTConfig:
     tie_embeddings: bool = True  # the output head reuses the token-embedding matrix (GPT-2 does)
     attention: str = "sdpa"  # "manual": explicit softmax(QK^T/sqrt(d))V; "sdpa": PyTorch's fused kernel
     layer_norm_epsilon: float = 1e-5  # added to the variance inside LayerNorm, for numerical safety
+    # Initialisation controls for ablations (GPT-2 is: False, True, "random").
+    embedding_norm: bool = False  # a LayerNorm on token + position embeddings, before the first block
+    scale_residual_init: bool = True  # branch output projections start at std 0.02 / sqrt(2 * n_layer)
+    head_init: str = "random"  # an untied head starts "random" (std 0.02) or as a copy of the "embedding"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -59,6 +63,12 @@ class GPTConfig:
         check(self.layer_norm_epsilon > 0, "model.layer_norm_epsilon", "must be positive")
         check_choice(self.norm_position, "model.norm_position", ("pre", "post"))
         check_choice(self.attention, "model.attention", ("manual", "sdpa"))
+        check_choice(self.head_init, "model.head_init", ("random", "embedding"))
+        check(
+            self.head_init == "random" or not self.tie_embeddings,
+            "model.head_init",
+            '"embedding" copies the embedding into an untied head; it needs model.tie_embeddings=false',
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -199,6 +209,12 @@ class GPT(nn.Module):
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             )
         )
+        if config.embedding_norm:
+            # Embeddings start at std 0.02 while every post-LN block outputs unit-variance features: a
+            # LayerNorm here puts the first residual sum on the scale the rest of the network works at.
+            self.transformer.ln_e = nn.LayerNorm(
+                config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias
+            )
         if config.norm_position == "pre":
             # Pre-LN leaves the residual stream unnormalised, so it needs one LayerNorm before the head;
             # post-LN blocks already end in one.
@@ -214,10 +230,15 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         # Each block adds two branches to the residual stream; shrinking their output projections keeps
         # the stream's variance from growing with depth (GPT-2 paper, section 2.3).
-        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
-        for name, param in self.named_parameters():
-            if name.endswith("attn.c_proj.weight") or name.endswith("mlp.c_proj.weight"):
-                nn.init.normal_(param, mean=0.0, std=residual_std)
+        if config.scale_residual_init:
+            residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+            for name, param in self.named_parameters():
+                if name.endswith("attn.c_proj.weight") or name.endswith("mlp.c_proj.weight"):
+                    nn.init.normal_(param, mean=0.0, std=residual_std)
+        if config.head_init == "embedding":
+            # Untied, but starting where tying would: what remains is the freedom to drift apart.
+            with torch.no_grad():
+                self.lm_head.weight.copy_(self.transformer.wte.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -279,7 +300,10 @@ class GPT(nn.Module):
             )
         tok = self.transformer.wte(idx)  # (B, T, C)
         pos = self.transformer.wpe.weight[start_pos : start_pos + T]  # (T, C), broadcast over the batch
-        x = self.transformer.drop(tok + pos)
+        x = tok + pos
+        if "ln_e" in self.transformer:
+            x = self.transformer.ln_e(x)
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if caches is None else caches[i])
         if "ln_f" in self.transformer:

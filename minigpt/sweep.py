@@ -288,6 +288,9 @@ class PlannedRun:
     load_start: float | None = None
     """The one-minute load average when the run started (``load_end``: when it ended)."""
     load_end: float | None = None
+    cpu_user_s: float | None = None
+    """CPU time the run's process (and the processes it waited for) spent in user code and in the kernel."""
+    cpu_sys_s: float | None = None
 
 
 def plan(
@@ -382,8 +385,11 @@ class SweepRunner:
                     self.save_state()
                 time.sleep(0.2)
                 for name, (r, proc, started, log) in list(active.items()):
-                    if proc.poll() is None:
+                    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # wait4, unlike poll, gives CPU time
+                    if pid == 0:
                         continue
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    r.cpu_user_s, r.cpu_sys_s = round(usage.ru_utime, 1), round(usage.ru_stime, 1)
                     log.close()
                     r.returncode, r.seconds = proc.returncode, round(time.monotonic() - started, 1)
                     r.load_end = load_average()

@@ -212,3 +212,39 @@ def test_dropout_is_active_only_in_training():
     assert torch.equal(model(idx)[0], model(idx)[0])
     model.train()
     assert not torch.equal(model(idx)[0], model(idx)[0])
+
+
+def test_embedding_norm_puts_the_first_block_input_at_unit_scale():
+    cfg = GPTConfig(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32, norm_position="post")
+    seen = {}
+    for embedding_norm in (False, True):
+        model = GPT(dataclasses.replace(cfg, embedding_norm=embedding_norm))
+        hook = model.transformer.h[0].register_forward_pre_hook(
+            lambda _m, args, key=embedding_norm: seen.__setitem__(key, args[0].std().item())
+        )
+        model(torch.randint(0, 97, (4, 16)))
+        hook.remove()
+    assert seen[False] < 0.1  # two std-0.02 embeddings summed
+    assert seen[True] == pytest.approx(1.0, rel=0.05)
+
+
+def test_scale_residual_init_off_leaves_branch_projections_at_the_base_std():
+    cfg = GPTConfig(vocab_size=97, block_size=16, n_layer=8, n_head=2, n_embd=256)
+    for scale, expected in ((True, 0.02 / math.sqrt(16)), (False, 0.02)):
+        torch.manual_seed(0)
+        model = GPT(dataclasses.replace(cfg, scale_residual_init=scale))
+        std = model.transformer.h[3].mlp.c_proj.weight.std().item()
+        assert std == pytest.approx(expected, rel=0.05)
+
+
+def test_head_init_embedding_starts_an_untied_head_as_a_copy_that_trains_apart():
+    cfg = GPTConfig(vocab_size=97, block_size=16, n_layer=1, n_head=2, n_embd=32, tie_embeddings=False)
+    model = GPT(dataclasses.replace(cfg, head_init="embedding"))
+    assert torch.equal(model.lm_head.weight, model.transformer.wte.weight)
+    assert model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr()
+    assert not torch.equal(GPT(cfg).lm_head.weight, GPT(cfg).transformer.wte.weight)
+
+
+def test_head_init_embedding_needs_an_untied_head():
+    with pytest.raises(ValueError, match="model.head_init.*tie_embeddings=false"):
+        GPTConfig(head_init="embedding")

@@ -1,0 +1,677 @@
+"""Run an ablation study: each variant at its own best learning rate, then paired seeds, then the report.
+
+    python -m minigpt.study sweeps/studies/cpu.yaml [--parallel N] [--threads T] [--out-dir runs/studies]
+        [--dry-run] [--report-out DIR [--records DIR]]
+
+A sweep runs a grid; a study runs the protocol a reviewer expects of an ablation:
+
+1. **Learning rate per variant.** Every variant with its own ``lr_grid`` is trained at each grid value,
+   pruned by successive halving: the rungs (default 1/9, 1/3 and the whole budget) train for that fraction
+   of the steps (warmup scaled alike), and after each rung the best ``keep`` fraction of the rates (by mean
+   validation loss over the rung's seeds) goes on. A rung short of the whole budget uses the first selection
+   seed; the whole budget uses every selection seed. When the winner sits at an edge of the grid, the grid
+   grows by one step that way (up to ``max_extend`` times) until an inner value wins.
+2. **Seeds.** Each variant at its chosen rate (or, with ``lr_from``, at another variant's), for every one of
+   ``seeds``: the same seeds for all variants, so runs with the same seed see the same batches and the
+   comparisons are paired. Phase-1 runs at the chosen rate and whole budget count as seeds already.
+3. **Report.** ``--report-out`` writes the tests each question asks for with ``analysis.study_report``.
+
+Re-running the command continues where it stopped: a run whose ``summary.json`` says ``finished`` is never
+repeated, and the choices are recomputed from the records, so they come out the same. ``study.json`` in the
+study's folder records the plan, every run (with its load average at start and end and its CPU time) and
+each variant's chosen rate; the run directories are ``<out-dir>/<study>/runs/<run>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from minigpt.config import ConfigError, ExperimentConfig, apply_overrides, load_experiment
+from minigpt.storage import atomic_write_json
+from minigpt.sweep import PlannedRun, SweepRunner, load_average
+
+QUESTION_KINDS = ("difference", "equivalence", "success")
+STUDY_KEYS = {
+    "name": "the study's name: its folder under --out-dir",
+    "base": "the experiment file every run starts from",
+    "overrides": "config overrides for every run (the budget: train.max_steps, batch size, ...)",
+    "lr_grid": "learning rates tried for every variant that has no lr_from (at least 5, log-spaced)",
+    "rungs": "fractions of the budget for successive halving, ending at 1",
+    "keep": "fraction of the rates kept after each rung",
+    "max_extend": "how often the grid may grow past an edge",
+    "selection_seeds": "seeds of phase 1 (the learning-rate choice)",
+    "seeds": "seeds of phase 2, the same for every variant",
+    "select_metric": "what phase 1 minimises",
+    "test_metric": "what the report tests",
+    "variants": "list of {label, overrides, lr_from}",
+    "questions": "list of {name, title, kind, baseline, variants, margin, rule}",
+}
+VARIANT_KEYS = ("label", "overrides", "lr_from")
+QUESTION_KEYS = ("name", "title", "kind", "baseline", "variants", "margin", "rule")
+RULE_KEYS = ("metric", "below", "below_unigram_by")
+DEFAULT_RUNGS = (1 / 9, 1 / 3, 1.0)
+ASSUMED_OVERHEAD_S = 25.0
+"""Start-up and final evaluation of one run, until finished runs of the study give a measured figure."""
+
+
+class StudyError(ValueError):
+    """A study file or option that cannot be used; the message names the line."""
+
+
+@dataclass
+class Variant:
+    label: str
+    overrides: dict[str, Any]
+    lr_from: str | None = None
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9.]+", "-", self.label).strip("-").lower()
+
+
+@dataclass
+class Question:
+    name: str
+    title: str
+    kind: str
+    baseline: str
+    variants: list[str]
+    margin: float | None = None
+    """Equivalence margin as a perplexity ratio (0.02: within 2%)."""
+    rule: dict[str, Any] | None = None
+    """Success rule: ``metric`` below ``below``, or below the unigram loss minus ``below_unigram_by``."""
+
+
+@dataclass
+class Study:
+    path: Path
+    name: str
+    base: str
+    overrides: dict[str, Any]
+    lr_grid: list[float]
+    variants: list[Variant]
+    questions: list[Question]
+    rungs: list[float] = field(default_factory=lambda: list(DEFAULT_RUNGS))
+    keep: float = 1 / 3
+    max_extend: int = 2
+    selection_seeds: list[int] = field(default_factory=lambda: [1, 2])
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    select_metric: str = "final_val/loss"
+    test_metric: str = "final_test/loss"
+
+    def variant(self, label: str) -> Variant:
+        return next(v for v in self.variants if v.label == label)
+
+    def config_of(self, variant: Variant) -> ExperimentConfig:
+        return apply_overrides(load_experiment(self.base), {**self.overrides, **variant.overrides})
+
+
+# ------------------------------------------------------------------------------------------ the study file
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _mapping_lines(node: yaml.Node) -> dict[str, int]:
+    """Key -> line of a YAML mapping node, so errors can point at the line."""
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {k.value: _line(k) for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+
+
+def _check_keys(path: Path, where: str, values: dict, allowed, lines: dict[str, int], node_line: int) -> None:
+    for key in values:
+        if key not in allowed:
+            raise StudyError(
+                f"{path}:{lines.get(key, node_line)}: unknown key {key!r} in {where}; "
+                f"valid keys: {', '.join(allowed)}"
+            )
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and check a study file: every mistake is a ``StudyError`` naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"study file {path} does not exist")
+    text = path.read_text()
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise StudyError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(spec, dict):
+        raise StudyError(f"{path}: a study file is a mapping (name, base, variants, questions, ...)")
+    lines = _mapping_lines(root)
+    _check_keys(path, "the study", spec, STUDY_KEYS, lines, 1)
+    for key in ("name", "base", "variants", "questions"):
+        if key not in spec:
+            raise StudyError(f"{path}: missing {key!r} ({STUDY_KEYS[key]})")
+    value_nodes = {k.value: v for k, v in root.value}
+
+    def where(key: str) -> str:
+        return f"{path}:{lines.get(key, 1)}"
+
+    variants = _load_variants(path, spec["variants"], value_nodes["variants"])
+    labels = [v.label for v in variants]
+    study = Study(
+        path=path,
+        name=str(spec["name"]),
+        base=str(spec["base"]),
+        overrides=dict(spec.get("overrides") or {}),
+        lr_grid=sorted(float(x) for x in spec.get("lr_grid", [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3])),
+        variants=variants,
+        questions=_load_questions(path, spec["questions"], value_nodes["questions"], labels),
+        rungs=[float(x) for x in spec.get("rungs", DEFAULT_RUNGS)],
+        keep=float(spec.get("keep", 1 / 3)),
+        max_extend=int(spec.get("max_extend", 2)),
+        selection_seeds=[int(s) for s in spec.get("selection_seeds", [1, 2])],
+        seeds=[int(s) for s in spec.get("seeds", [1, 2, 3, 4, 5])],
+        select_metric=str(spec.get("select_metric", "final_val/loss")),
+        test_metric=str(spec.get("test_metric", "final_test/loss")),
+    )
+    if len(study.lr_grid) < 2 or any(lr <= 0 for lr in study.lr_grid):
+        raise StudyError(f"{where('lr_grid')}: lr_grid needs at least two positive learning rates")
+    if not study.rungs or study.rungs[-1] != 1.0 or any(not 0 < r <= 1 for r in study.rungs):
+        raise StudyError(f"{where('rungs')}: rungs are fractions in (0, 1] that end at 1, got {study.rungs}")
+    if study.rungs != sorted(study.rungs):
+        raise StudyError(f"{where('rungs')}: rungs must increase, got {study.rungs}")
+    if not 0 < study.keep <= 1:
+        raise StudyError(f"{where('keep')}: keep is a fraction in (0, 1], got {study.keep}")
+    if not study.selection_seeds:
+        raise StudyError(f"{where('selection_seeds')}: phase 1 needs at least one seed")
+    paired = [q for q in study.questions if q.kind in ("difference", "equivalence")]
+    if paired and len(study.seeds) < 2:
+        raise StudyError(
+            f"{where('seeds')}: question {paired[0].name!r} is a paired test and needs at least two seeds, "
+            f"got {len(study.seeds)}"
+        )
+    if len(set(study.seeds)) != len(study.seeds):
+        raise StudyError(f"{where('seeds')}: seeds repeat: {study.seeds}")
+    try:
+        base = load_experiment(study.base)
+        apply_overrides(base, study.overrides)
+    except ConfigError as e:
+        raise StudyError(f"{where('base')}: {e}") from None
+    variant_nodes = value_nodes["variants"].value
+    for variant, node in zip(variants, variant_nodes, strict=True):
+        try:
+            study.config_of(variant)
+        except ConfigError as e:
+            raise StudyError(f"{path}:{_line(node)}: variant {variant.label!r}: {e}") from None
+    return study
+
+
+def _load_variants(path: Path, items: Any, node: yaml.Node) -> list[Variant]:
+    if not isinstance(items, list) or not items:
+        raise StudyError(f"{path}:{_line(node)}: variants is a non-empty list of {{label, overrides}}")
+    variants: list[Variant] = []
+    for item, item_node in zip(items, node.value, strict=True):
+        line = _line(item_node)
+        if not isinstance(item, dict) or "label" not in item:
+            raise StudyError(f"{path}:{line}: a variant is a mapping with a label (and overrides)")
+        _check_keys(path, f"variant {item['label']!r}", item, VARIANT_KEYS, _mapping_lines(item_node), line)
+        overrides = item.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise StudyError(f"{path}:{line}: variant {item['label']!r}: overrides is a key: value mapping")
+        if any(k in ("train.lr", "lr", "train.seed", "seed") for k in overrides):
+            raise StudyError(
+                f"{path}:{line}: variant {item['label']!r}: the study chooses lr and seed; "
+                "use lr_grid, lr_from and seeds instead"
+            )
+        if item["label"] in {v.label for v in variants}:
+            raise StudyError(f"{path}:{line}: two variants are labelled {item['label']!r}")
+        variants.append(Variant(str(item["label"]), dict(overrides), item.get("lr_from")))
+    labels = {v.label for v in variants}
+    for variant, item_node in zip(variants, node.value, strict=True):
+        if variant.lr_from is None:
+            continue
+        source = next((v for v in variants if v.label == variant.lr_from), None)
+        if source is None or source.lr_from is not None:
+            raise StudyError(
+                f"{path}:{_line(item_node)}: variant {variant.label!r}: lr_from must name a variant that "
+                f"chooses its own rate (one of {', '.join(sorted(labels - {variant.label}))}), "
+                f"got {variant.lr_from!r}"
+            )
+    return variants
+
+
+def _load_questions(path: Path, items: Any, node: yaml.Node, labels: list[str]) -> list[Question]:
+    if not isinstance(items, list) or not items:
+        raise StudyError(f"{path}:{_line(node)}: questions is a non-empty list")
+    questions = []
+    for item, item_node in zip(items, node.value, strict=True):
+        line = _line(item_node)
+        if not isinstance(item, dict):
+            raise StudyError(f"{path}:{line}: a question is a mapping (name, kind, baseline, variants)")
+        _check_keys(path, "a question", item, QUESTION_KEYS, _mapping_lines(item_node), line)
+        name = str(item.get("name", ""))
+        kind = item.get("kind")
+        if not name or kind not in QUESTION_KINDS:
+            raise StudyError(
+                f"{path}:{line}: a question needs a name and a kind ({', '.join(QUESTION_KINDS)})"
+            )
+        if "margin" in item and kind != "equivalence":
+            raise StudyError(
+                f"{path}:{line}: question {name!r}: a margin needs kind: equivalence, not {kind}"
+            )
+        if kind == "equivalence" and not (isinstance(item.get("margin"), int | float) and item["margin"] > 0):
+            raise StudyError(
+                f"{path}:{line}: question {name!r}: an equivalence test needs its margin fixed in the file "
+                "(e.g. margin: 0.02 for +-2% in perplexity)"
+            )
+        rule = item.get("rule")
+        if kind == "success":
+            if not isinstance(rule, dict) or not (set(rule) & {"below", "below_unigram_by"}):
+                raise StudyError(
+                    f"{path}:{line}: question {name!r}: a success question needs a rule, e.g. "
+                    "rule: {metric: final_val/loss, below_unigram_by: 0.5}"
+                )
+            _check_keys(path, f"the rule of {name!r}", rule, RULE_KEYS, {}, line)
+        elif rule is not None:
+            raise StudyError(f"{path}:{line}: question {name!r}: a rule needs kind: success, not {kind}")
+        named = [item.get("baseline"), *(item.get("variants") or [])]
+        unknown = [label for label in named if label not in labels]
+        if unknown or not item.get("variants"):
+            raise StudyError(
+                f"{path}:{line}: question {name!r}: baseline and variants must name variants "
+                f"({', '.join(labels)}); unknown: {', '.join(map(str, unknown)) or 'no variants given'}"
+            )
+        questions.append(
+            Question(
+                name,
+                str(item.get("title", name)),
+                kind,
+                item["baseline"],
+                list(item["variants"]),
+                item.get("margin"),
+                rule,
+            )
+        )
+    return questions
+
+
+# ---------------------------------------------------------------------------------------------- the runs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    variant: str
+    lr: float
+    seed: int
+    steps: int
+    phase: str
+
+    def name(self, study: Study) -> str:
+        return f"{study.variant(self.variant).slug}_lr-{self.lr:.4g}_seed-{self.seed}_steps-{self.steps}"
+
+
+def budget(study: Study, variant: Variant) -> tuple[int, int]:
+    """The variant's whole budget in steps and its warmup steps."""
+    train = study.config_of(variant).train
+    return train.max_steps, train.warmup_steps
+
+
+def rung_steps(study: Study, variant: Variant, fraction: float) -> tuple[int, int]:
+    steps, warmup = budget(study, variant)
+    return max(1, round(steps * fraction)), round(warmup * fraction)
+
+
+def command_for(study: Study, spec: RunSpec, runs_dir: Path, threads: int) -> list[str]:
+    variant = study.variant(spec.variant)
+    steps, warmup = budget(study, variant)
+    overrides = {**study.overrides, **variant.overrides}
+    overrides.update({"train.lr": spec.lr, "train.seed": spec.seed})
+    if spec.steps != steps:  # a rung short of the whole budget: the schedule shrinks with it
+        overrides.update(
+            {"train.max_steps": spec.steps, "train.warmup_steps": round(warmup * spec.steps / steps)}
+        )
+    args = [f"--{k}={v}" for k, v in overrides.items()]
+    args += [f"--log.out_dir={runs_dir}", f"--log.run_name={spec.name(study)}", f"--log.sweep={study.name}"]
+    if threads:
+        args.append(f"--train.threads={threads}")
+    return [sys.executable, "run.py", study.base, *args]
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def score(study: Study, runs_dir: Path, specs: list[RunSpec]) -> float:
+    """Mean selection metric over the runs; inf when any failed or is not finite (a diverged rate loses)."""
+    values = []
+    for spec in specs:
+        summary = read_summary(runs_dir / spec.name(study))
+        value = summary.get(study.select_metric)
+        if (
+            summary.get("status") != "finished"
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            return math.inf
+        values.append(value)
+    return statistics.fmean(values)
+
+
+class Executor:
+    """Runs batches of specs through the sweep runner and keeps ``study.json`` up to date."""
+
+    def __init__(self, study: Study, study_dir: Path, parallel: int, threads: int) -> None:
+        self.study, self.study_dir, self.parallel, self.threads = study, study_dir, parallel, threads
+        self.runs_dir = study_dir / "runs"
+        self.records: dict[str, dict[str, Any]] = {}
+        self.chosen: dict[str, float] = {}
+        self.grids: dict[str, list[float]] = {}
+        previous = study_dir / "study.json"
+        if previous.is_file():
+            with open(previous) as f:
+                self.records = {r["name"]: r for r in json.load(f).get("runs", [])}
+
+    def run_batch(self, specs: list[RunSpec]) -> None:
+        """Run every spec not finished yet, ``parallel`` at a time; record each."""
+        specs = list(dict.fromkeys(specs))
+        for spec in specs:
+            name = spec.name(self.study)
+            record = self.records.setdefault(name, {"name": name})
+            record.update(
+                {"variant": spec.variant, "phase": record.get("phase", spec.phase), "lr": spec.lr}
+                | {"seed": spec.seed, "steps": spec.steps}
+            )
+        planned = [
+            PlannedRun(spec.name(self.study), command_for(self.study, spec, self.runs_dir, self.threads))
+            for spec in specs
+        ]
+        todo = [r for r in planned if read_summary(self.runs_dir / r.name).get("status") != "finished"]
+        if todo:
+            SweepRunner(todo, self.runs_dir, self.parallel, self.threads).run()
+        for r in todo:
+            self.records[r.name].update(
+                {k: getattr(r, k) for k in ("returncode", "seconds", "load_start", "load_end")}
+                | {"cpu_user_s": r.cpu_user_s, "cpu_sys_s": r.cpu_sys_s}
+            )
+        for spec in specs:
+            summary = read_summary(self.runs_dir / spec.name(self.study))
+            self.records[spec.name(self.study)]["status"] = summary.get("status", "failed")
+        self.save()
+
+    def save(self, **extra: Any) -> None:
+        study = self.study
+        state = {
+            "study": study.name,
+            "file": str(study.path),
+            "base": study.base,
+            "overrides": study.overrides,
+            "select_metric": study.select_metric,
+            "test_metric": study.test_metric,
+            "seeds": study.seeds,
+            "selection_seeds": study.selection_seeds,
+            "rungs": study.rungs,
+            "variants": [
+                {
+                    "label": v.label,
+                    "overrides": v.overrides,
+                    "lr_from": v.lr_from,
+                    "lr_grid": self.grids.get(v.label, []),
+                    "chosen_lr": self.chosen.get(v.lr_from or v.label),
+                    "budget": dict(zip(("steps", "warmup_steps"), budget(study, v), strict=True)),
+                }
+                for v in study.variants
+            ],
+            "questions": [vars(q) for q in study.questions],
+            "runs": list(self.records.values()),
+        }
+        previous = self.study_dir / "study.json"
+        if previous.is_file():
+            old = json.loads(previous.read_text())
+            state.update({k: old[k] for k in ("unigram_loss", "machine") if k in old})
+        state.update(extra)
+        atomic_write_json(previous, state)
+
+
+# ------------------------------------------------------------------------------------------------ phases
+
+
+def choose_learning_rates(study: Study, ex: Executor) -> dict[str, float]:
+    """Phase 1: successive halving over each tuned variant's grid, then grow the grid past a winning edge."""
+    tuned = [v for v in study.variants if v.lr_from is None]
+    alive = {v.label: list(study.lr_grid) for v in tuned}
+    ex.grids = {v.label: list(study.lr_grid) for v in tuned}
+    for i, fraction in enumerate(study.rungs):
+        last = i == len(study.rungs) - 1
+        seeds = study.selection_seeds if last else study.selection_seeds[:1]
+        specs = {
+            v.label: {
+                lr: [RunSpec(v.label, lr, s, rung_steps(study, v, fraction)[0], "lr") for s in seeds]
+                for lr in alive[v.label]
+            }
+            for v in tuned
+        }
+        ex.run_batch([s for per_lr in specs.values() for group in per_lr.values() for s in group])
+        for v in tuned:
+            ranked = sorted(alive[v.label], key=lambda lr, v=v: score(study, ex.runs_dir, specs[v.label][lr]))
+            alive[v.label] = ranked if last else ranked[: max(1, math.ceil(len(ranked) * study.keep))]
+    chosen = {label: lrs[0] for label, lrs in alive.items()}
+    for _ in range(study.max_extend):
+        edges = {label: past_edge(ex.grids[label], lr) for label, lr in chosen.items()}
+        edges = {label: lr for label, lr in edges.items() if lr is not None}
+        if not edges:
+            break
+        batch = {
+            label: [
+                RunSpec(label, lr, s, budget(study, study.variant(label))[0], "lr")
+                for s in study.selection_seeds
+            ]
+            for label, lr in edges.items()
+        }
+        ex.run_batch([s for group in batch.values() for s in group])
+        for label, lr in edges.items():
+            ex.grids[label] = sorted([*ex.grids[label], lr])
+            best = [RunSpec(label, chosen[label], s.seed, s.steps, "lr") for s in batch[label]]
+            if score(study, ex.runs_dir, batch[label]) < score(study, ex.runs_dir, best):
+                chosen[label] = lr
+    return chosen
+
+
+def past_edge(grid: list[float], best: float) -> float | None:
+    """The next rate beyond the grid's edge when ``best`` sits on that edge (same ratio as the grid's first
+    step), else None: an inner winner needs no more rates."""
+    ratio = grid[1] / grid[0]
+    if best == grid[0]:
+        return grid[0] / ratio
+    if best == grid[-1]:
+        return grid[-1] * ratio
+    return None
+
+
+def seed_runs(study: Study, ex: Executor, chosen: dict[str, float]) -> None:
+    """Phase 2: every variant at its chosen rate, for every seed (the same seeds for all)."""
+    specs = []
+    for v in study.variants:
+        lr = chosen.get(v.lr_from or v.label)
+        if lr is None:
+            continue
+        steps = budget(study, v)[0]
+        specs += [RunSpec(v.label, lr, s, steps, "seeds") for s in study.seeds]
+    ex.run_batch(specs)
+
+
+def unigram_loss(study: Study) -> float:
+    """Entropy (nats) of the training split's unigram distribution: the loss of a model that ignores context,
+    the level below which a run has learnt something beyond token frequencies."""
+    import numpy as np
+
+    from minigpt.data import load_split, load_tokenizer
+
+    config = load_experiment(study.base)
+    config = apply_overrides(config, study.overrides)
+    tokens = load_split(config.data, "train", load_tokenizer(config.data), show_progress=False).tokens
+    counts = np.bincount(np.asarray(tokens), minlength=config.model.vocab_size).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+
+
+def estimate(study: Study, ex: Executor) -> tuple[float, float, str]:
+    """Tokens per second of one run and the seconds a run spends outside training, from the study's finished
+    runs when there are any; else assumed, and said so."""
+    rates, overheads = [], []
+    for name, record in ex.records.items():
+        summary = read_summary(ex.runs_dir / name)
+        if summary.get("status") == "finished" and record.get("seconds"):
+            rates.append(summary["tokens_per_sec"])
+            overheads.append(record["seconds"] - summary["train_seconds"])
+    if rates:
+        return (
+            statistics.median(rates),
+            statistics.median(overheads),
+            f"measured on {len(rates)} finished runs",
+        )
+    config = study.config_of(study.variants[0])
+    return 0.0, ASSUMED_OVERHEAD_S, f"no finished run yet: {config.name} speed unknown"
+
+
+def describe_plan(study: Study, ex: Executor, parallel: int) -> str:
+    """Runs and tokens of each phase (phase 1 at its largest: every edge grown), and the time they take at
+    the measured speed."""
+    tuned = [v for v in study.variants if v.lr_from is None]
+    lines = [f"study {study.name}: {len(study.variants)} variants ({len(tuned)} with their own lr grid)"]
+    totals = {"runs": 0, "tokens": 0}
+
+    def add(phase: str, runs: list[tuple[Variant, int]]) -> None:
+        tokens = 0
+        for variant, steps in runs:
+            train = study.config_of(variant).train
+            tokens += steps * train.batch_size * study.config_of(variant).model.block_size
+        totals["runs"] += len(runs)
+        totals["tokens"] += tokens
+        lines.append(f"  {phase}: {len(runs)} runs, {tokens:,} training tokens")
+
+    n = len(study.lr_grid)
+    for i, fraction in enumerate(study.rungs):
+        seeds = len(study.selection_seeds) if i == len(study.rungs) - 1 else 1
+        add(
+            f"phase 1, rung {i + 1} ({fraction:.3g} of the budget, {n} rates x {seeds} seed(s))",
+            [(v, rung_steps(study, v, fraction)[0]) for v in tuned for _ in range(n * seeds)],
+        )
+        n = max(1, math.ceil(n * study.keep))
+    add(
+        f"phase 1, grid growth (at most {study.max_extend} more rates each)",
+        [
+            (v, budget(study, v)[0])
+            for v in tuned
+            for _ in range(study.max_extend * len(study.selection_seeds))
+        ],
+    )
+    new_seeds = [s for s in study.seeds if s not in study.selection_seeds]
+    add(
+        f"phase 2 ({len(study.seeds)} seeds; the selection seeds' runs at the chosen rate are reused)",
+        [
+            (v, budget(study, v)[0])
+            for v in study.variants
+            for _ in (new_seeds if v.lr_from is None else study.seeds)
+        ],
+    )
+    rate, overhead, basis = estimate(study, ex)
+    finished = sum(read_summary(ex.runs_dir / name).get("status") == "finished" for name in ex.records)
+    lines.append(
+        f"  at most {totals['runs']} runs, {totals['tokens']:,} training tokens; {finished} already finished"
+    )
+    if rate:
+        seconds = (totals["tokens"] / rate + totals["runs"] * overhead) / parallel
+        lines.append(
+            f"  about {seconds / 3600:.1f} h at most with {parallel} in parallel, on this machine: "
+            f"{rate:,.0f} tokens/s a run and {overhead:.0f} s of start-up and evaluation each ({basis})"
+        )
+    else:
+        lines.append(f"  time: {basis}; it is printed once runs finish")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    info: dict[str, Any] = {"platform": platform.platform(), "cores": os.cpu_count()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return info
+    for line in lscpu.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Model name":
+            info["cpu"] = value.strip()
+        if key.strip() == "Flags":
+            flags = value.split()
+            info["bf16"] = "avx512_bf16" in flags or "amx_bf16" in flags
+            info["flags"] = [f for f in flags if f.startswith(("avx", "amx"))]
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minigpt.study", description=__doc__.split("\n")[0])
+    parser.add_argument("file", help="the study file (YAML), e.g. sweeps/studies/cpu.yaml")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at the same time")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads per run (default: cores // parallel)"
+    )
+    parser.add_argument("--out-dir", default="runs/studies", help="the study's folder goes under this")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--report-out", default="", help="after phase 2, write the report into this folder")
+    parser.add_argument("--records", default="", help="with --report-out: copy the run records here first")
+    args = parser.parse_args(argv)
+    if args.parallel < 1:
+        parser.error(f"--parallel must be >= 1, got {args.parallel}")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0 (0: cores // parallel), got {args.threads}")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.parallel)
+    try:
+        study = load_study(args.file)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    study_dir = Path(args.out_dir) / study.name
+    ex = Executor(study, study_dir, args.parallel, threads)
+    print(describe_plan(study, ex, args.parallel), flush=True)
+    if args.dry_run:
+        return 0
+    study_dir.mkdir(parents=True, exist_ok=True)
+    ex.save(machine=machine(), unigram_loss=unigram_loss(study), load_at_start=load_average())
+    started = time.time()
+    chosen = choose_learning_rates(study, ex)
+    ex.chosen = chosen
+    ex.save()
+    print("[study] chosen learning rates: " + ", ".join(f"{k} {v:g}" for k, v in chosen.items()), flush=True)
+    seed_runs(study, ex, chosen)
+    ex.save(load_at_end=load_average(), last_session_seconds=round(time.time() - started, 1))
+    failed = [name for name, r in ex.records.items() if r.get("status") != "finished"]
+    if failed:
+        print(f"[study] {len(failed)} runs did not finish: {', '.join(failed)}", file=sys.stderr)
+    if args.report_out:
+        from analysis.study_report import write_study_report
+
+        path = write_study_report(
+            study_dir, Path(args.report_out), Path(args.records) if args.records else None
+        )
+        print(f"[study] report: {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
