@@ -120,13 +120,19 @@ class TrainConfig:
     log_interval: int = 10
     """Steps between metric rows (train/loss is the mean over these steps)."""
     log_layer_grad_norms: bool = False
-    """Also log each block's gradient norm (for pre-LN versus post-LN comparisons)."""
+    """Also log each block's gradient norm and activation diagnostics (``minigpt.diagnostics``: LayerNorm
+    input RMS, branch-to-residual ratios), for pre-LN versus post-LN comparisons."""
+    dense_log_steps: int = 0
+    """Log every step (and, with an evaluation interval, estimate validation loss at step 0) until this
+    step, then every ``log_interval``: the first steps, where a run collapses or takes off, at full
+    resolution."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "micro_batch_size", "max_steps", "log_interval"):
             check(getattr(self, name) > 0, f"train.{name}", f"must be positive, got {getattr(self, name)}")
         for name in (
             "warmup_steps",
+            "dense_log_steps",
             "eval_interval",
             "eval_batches",
             "eval_stride",

@@ -18,7 +18,18 @@ from typing import Any
 
 import torch
 
-from minigpt import checkpoint, data, distributed, export, lora, perf, provenance, storage, tracking
+from minigpt import (
+    checkpoint,
+    data,
+    diagnostics,
+    distributed,
+    export,
+    lora,
+    perf,
+    provenance,
+    storage,
+    tracking,
+)
 from minigpt.config import ConfigError, ExperimentConfig, TrainConfig, flatten
 from minigpt.evaluate import EvalResult, evaluate
 from minigpt.model import GPT, GPTConfig
@@ -348,6 +359,12 @@ def train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
     try:
         if trainer.config.init_from and trainer.state.step == 0:
             trainer.evaluate_before_training()
+        elif (
+            trainer.state.step == 0
+            and trainer.config.train.dense_log_steps
+            and trainer.config.train.eval_interval
+        ):
+            trainer.periodic_eval()  # the curve's first point: the untrained model
         try:
             trainer.train()
         except KeyboardInterrupt:
@@ -431,6 +448,9 @@ class Trainer:
         self.data_parallel = distributed.wrap(model, device)
         self.wrapped_model = torch.compile(self.data_parallel) if t.compile else self.data_parallel
         self.state = TrainingState()
+        self.diagnostics = (
+            diagnostics.BlockDiagnostics(model.transformer.h) if t.log_layer_grad_norms else None
+        )
         self.tokens_per_step = t.batch_size * self.block_size
         self.flops_per_token = model.flops_per_token(self.block_size)
         self.peak_flops = self.world_size * (  # of the whole job, as tokens per second count every process
@@ -580,7 +600,13 @@ class Trainer:
         window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
         while self.state.step < t.max_steps and not self.out_of_time():
             step_start = time.perf_counter()
-            will_log = (self.state.step + 1) % t.log_interval == 0 or self.state.step + 1 == t.max_steps
+            will_log = (
+                (self.state.step + 1) % t.log_interval == 0
+                or self.state.step + 1 == t.max_steps
+                or self.state.step < t.dense_log_steps
+            )
+            if self.diagnostics is not None and will_log:
+                self.diagnostics.measure()  # the values of the step's last micro-batch are logged
             lr = lr_at(self.state.step, self.config, self.time_spent())
             loss, grad_norm, block_norms = self.train_step(lr, t.log_layer_grad_norms and will_log)
             self.state.step += 1
@@ -601,6 +627,7 @@ class Trainer:
                         "perf/mfu": tokens_per_sec * self.flops_per_token / self.peak_flops,
                         "perf/peak_mem_mb": perf.peak_memory_mb(self.device),
                         **block_norms,
+                        **(self.diagnostics.take() if self.diagnostics is not None else {}),
                     },
                     step=self.state.step,
                 )

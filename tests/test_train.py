@@ -301,3 +301,26 @@ def test_skip_nonfinite_skips_the_bad_step_and_trains_on(tiny_corpus, tmp_path, 
     assert all(
         torch.isfinite(t).all() for t in checkpoint.load_checkpoint(tmp_path / "run")["model"].values()
     )
+
+
+def test_dense_logging_records_diagnostics_every_early_step_and_validation_at_step_zero(
+    tiny_corpus, tmp_path
+):
+    config = tiny_config(
+        tiny_corpus,
+        tmp_path,
+        {
+            "train.max_steps": 8,
+            "train.log_interval": 4,
+            "train.dense_log_steps": 3,
+            "train.log_layer_grad_norms": True,
+        },
+    )
+    train.run(config)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if "train/loss" in r]
+    assert train_steps == [1, 2, 3, 4, 8]
+    assert rows[0]["step"] == 0 and "val/loss" in rows[0] and rows[0]["train/tokens"] == 0
+    logged = next(r for r in rows if "train/loss" in r)
+    assert logged["diag/ln_input_rms/layer_0"] > 0
+    assert 0 < logged["diag/attn_ratio/layer_0"] < 100 and 0 < logged["diag/mlp_ratio/layer_0"] < 100

@@ -1,0 +1,167 @@
+"""The study command: its file is checked line by line, phase 1 finds the best rate (and grows the grid past a
+winning edge), and the whole protocol runs, resumes and never repeats a finished run."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from helpers import tiny_config, write_experiment
+
+from minigpt import study as study_mod
+from minigpt.study import Executor, RunSpec, StudyError, choose_learning_rates, load_study, main
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def base_file(tiny_corpus, tmp_path) -> Path:
+    return write_experiment(tmp_path / "base.py", tiny_config(tiny_corpus, tmp_path / "unused"))
+
+
+def write_study(tmp_path: Path, base: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(f"name: s\nbase: {base}\n" + text)
+    return path
+
+
+GOOD = """lr_grid: [0.001, 0.002, 0.004, 0.008, 0.016]
+variants:
+  - label: a
+  - label: b
+    overrides: {model.n_head: 1}
+    lr_from: a
+questions:
+  - {name: q, kind: difference, baseline: a, variants: [b]}
+"""
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (GOOD + "colour: red\n", r"study.yaml:11: unknown key 'colour' in the study"),
+        (GOOD.replace("lr_from: a", "lr_form: a"), r"study.yaml:8: unknown key 'lr_form' in variant 'b'"),
+        (
+            GOOD.replace("kind: difference,", "kind: difference, margin: 0.02,"),
+            r":10: .*margin needs kind: equiv",
+        ),
+        (GOOD.replace("kind: difference", "kind: equivalence"), r":10: .*equivalence test needs its margin"),
+        (GOOD + "seeds: [1]\n", r":11: question 'q' is a paired test and needs at least two seeds"),
+        (GOOD.replace("variants: [b]", "variants: [c]"), r":10: .*unknown: c"),
+        (GOOD.replace("{model.n_head: 1}", "{train.lr: 0.1}"), r":6: variant 'b': the study chooses lr"),
+        (GOOD.replace("{model.n_head: 1}", "{model.n_haed: 1}"), r":6: variant 'b': .*n_haed"),
+        (GOOD.replace("lr_from: a", "lr_from: b"), r":6: variant 'b': lr_from must name"),
+        (GOOD.replace("kind: difference", "kind: success"), r":10: .*success question needs a rule"),
+    ],
+)
+def test_a_bad_study_file_is_an_error_naming_its_line(tmp_path, base_file, text, message):
+    with pytest.raises(StudyError, match=message):
+        load_study(write_study(tmp_path, base_file, text))
+
+
+def test_a_bad_study_file_exits_2_with_one_line(tmp_path, base_file, capsys):
+    assert main([str(write_study(tmp_path, base_file, GOOD + "colour: red\n")), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key 'colour'" in err[0]
+
+
+def fake_runs(best_lr: float, calls: list[str]):
+    """Stand in for training: a run's validation loss is a bowl in log(lr) around ``best_lr``, lower for
+    longer runs, so the best rate is known."""
+
+    def run_batch(self: Executor, specs: list[RunSpec]) -> None:
+        for spec in specs:
+            run_dir = self.runs_dir / spec.name(self.study)
+            if (run_dir / "summary.json").exists():
+                continue
+            calls.append(spec.name(self.study))
+            run_dir.mkdir(parents=True)
+            loss = math.log(spec.lr / best_lr) ** 2 + 10 / spec.steps + 0.01 * spec.seed
+            summary = {"status": "finished", "final_val/loss": loss}
+            (run_dir / "summary.json").write_text(json.dumps(summary))
+
+    return run_batch
+
+
+@pytest.mark.parametrize(
+    "best_lr, chosen",
+    [
+        (0.004, 0.004),  # inside the grid
+        (0.0045, 0.004),
+        (0.05, 0.064),  # past the top edge: the grid grows twice, to 0.032 then 0.064
+        (0.0006, 0.0005),  # past the bottom edge: grows once, and 0.00025 would be worse
+    ],
+)
+def test_phase_one_finds_the_best_rate_of_a_known_objective(
+    tmp_path, base_file, monkeypatch, best_lr, chosen
+):
+    study = load_study(write_study(tmp_path, base_file, GOOD.replace("max_steps", "") + "max_extend: 2\n"))
+    calls: list[str] = []
+    monkeypatch.setattr(Executor, "run_batch", fake_runs(best_lr, calls))
+    ex = Executor(study, tmp_path / "out", parallel=1, threads=1)
+    assert choose_learning_rates(study, ex) == {"a": pytest.approx(chosen)}
+    # 5 rates at 1/9 of the budget, the best 2 at 1/3, the best one at the whole budget with 2 seeds
+    assert sum(c.endswith("_steps-1") for c in calls) == 5  # 6 steps x 1/9 rounds to 1
+    assert sum(c.endswith("_steps-2") for c in calls) == 2
+    assert len(calls) >= 5 + 2 + 2
+
+
+def test_successive_halving_keeps_the_best_third_and_runs_the_winner_with_every_selection_seed(
+    tmp_path, base_file, monkeypatch
+):
+    study = load_study(write_study(tmp_path, base_file, GOOD))
+    calls: list[str] = []
+    monkeypatch.setattr(Executor, "run_batch", fake_runs(0.004, calls))
+    choose_learning_rates(study, Executor(study, tmp_path / "out", parallel=1, threads=1))
+    whole = [c for c in calls if c.endswith("_steps-6")]
+    assert whole == ["a_lr-0.004_seed-1_steps-6", "a_lr-0.004_seed-2_steps-6"]
+    assert {c.split("_")[1] for c in calls if c.endswith("_steps-2")} == {"lr-0.004", "lr-0.002"}
+
+
+@pytest.mark.slow
+def test_the_whole_protocol_runs_resumes_and_never_repeats_a_run(tmp_path, base_file, monkeypatch, capsys):
+    monkeypatch.chdir(REPO_ROOT)
+    text = """lr_grid: [0.003, 0.01]
+rungs: [0.5, 1.0]
+keep: 0.5
+max_extend: 0
+selection_seeds: [1]
+seeds: [1, 2]
+variants:
+  - label: a
+  - label: b
+    overrides: {model.n_head: 1}
+    lr_from: a
+questions:
+  - {name: q, kind: difference, baseline: a, variants: [b]}
+"""
+    path = write_study(tmp_path, base_file, text)
+    out = tmp_path / "studies"
+    assert main([str(path), "--out-dir", str(out), "--parallel", "2", "--threads", "1"]) == 0
+    state = json.loads((out / "s" / "study.json").read_text())
+    runs = {r["name"]: r for r in state["runs"]}
+    # 2 rates at half the budget, the better at the whole budget (seed 1, reused in phase 2), seed 2 of a,
+    # and both seeds of b at a's rate
+    assert len(runs) == 2 + 1 + 1 + 2
+    assert all(r["status"] == "finished" for r in runs.values())
+    assert all(r["cpu_user_s"] > 0 and r["load_start"] is not None for r in runs.values())
+    chosen = state["variants"][0]["chosen_lr"]
+    assert state["variants"][1]["chosen_lr"] == chosen and chosen in (0.003, 0.01)
+    assert state["unigram_loss"] > 0
+    mtimes = {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")}
+    capsys.readouterr()
+    assert main([str(path), "--out-dir", str(out), "--parallel", "2", "--threads", "1"]) == 0
+    assert {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")} == mtimes
+    assert "6 already finished" in capsys.readouterr().out
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, base_file, capsys):
+    assert (
+        main([str(write_study(tmp_path, base_file, GOOD)), "--out-dir", str(tmp_path / "o"), "--dry-run"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "phase 1, rung 1 (0.111 of the budget, 5 rates x 1 seed(s)): 5 runs" in out
+    assert "phase 2" in out and "training tokens" in out
+    assert not (tmp_path / "o").exists()
+    assert study_mod.load_study  # the module imports without a GPU or W&B
