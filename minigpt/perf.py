@@ -84,14 +84,37 @@ def keep_freed_memory() -> bool:
     return all(mallopt(param, value) == 1 for param, value in _KEEP_FREED)
 
 
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
+def available_devices() -> list[str]:
+    """The device types this torch build can use on this machine, best first."""
+    devices = ["cpu"]
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+        devices.insert(0, "mps")
+    if torch.cuda.is_available():
+        devices.insert(0, "cuda")
+    return devices
+
+
+def pick_device(name: str, key: str = "train.device") -> torch.device:
+    """``auto``: the best available device; else the named one, which must exist here (a ``ConfigError``
+    naming the devices that do, rather than torch's assertion deep inside the first allocation); ``key``
+    is the option the user set."""
+    available = available_devices()
+    if name == "auto":
+        return torch.device(available[0])
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"{key}: {name!r} is not a device name; this machine has {', '.join(available)}"
+        ) from None
+    if device.type not in available:
+        raise ConfigError(
+            f"{key}: {name!r} is not available here (this machine has {', '.join(available)}); "
+            "use --device=auto or one of those"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{key}: {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def pick_precision(name: str, device: torch.device) -> str:

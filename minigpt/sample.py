@@ -21,7 +21,7 @@ import torch
 from minigpt import checkpoint as checkpoints
 from minigpt import data
 from minigpt.checkpoint import CheckpointError
-from minigpt.config import DataConfig
+from minigpt.config import ConfigError, DataConfig
 from minigpt.data import DataError
 from minigpt.lora import AdapterError, attach_adapter, load_adapter, merge_lora
 from minigpt.model import GPT
@@ -85,7 +85,7 @@ def _load(
         attach_adapter(model, load_adapter(adapter))
     if merge_adapter:
         merge_lora(model)
-    return model.to(pick_device(device)).eval(), data_config
+    return model.to(pick_device(device, key="--device")).eval(), data_config
 
 
 def _load_hf(hf: str | Path, need_tokenizer: bool) -> tuple[GPT, DataConfig]:
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> list[str]:
             merge_adapter=args.merge_adapter,
             tokenizer=args.tokenizer,
         )
-    except (AdapterError, CheckpointError, DataError) as err:
+    except (AdapterError, CheckpointError, ConfigError, DataError) as err:
         parser.error(str(err))
     device = model.transformer.wte.weight.device
     prompt_ids = tokenizer.encode(args.prompt)
