@@ -64,6 +64,7 @@ VARIANT_KEYS = ("label", "overrides", "lr_from")
 QUESTION_KEYS = ("name", "title", "kind", "baseline", "variants", "margin", "rule")
 RULE_KEYS = ("metric", "below", "below_unigram_by")
 DEFAULT_RUNGS = (1 / 9, 1 / 3, 1.0)
+RUN_SCRIPT = Path(__file__).resolve().parent.parent / "run.py"
 ASSUMED_OVERHEAD_S = 25.0
 """Start-up and final evaluation of one run, until finished runs of the study give a measured figure."""
 
@@ -344,7 +345,7 @@ def command_for(study: Study, spec: RunSpec, runs_dir: Path, threads: int) -> li
     args += [f"--log.out_dir={runs_dir}", f"--log.run_name={spec.name(study)}", f"--log.sweep={study.name}"]
     if threads:
         args.append(f"--train.threads={threads}")
-    return [sys.executable, "run.py", study.base, *args]
+    return [sys.executable, str(RUN_SCRIPT), study.base, *args]
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
