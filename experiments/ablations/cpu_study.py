@@ -3,7 +3,7 @@
 Small enough that the whole study (``sweeps/studies/cpu.yaml``: a learning-rate grid per variant, then five
 seeds each) fits about an hour of a 2-core CPU: each run trains 128 steps of 8 x 128 tokens (131,072 tokens,
 about 5% of an epoch of WikiText-2) with 10% warmup, logs every step of the first 100 with per-block
-diagnostics, estimates validation loss every 16 steps from step 0, and scores the first 32,768 tokens of
+diagnostics, estimates validation loss every 32 steps from step 0 (8,192 tokens), and scores the first 32,768 tokens of
 validation and of test at the end. The study file sets the
 learning rate and the seed of every run.
 """
@@ -21,8 +21,8 @@ config = derive(
         "train.micro_batch_size": 8,
         "train.max_steps": 128,
         "train.warmup_steps": 13,
-        "train.eval_interval": 16,
-        "train.eval_batches": 2,
+        "train.eval_interval": 32,
+        "train.eval_batches": 1,
         "train.eval_max_tokens": 32768,
         "train.dense_log_steps": 100,
         "log.project": "minigpt-studies",
