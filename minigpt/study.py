@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -400,6 +401,8 @@ class Executor:
             for spec in specs
         ]
         todo = [r for r in planned if read_summary(self.runs_dir / r.name).get("status") != "finished"]
+        for r in todo:  # a run stopped part-way starts again from nothing: its partial record would mislead
+            shutil.rmtree(self.runs_dir / r.name, ignore_errors=True)
         if todo:
             SweepRunner(todo, self.runs_dir, self.parallel, self.threads).run()
         for r in todo:

@@ -149,10 +149,18 @@ questions:
     assert state["variants"][1]["chosen_lr"] == chosen and chosen in (0.003, 0.01)
     assert state["unigram_loss"] > 0
     mtimes = {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")}
+    # a run killed part-way: its directory holds a partial record, which the restart replaces
+    killed = next(iter(mtimes)).parent
+    (killed / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    (killed / "metrics.jsonl").write_text('{"step": 1, "train/loss": 99.0}\n')
+    del mtimes[killed / "summary.json"]
     capsys.readouterr()
     assert main([str(path), "--out-dir", str(out), "--parallel", "2", "--threads", "1"]) == 0
-    assert {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")} == mtimes
-    assert "6 already finished" in capsys.readouterr().out
+    after = {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")}
+    assert {p: t for p, t in after.items() if p in mtimes} == mtimes  # finished runs were not repeated
+    assert json.loads((killed / "summary.json").read_text())["status"] == "finished"
+    assert "99.0" not in (killed / "metrics.jsonl").read_text()
+    assert "5 already finished" in capsys.readouterr().out
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, base_file, capsys):
