@@ -322,6 +322,19 @@ class RunSpec:
         return f"{study.variant(self.variant).slug}_lr-{self.lr:.4g}_seed-{self.seed}_steps-{self.steps}"
 
 
+RUN_NAME = re.compile(r"(?P<slug>.+)_lr-(?P<lr>[0-9.e+-]+)_seed-(?P<seed>\d+)_steps-(?P<steps>\d+)")
+
+
+def spec_from_name(study: Study, name: str) -> RunSpec:
+    """The run a name stands for (how a W&B agent, given only the name, knows what to train)."""
+    match = RUN_NAME.fullmatch(name)
+    variant = next((v for v in study.variants if match and v.slug == match["slug"]), None)
+    if match is None or variant is None:
+        slugs = ", ".join(v.slug for v in study.variants)
+        raise StudyError(f"{name!r} is not a run of study {study.name} (its variants: {slugs})")
+    return RunSpec(variant.label, float(match["lr"]), int(match["seed"]), int(match["steps"]), "agent")
+
+
 def budget(study: Study, variant: Variant) -> tuple[int, int]:
     """The variant's whole budget in steps and its warmup steps."""
     train = study.config_of(variant).train
@@ -356,11 +369,11 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def score(study: Study, runs_dir: Path, specs: list[RunSpec]) -> float:
+def score(study: Study, ex: Executor, specs: list[RunSpec]) -> float:
     """Mean selection metric over the runs; inf when any failed or is not finite (a diverged rate loses)."""
     values = []
     for spec in specs:
-        summary = read_summary(runs_dir / spec.name(study))
+        summary = ex.summary(spec.name(study))
         value = summary.get(study.select_metric)
         if (
             summary.get("status") != "finished"
@@ -372,19 +385,80 @@ def score(study: Study, runs_dir: Path, specs: list[RunSpec]) -> float:
     return statistics.fmean(values)
 
 
-class Executor:
-    """Runs batches of specs through the sweep runner and keeps ``study.json`` up to date."""
+class Pending(Exception):
+    """The runs of the current phase are handed to W&B agents; the message says how to go on."""
 
-    def __init__(self, study: Study, study_dir: Path, parallel: int, threads: int) -> None:
+
+class WandbRuns:
+    """Phase results read from a W&B project, and a phase's missing runs created there as a W&B sweep that
+    ``wandb agent`` runs on any number of machines (each agent run calls this module with ``--run-one``)."""
+
+    def __init__(self, project: str, study_file: Path) -> None:
+        self.project, self.study_file = project, study_file
+
+    def summaries(self, study: Study) -> dict[str, dict[str, Any]]:
+        """Run name -> W&B summary (with ``status``), for the study's runs (tagged with its name)."""
+        import wandb
+
+        from analysis.runs import flatten
+
+        found = {}
+        for remote in wandb.Api().runs(self.project, filters={"tags": {"$in": [study.name]}}):
+            name = flatten(dict(remote.config)).get("log.run_name")
+            summary = {k: v for k, v in remote.summary.items() if not k.startswith("_")}
+            found[name] = {**summary, "status": "finished" if remote.state == "finished" else remote.state}
+        return found
+
+    def create_sweep(self, study: Study, names: list[str]) -> str:
+        import wandb
+
+        entity, _, project = self.project.rpartition("/")
+        config = {
+            "name": f"{study.name}: {len(names)} runs",
+            "method": "grid",
+            "command": [
+                "${env}",
+                "${interpreter}",
+                "-m",
+                "minigpt.study",
+                str(self.study_file),
+                "--run-one",
+                "${args}",
+            ],
+            "parameters": {"study.run": {"values": names}},
+        }
+        return wandb.sweep(config, entity=entity or None, project=project)
+
+
+class Executor:
+    """Runs batches of specs (here through the sweep runner, or as W&B sweeps) and keeps ``study.json`` up to
+    date."""
+
+    def __init__(
+        self, study: Study, study_dir: Path, parallel: int, threads: int, wandb: WandbRuns | None = None
+    ) -> None:
         self.study, self.study_dir, self.parallel, self.threads = study, study_dir, parallel, threads
         self.runs_dir = study_dir / "runs"
+        self.wandb = wandb
+        self.remote: dict[str, dict[str, Any]] = {}
+        self.sweeps: dict[str, str] = {}
         self.records: dict[str, dict[str, Any]] = {}
         self.chosen: dict[str, float] = {}
         self.grids: dict[str, list[float]] = {}
         previous = study_dir / "study.json"
         if previous.is_file():
             with open(previous) as f:
-                self.records = {r["name"]: r for r in json.load(f).get("runs", [])}
+                state = json.load(f)
+            self.records = {r["name"]: r for r in state.get("runs", [])}
+            self.sweeps = state.get("wandb_sweeps", {})
+        if wandb is not None:
+            self.remote = wandb.summaries(study)
+
+    def summary(self, name: str) -> dict[str, Any]:
+        """A run's summary: from W&B in W&B mode, else from its run directory."""
+        if self.wandb is not None:
+            return self.remote.get(name, {})
+        return read_summary(self.runs_dir / name)
 
     def run_batch(self, specs: list[RunSpec]) -> None:
         """Run every spec not finished yet, ``parallel`` at a time; record each."""
@@ -396,11 +470,14 @@ class Executor:
                 {"variant": spec.variant, "phase": record.get("phase", spec.phase), "lr": spec.lr}
                 | {"seed": spec.seed, "steps": spec.steps}
             )
+        if self.wandb is not None:
+            self.hand_to_agents([spec.name(self.study) for spec in specs])
+            return
         planned = [
             PlannedRun(spec.name(self.study), command_for(self.study, spec, self.runs_dir, self.threads))
             for spec in specs
         ]
-        todo = [r for r in planned if read_summary(self.runs_dir / r.name).get("status") != "finished"]
+        todo = [r for r in planned if self.summary(r.name).get("status") != "finished"]
         for r in todo:  # a run stopped part-way starts again from nothing: its partial record would mislead
             shutil.rmtree(self.runs_dir / r.name, ignore_errors=True)
         if todo:
@@ -411,9 +488,28 @@ class Executor:
                 | {"cpu_user_s": r.cpu_user_s, "cpu_sys_s": r.cpu_sys_s}
             )
         for spec in specs:
-            summary = read_summary(self.runs_dir / spec.name(self.study))
-            self.records[spec.name(self.study)]["status"] = summary.get("status", "failed")
+            self.records[spec.name(self.study)]["status"] = self.summary(spec.name(self.study)).get(
+                "status", "failed"
+            )
         self.save()
+
+    def hand_to_agents(self, names: list[str]) -> None:
+        """Go on when W&B has every run of this batch finished; else create its sweep (once) and stop."""
+        missing = [n for n in names if self.summary(n).get("status") != "finished"]
+        for name in names:
+            self.records[name]["status"] = self.summary(name).get("status", "pending")
+        if not missing:
+            self.save()
+            return
+        key = ",".join(sorted(names))
+        if key not in self.sweeps:
+            self.sweeps[key] = self.wandb.create_sweep(self.study, sorted(missing))
+        self.save()
+        raise Pending(
+            f"{len(missing)} of {len(names)} runs of this phase are not finished in W&B. Run them with "
+            f"`wandb agent {self.wandb.project}/{self.sweeps[key]}` (on as many machines as you like), "
+            "then run this command again for the next phase"
+        )
 
     def save(self, **extra: Any) -> None:
         study = self.study
@@ -441,6 +537,8 @@ class Executor:
             "questions": [vars(q) for q in study.questions],
             "runs": list(self.records.values()),
         }
+        if self.sweeps:
+            state["wandb_sweeps"] = self.sweeps
         previous = self.study_dir / "study.json"
         if previous.is_file():
             old = json.loads(previous.read_text())
@@ -469,7 +567,7 @@ def choose_learning_rates(study: Study, ex: Executor) -> dict[str, float]:
         }
         ex.run_batch([s for per_lr in specs.values() for group in per_lr.values() for s in group])
         for v in tuned:
-            ranked = sorted(alive[v.label], key=lambda lr, v=v: score(study, ex.runs_dir, specs[v.label][lr]))
+            ranked = sorted(alive[v.label], key=lambda lr, v=v: score(study, ex, specs[v.label][lr]))
             alive[v.label] = ranked if last else ranked[: max(1, math.ceil(len(ranked) * study.keep))]
     chosen = {label: lrs[0] for label, lrs in alive.items()}
     for _ in range(study.max_extend):
@@ -488,7 +586,7 @@ def choose_learning_rates(study: Study, ex: Executor) -> dict[str, float]:
         for label, lr in edges.items():
             ex.grids[label] = sorted([*ex.grids[label], lr])
             best = [RunSpec(label, chosen[label], s.seed, s.steps, "lr") for s in batch[label]]
-            if score(study, ex.runs_dir, batch[label]) < score(study, ex.runs_dir, best):
+            if score(study, ex, batch[label]) < score(study, ex, best):
                 chosen[label] = lr
     return chosen
 
@@ -539,7 +637,7 @@ def estimate(study: Study, ex: Executor) -> tuple[float, float, str]:
     runs when there are any; else assumed, and said so."""
     rates, overheads = [], []
     for name, record in ex.records.items():
-        summary = read_summary(ex.runs_dir / name)
+        summary = ex.summary(name)
         if summary.get("status") == "finished" and record.get("seconds"):
             rates.append(summary["tokens_per_sec"])
             overheads.append(record["seconds"] - summary["train_seconds"])
@@ -624,7 +722,7 @@ def describe_plan(study: Study, ex: Executor, parallel: int) -> str:
         ],
     )
     rate, overhead, basis = estimate(study, ex)
-    finished = sum(read_summary(ex.runs_dir / name).get("status") == "finished" for name in ex.records)
+    finished = sum(ex.summary(name).get("status") == "finished" for name in ex.records)
     lines.append(
         f"  at most {totals['runs']} runs, {totals['tokens']:,} training tokens; {finished} already finished"
     )
@@ -665,7 +763,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--report-out", default="", help="after phase 2, write the report into this folder")
     parser.add_argument("--records", default="", help="with --report-out: copy the run records here first")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--wandb-sweep",
+        default="",
+        metavar="ENTITY/PROJECT",
+        help="hand each phase's runs to `wandb agent` as a W&B sweep in this project; read results from it",
+    )
+    parser.add_argument("--run-one", action="store_true", help="(what a W&B agent calls) train one run")
+    args, rest = parser.parse_known_args(argv)
+    if args.run_one:
+        return run_one(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.parallel < 1:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
     if args.threads < 0:
@@ -677,18 +786,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     study_dir = Path(args.out_dir) / study.name
-    ex = Executor(study, study_dir, args.parallel, threads)
+    remote = WandbRuns(args.wandb_sweep, study.path) if args.wandb_sweep else None
+    ex = Executor(study, study_dir, args.parallel, threads, remote)
     print(describe_plan(study, ex, args.parallel), flush=True)
     if args.dry_run:
         return 0
     study_dir.mkdir(parents=True, exist_ok=True)
     ex.save(machine=machine(), unigram_loss=unigram_loss(study), load_at_start=load_average())
     started = time.time()
-    chosen = choose_learning_rates(study, ex)
-    ex.chosen = chosen
-    ex.save()
-    print("[study] chosen learning rates: " + ", ".join(f"{k} {v:g}" for k, v in chosen.items()), flush=True)
-    seed_runs(study, ex, chosen)
+    try:
+        chosen = choose_learning_rates(study, ex)
+        ex.chosen = chosen
+        ex.save()
+        print(
+            "[study] chosen learning rates: " + ", ".join(f"{k} {v:g}" for k, v in chosen.items()), flush=True
+        )
+        seed_runs(study, ex, chosen)
+    except Pending as e:
+        print(f"[study] {e}")
+        return 0
     ex.save(load_at_end=load_average(), last_session_seconds=round(time.time() - started, 1))
     failed = [name for name, r in ex.records.items() if r.get("status") != "finished"]
     if failed:
@@ -701,6 +817,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"[study] report: {path}")
     return 1 if failed else 0
+
+
+def run_one(args: argparse.Namespace, rest: list[str]) -> int:
+    """Train the one run a W&B agent names (``--study.run=NAME``), with W&B's sweep and run ids in the
+    environment, so that the run joins the sweep."""
+    names = [a.split("=", 1)[1] for a in rest if a.startswith("--study.run=")]
+    try:
+        study = load_study(args.file)
+        if len(names) != 1:
+            raise StudyError(f"--run-one takes one --study.run=NAME, got {rest}")
+        spec = spec_from_name(study, names[0])
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    runs_dir = Path(args.out_dir) / study.name / "runs"
+    return subprocess.call(command_for(study, spec, runs_dir, args.threads))
 
 
 if __name__ == "__main__":

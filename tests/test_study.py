@@ -173,3 +173,78 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, base_file, capsys):
     assert "phase 2" in out and "training tokens" in out
     assert not (tmp_path / "o").exists()
     assert study_mod.load_study  # the module imports without a GPU or W&B
+
+
+class FakeWandb:
+    """Records the sweeps a study creates and serves the runs it is told have finished, as W&B's API would."""
+
+    def __init__(self) -> None:
+        self.sweeps: list[dict] = []
+        self.finished: dict[str, float] = {}
+
+    def sweep(self, config: dict, entity: str | None = None, project: str | None = None) -> str:
+        self.sweeps.append({"config": config, "entity": entity, "project": project})
+        return f"sweep{len(self.sweeps)}"
+
+    def Api(self):  # noqa: N802 (wandb's name)
+        fake = self
+
+        class Remote:
+            def __init__(self, name: str, loss: float) -> None:
+                self.config = {"log": {"run_name": name}}
+                self.summary = {"final_val/loss": loss, "_step": 6}
+                self.state = "finished"
+
+        class Api:
+            def runs(self, path: str, filters: dict) -> list:
+                assert path == "me/proj" and filters == {"tags": {"$in": ["s"]}}
+                return [Remote(n, loss) for n, loss in fake.finished.items()]
+
+        return Api()
+
+
+def test_with_a_wandb_server_each_phase_becomes_a_sweep_and_the_next_follows_from_its_results(
+    tmp_path, base_file, monkeypatch, capsys
+):
+    import wandb
+
+    fake = FakeWandb()
+    monkeypatch.setattr(wandb, "sweep", fake.sweep)
+    monkeypatch.setattr(wandb, "Api", fake.Api)
+    monkeypatch.setattr(study_mod, "unigram_loss", lambda study: 7.0)
+    path = write_study(tmp_path, base_file, GOOD.replace("lr_grid:", "rungs: [0.5, 1.0]\nlr_grid:"))
+    args = [str(path), "--out-dir", str(tmp_path / "o"), "--wandb-sweep", "me/proj"]
+    assert main(args) == 0
+    assert "wandb agent me/proj/sweep1" in capsys.readouterr().out
+    (first,) = fake.sweeps
+    names = first["config"]["parameters"]["study.run"]["values"]
+    assert len(names) == 5 and all(n.endswith("_seed-1_steps-3") for n in names)
+    assert first["config"]["command"][-2:] == ["--run-one", "${args}"] and first["project"] == "proj"
+    assert main(args) == 0 and len(fake.sweeps) == 1  # nothing new finished: the same sweep, not another
+    fake.finished = {n: abs(math.log(float(n.split("_lr-")[1].split("_")[0]) / 0.004)) for n in names}
+    assert main(args) == 0
+    second = fake.sweeps[1]["config"]["parameters"]["study.run"]["values"]
+    assert sorted(second) == sorted(f"a_lr-{lr}_seed-{s}_steps-6" for lr in (0.002, 0.004) for s in (1, 2))
+    assert "wandb agent me/proj/sweep2" in capsys.readouterr().out
+
+
+def test_an_agent_run_trains_the_run_its_name_stands_for(tmp_path, base_file, monkeypatch):
+    calls = []
+    monkeypatch.setattr(study_mod.subprocess, "call", lambda command: calls.append(command) or 0)
+    path = write_study(tmp_path, base_file, GOOD)
+    assert (
+        main(
+            [
+                str(path),
+                "--out-dir",
+                str(tmp_path / "o"),
+                "--run-one",
+                "--study.run=b_lr-0.004_seed-3_steps-6",
+            ]
+        )
+        == 0
+    )
+    (command,) = calls
+    assert "--train.lr=0.004" in command and "--train.seed=3" in command and "--model.n_head=1" in command
+    assert f"--log.out_dir={tmp_path / 'o' / 's' / 'runs'}" in command
+    assert main([str(path), "--run-one", "--study.run=zzz_lr-1_seed-1_steps-6"]) == 2
