@@ -1,6 +1,6 @@
 """Copy a suite's compact run records (no checkpoints, no W&B folders) to where a report can be committed.
 
-    python -m analysis.records runs/sweeps/ablations-cpu reports/ablations-cpu/runs
+    python -m analysis.records runs/sweeps/ablations-cpu reports/ablations-cpu-sweep/runs
 
 For each run directory under SRC: ``config.json``, ``summary.json`` and ``metrics.jsonl``; and the sweep's
 ``sweep.json``. Run directories already in DST are replaced, so DST holds exactly SRC's runs.
@@ -40,7 +40,7 @@ def copy_records(src: str | Path, dst: str | Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.records", description=__doc__.split("\n")[0])
     parser.add_argument("src", help="a sweep folder (or any folder of run directories)")
-    parser.add_argument("dst", help="where the records go, e.g. reports/ablations-cpu/runs")
+    parser.add_argument("dst", help="where the records go, e.g. reports/ablations-cpu-sweep/runs")
     args = parser.parse_args(argv)
     try:
         n = copy_records(args.src, args.dst)

@@ -1,8 +1,8 @@
 """Write a Markdown report of an ablation suite: setup, results with paired and Welch tests, plots.
 
-    python -m analysis.report runs/sweeps/ablations-cpu --records reports/ablations-cpu/runs \\
-        --out reports/ablations-cpu --baseline model.norm_position=pre
-    python -m analysis.report reports/ablations-cpu/runs --out reports/ablations-cpu \\
+    python -m analysis.report runs/sweeps/ablations-cpu --records reports/ablations-cpu-sweep/runs \\
+        --out reports/ablations-cpu-sweep --baseline model.norm_position=pre
+    python -m analysis.report reports/ablations-cpu-sweep/runs --out reports/ablations-cpu-sweep \\
         --baseline model.norm_position=pre            # the same report, from the committed records
     python -m analysis.report --wandb ENTITY/PROJECT --out reports/x --group-by model.n_head
 
