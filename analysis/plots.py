@@ -239,6 +239,10 @@ def _unigram_line(ax: plt.Axes, unigram: float | None, transform: str = "loss") 
     ax.axhline(level, color="0.35", lw=1.0, ls=":", label="unigram level", zorder=1)
 
 
+RUNG_MARKERS = ("v", "s", "^", "D")
+"""Markers of the shorter rungs of a successive-halving grid, shortest first; full-budget runs are dots."""
+
+
 def plot_lr_sensitivity(
     points: dict[str, list[tuple[float, float, float]]],
     chosen: dict[str, float],
@@ -248,17 +252,20 @@ def plot_lr_sensitivity(
     path: str | Path,
 ) -> Path | None:
     """Final ``metric`` against learning rate from the lr grid, one panel per variant (shared axes): each
-    point ``(lr, fraction of the budget, loss)``, full-budget points filled and joined, shorter rungs
-    hollow; the chosen lr a dashed vertical line. None when no variant has grid points."""
+    point ``(lr, fraction of the budget, loss)``, full-budget points filled dots joined by a line, shorter
+    rungs hollow markers; the chosen lr a dashed vertical line. None when no variant has grid points."""
     shown = [label for label in points if points[label]]
     if not shown:
         return None
+    fractions = sorted({f for label in shown for _, f, _ in points[label]})
+    partial = [f for f in fractions if f < 1.0]
+    marker = {f: RUNG_MARKERS[min(i, len(RUNG_MARKERS) - 1)] for i, f in enumerate(partial)}
     cols = min(3, len(shown))
     rows = math.ceil(len(shown) / cols)
     fig, axes = plt.subplots(
         rows,
         cols,
-        figsize=(4.2 * cols, 3.0 * rows + 1.0),
+        figsize=(4.2 * cols, 3.0 * rows + 1.2),
         sharex=True,
         sharey=True,
         squeeze=False,
@@ -270,35 +277,46 @@ def plot_lr_sensitivity(
         for fraction in sorted({f for _, f, _ in pts}):
             xs = [lr for lr, f, _ in pts if f == fraction]
             ys = [loss for _, f, loss in pts if f == fraction]
-            full = fraction >= 1.0
-            ax.plot(
-                xs,
-                ys,
-                marker="o",
-                ms=6 if full else 4,
-                lw=1.4 if full else 0,
-                color=colour,
-                mfc=colour if full else "none",
-                alpha=1.0 if full else 0.55,
-                label="full budget" if full else f"rung {fraction:.2g} of budget",
-                zorder=3 if full else 2,
-            )
+            if fraction >= 1.0:  # every seed a dot, the line through the mean at each lr
+                ax.plot(xs, ys, marker="o", ms=6, ls="none", color=colour, zorder=3)
+                at = sorted(set(xs))
+                mean = [np.mean([y for x, y in zip(xs, ys, strict=True) if x == lr]) for lr in at]
+                ax.plot(at, mean, lw=1.4, color=colour, zorder=3)
+            else:
+                ax.plot(xs, ys, ls="none", marker=marker[fraction], ms=5, mfc="none", color=colour, alpha=0.6)
         if label in chosen:
-            ax.axvline(chosen[label], color=colour, ls="--", lw=1.0, label=f"chosen lr {chosen[label]:g}")
+            ax.axvline(chosen[label], color=colour, ls="--", lw=1.0)
         _unigram_line(ax, unigram)
-        ax.set_title(label, fontsize=10, color=colour)
+        ax.set_title(f"{label} (chosen lr {chosen[label]:g})" if label in chosen else label, fontsize=10)
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    lrs = sorted({lr for label in shown for lr, _, _ in points[label]})
+    axes[0, 0].xaxis.set_major_locator(FixedLocator(lrs))
+    axes[0, 0].xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes[0, 0].xaxis.set_minor_locator(NullLocator())
     for ax in axes.flat[len(shown) :]:
         ax.set_visible(False)
     for col in range(cols):
         lowest = [ax for ax in axes[:, col] if ax.get_visible()][-1]
         lowest.set_xlabel("peak learning rate (log scale)")
-        lowest.tick_params(axis="x", labelbottom=True)
+        lowest.tick_params(axis="x", labelbottom=True, labelrotation=30)
     for ax in axes[:, 0]:
         ax.set_ylabel(f"{metric} (nats/token)")
-    fig.suptitle(f"Learning-rate sensitivity: final {metric} per grid run (lower is better)")
+    grey = "0.3"
+    handles = [
+        plt.Line2D(
+            [], [], color=grey, marker=marker[f], ls="none", mfc="none", label=f"rung: {f:.2g} of budget"
+        )
+        for f in partial
+    ]
+    handles += [
+        plt.Line2D([], [], color=grey, marker="o", lw=1.4, label="whole budget (line: mean over seeds)"),
+        plt.Line2D([], [], color=grey, ls="--", lw=1.0, label="chosen lr"),
+    ]
+    if unigram is not None:
+        handles.append(plt.Line2D([], [], color="0.35", ls=":", lw=1.0, label="unigram level"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(f"Learning-rate sensitivity: {metric} at the end of each grid run (lower is better)")
     return _save(fig, path)
 
 

@@ -254,6 +254,12 @@ def ratio_ci(p: PairedSummary) -> str:
     return f"{ratio(p.diff.mean)} [{ratio(p.diff.low)}, {ratio(p.diff.high)}]"
 
 
+def p_is(p: float) -> str:
+    """``p = 0.035`` or ``p < 0.001``, for prose."""
+    text = fmt_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def with_holm(p: float, adjusted: float) -> str:
     return f"{fmt_p(p)} ({fmt_p(adjusted)})"
 
@@ -331,7 +337,7 @@ def verdict_lines(result: QuestionResult) -> list[str]:
             lines.append(
                 f"- {name}: {len(row.trained)} of {len(row.losses)} seeds train by {rule_text(result.rule)}, "
                 f"against {len(base.trained)} of {len(base.losses)} for the baseline (Fisher's exact test, "
-                f"Holm-adjusted p = {fmt_p(row.fisher_holm)}): "
+                f"Holm-adjusted {p_is(row.fisher_holm)}): "
                 + (
                     "the success rates differ."
                     if row.fisher_holm < ALPHA
@@ -358,7 +364,7 @@ def verdict_lines(result: QuestionResult) -> list[str]:
             lines.append(
                 f"- {name}: **split outcome**: {len(who.trained)} of {len(who.losses)} seeds of {who.label} "
                 f"train by {rule_text(result.rule)}, the others do not (Fisher's exact test against the "
-                f"other side: p = {fmt_p(row.fisher_p)}). The mean ratio {ratio_ci(p)} averages two kinds of "
+                f"other side: {p_is(row.fisher_p)}). The mean ratio {ratio_ci(p)} averages two kinds of "
                 "run and is not a summary; read the success counts."
             )
             continue
@@ -371,20 +377,20 @@ def verdict_lines(result: QuestionResult) -> list[str]:
             }[row.verdict]
             lines.append(
                 f"- {name}: {meaning} (90% CI of the ratio [{ratio(row.tost.low)}, {ratio(row.tost.high)}], "
-                f"TOST Holm-adjusted p = {fmt_p(row.tost_holm)}); {power_text}."
+                f"TOST Holm-adjusted {p_is(row.tost_holm)}); {power_text}."
             )
             continue
         if row.t_holm < ALPHA:
             direction = "higher" if p.diff.mean > 0 else "lower"
             lines.append(
                 f"- {name}: test perplexity is {direction} by a ratio of {ratio_ci(p)} (paired t, "
-                f"Holm-adjusted p = {fmt_p(row.t_holm)}; exact sign-flip p = {fmt_p(p.sign_flip_p)}); "
+                f"Holm-adjusted {p_is(row.t_holm)}; exact sign-flip {p_is(p.sign_flip_p)}); "
                 f"{power_text}."
             )
         else:
             lines.append(
-                f"- {name}: no difference detected (ratio {ratio_ci(p)}, Holm-adjusted paired t p = "
-                f"{fmt_p(row.t_holm)}); {power_text}, so smaller effects are not ruled out."
+                f"- {name}: no difference detected (ratio {ratio_ci(p)}, Holm-adjusted paired t "
+                f"{p_is(row.t_holm)}); {power_text}, so smaller effects are not ruled out."
             )
     return lines
 
@@ -417,6 +423,8 @@ def setup_lines(study: Study) -> list[str]:
     entries = s["runs"]
     finished = [e for e in entries if e.get("status") == "finished"]
     seeds = sorted({e["seed"] for e in entries if e.get("phase") == "seeds"}, key=str)
+    grid_seeds = sorted({e["seed"] for e in entries if e.get("phase") == "lr"}, key=str)
+    rungs = sorted({float(e.get("fraction", 1.0)) for e in entries if e.get("phase") == "lr"})
     cpu = sum(e.get("cpu_user_s", 0.0) + e.get("cpu_sys_s", 0.0) for e in finished)
     wall = sum(e.get("seconds", 0.0) for e in finished)
     loads = [e[k] for e in entries for k in ("load_start", "load_end") if isinstance(e.get(k), int | float)]
@@ -426,7 +434,8 @@ def setup_lines(study: Study) -> list[str]:
     lines = [
         f"- Study `{s.get('study', '')}` from `{s.get('file', '')}`, base experiment `{s.get('base', '')}`.",
         f"- Budget per full run: {budget.get('tokens', 0):,} training tokens ({budget.get('steps', 0):,} "
-        "steps); lr-grid rungs train a fraction of it.",
+        f"steps). Learning-rate grid (phase 1): seeds {', '.join(map(str, grid_seeds)) or 'none'}, "
+        f"successive halving with rungs at {', '.join(f'{f:.3g}' for f in rungs) or 'none'} of the budget.",
         f"- Learning rate chosen on `{s['select_metric']}` (validation); questions answered on "
         f"`{s['test_metric']}` (test) of phase-2 runs, seeds {', '.join(map(str, seeds)) or 'none'} for "
         "every variant (same seed = same data order, so differences are paired).",
@@ -448,7 +457,7 @@ def setup_lines(study: Study) -> list[str]:
         overrides = (
             ", ".join(f"`{k}={json.dumps(val)}`" for k, val in v.get("overrides", {}).items()) or "none"
         )
-        grid = ", ".join(map(fmt_lr, v.get("lr_grid") or [])) or f"none (lr of {v.get('lr_from')})"
+        grid = f"none (reuses {v['lr_from']}'s)" if v.get("lr_from") else ", ".join(map(fmt_lr, v["lr_grid"]))
         n_lr = len(study.entries(variant=v["label"], phase="lr"))
         n_seeds = len(study.entries(variant=v["label"], phase="seeds"))
         lines.append(

@@ -239,7 +239,8 @@ def test_report_holds_setup_questions_and_plots(study_dir, tmp_path):
     assert "total CPU time (user + sys) 0.58 h (2,091 s)" in text  # 41 runs x 51 s
     assert "load average at the runs' starts and ends: 1.60 to 2.00" in text
     assert '| post-LN | `model.norm_position="post"` | 0.0005, 0.001, 0.002, 0.004 | 0.001 | 8 | 5 |' in text
-    assert "none (lr of pre-LN)" in text
+    assert "| 1 head | `model.n_head=1` | none (reuses pre-LN's) | 0.002 | 0 | 5 |" in text
+    assert "seeds 1, 2, successive halving with rungs at 0.333, 1 of the budget" in text
     for png in ("lr_sensitivity.png", "val_loss.png", "layer_grad_norms_norm.png"):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in text
     assert "layer_grad_norms_heads.png" not in text  # only questions that move the LayerNorm
