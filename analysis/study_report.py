@@ -382,9 +382,16 @@ def verdict_lines(result: QuestionResult) -> list[str]:
             continue
         if row.t_holm < ALPHA:
             direction = "higher" if p.diff.mean > 0 else "lower"
+            # every seed of one side trains and none of the other's: the ratio is between kinds of run
+            contrast = ""
+            if result.rule is not None and len(row.trained) != len(base.trained):
+                contrast = (
+                    f"; {len(row.trained)} of {len(row.losses)} seeds train by {rule_text(result.rule)}, "
+                    f"against {len(base.trained)} of {len(base.losses)} for the baseline"
+                )
             lines.append(
                 f"- {name}: test perplexity is {direction} by a ratio of {ratio_ci(p)} (paired t, "
-                f"Holm-adjusted {p_is(row.t_holm)}; exact sign-flip {p_is(p.sign_flip_p)}); "
+                f"Holm-adjusted {p_is(row.t_holm)}; exact sign-flip {p_is(p.sign_flip_p)}){contrast}; "
                 f"{power_text}."
             )
         else:

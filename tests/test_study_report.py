@@ -15,7 +15,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from analysis import study_report  # noqa: E402
-from analysis.stats import detectable_difference, equivalence_verdict, holm, sign_flip_p, tost  # noqa: E402
+from analysis.stats import (  # noqa: E402
+    detectable_difference,
+    equivalence_verdict,
+    holm,
+    paired_summary,
+    sign_flip_p,
+    tost,
+)
 
 SEEDS = (1, 2, 3, 4, 5)
 BASE = [6.00, 6.05, 6.10, 5.95, 6.02]
@@ -206,6 +213,19 @@ def test_split_outcome_is_reported_as_such_not_as_a_t_interval(study_dir):
     assert "split outcome" not in verdicts[0] and "higher" in verdicts[0]
 
 
+def test_a_variant_that_never_trains_is_named_as_such_beside_its_ratio():
+    base = study_report.Row("pre-LN", {1: 6.0, 2: 6.1, 3: 6.05}, trained=[1, 2, 3])
+    stalled = {1: 7.5, 2: 7.62, 3: 7.55}
+    row = study_report.Row("post-LN", stalled, trained=[], t_holm=0.001)
+    row.paired = paired_summary([stalled[s] - base.losses[s] for s in (1, 2, 3)])
+    result = study_report.QuestionResult(
+        QUESTIONS[0], {"metric": "final_val/loss", "below": 7.1}, [base, row]
+    )
+    (line,) = study_report.verdict_lines(result)
+    assert "higher" in line and "0 of 3 seeds train by `final_val/loss` < 7.1, against 3 of 3" in line
+    assert "split outcome" not in line
+
+
 def test_variant_at_the_baseline_lr_is_compared_where_the_grid_ran_it(study_dir):
     study = study_report.load_study(study_dir)
     rows = study_report.at_baseline_lr(study, QUESTIONS[0])
@@ -250,3 +270,11 @@ def test_a_folder_without_study_json_is_a_usage_error(tmp_path, capsys):
     assert study_report.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no study.json in") and err.count("\n") == 1
+
+
+def test_a_question_naming_an_unknown_variant_is_a_usage_error(tmp_path, capsys):
+    bad = dict(QUESTIONS[0], variants=["post LN"])
+    study_dir = write_study(tmp_path / "study", [bad])
+    assert study_report.main([str(study_dir), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: study.json: a question names variant 'post LN', which is not among its variants\n"
