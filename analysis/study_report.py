@@ -67,22 +67,23 @@ class Study:
                 return v
         raise RunsError(f"study.json: a question names variant {label!r}, which is not among its variants")
 
-    def entries(self, **match: Any) -> list[dict[str, Any]]:
-        """The finished runs of ``study.json`` whose fields equal ``match`` and whose records hold the
-        selection and test metrics."""
-        wanted = (self.spec["select_metric"], self.spec["test_metric"])
+    def entries(self, metric: str | None = None, **match: Any) -> list[dict[str, Any]]:
+        """The finished runs of ``study.json`` whose fields equal ``match`` and whose summary holds
+        ``metric`` (default: the selection metric; grid runs need not have scored the test split)."""
+        metric = metric or self.spec["select_metric"]
         return [
             e
             for e in self.spec["runs"]
             if all(e.get(k) == v for k, v in match.items())
             and e.get("status") == "finished"
             and e["name"] in self.runs
-            and all(isinstance(self.runs[e["name"]].summary.get(m), int | float) for m in wanted)
+            and isinstance(self.runs[e["name"]].summary.get(metric), int | float)
         ]
 
     def phase2(self, label: str) -> dict[Any, Run]:
-        """Seed -> the variant's run at its chosen lr (phase 2)."""
-        return {e["seed"]: self.runs[e["name"]] for e in self.entries(variant=label, phase="seeds")}
+        """Seed -> the variant's run at its chosen lr (phase 2), where it scored the test split."""
+        entries = self.entries(self.spec["test_metric"], variant=label, phase="seeds")
+        return {e["seed"]: self.runs[e["name"]] for e in entries}
 
     def colours(self) -> dict[str, str]:
         return {v["label"]: PALETTE[i % len(PALETTE)] for i, v in enumerate(self.variants)}
@@ -224,7 +225,9 @@ def at_baseline_lr(study: Study, question: dict[str, Any]) -> list[AtBaselineLr]
 
     def full_budget_at_lr(label: str) -> dict[Any, float]:
         by_seed: dict[Any, float] = {}
-        for e in study.entries(variant=label):  # phase 2 is listed after phase 1, so it wins a shared seed
+        for e in study.entries(
+            test, variant=label
+        ):  # phase 2 is listed after phase 1, so it wins a shared seed
             if e.get("fraction", 1.0) >= 1.0 and math.isclose(e["lr"], lr, rel_tol=1e-9):
                 by_seed[e["seed"]] = float(study.runs[e["name"]].summary[test])
         return by_seed
@@ -466,7 +469,7 @@ def setup_lines(study: Study) -> list[str]:
         )
         grid = f"none (reuses {v['lr_from']}'s)" if v.get("lr_from") else ", ".join(map(fmt_lr, v["lr_grid"]))
         n_lr = len(study.entries(variant=v["label"], phase="lr"))
-        n_seeds = len(study.entries(variant=v["label"], phase="seeds"))
+        n_seeds = len(study.phase2(v["label"]))
         lines.append(
             f"| {v['label']} | {overrides} | {grid} | {fmt_lr(v.get('chosen_lr'))} | {n_lr} | {n_seeds} |"
         )
@@ -474,14 +477,19 @@ def setup_lines(study: Study) -> list[str]:
 
 
 def unfinished_lines(study: Study) -> list[str]:
+    """The runs the statistics leave out, and why."""
     lines = []
     for e in study.spec["runs"]:
+        where = f"- `{e['name']}` ({e.get('phase')})"
+        test = study.spec["test_metric"] if e.get("phase") == "seeds" else None
         if e.get("status") != "finished":
-            lines.append(f"- `{e['name']}` ({e.get('phase')}): {e.get('status', 'not started')}")
+            lines.append(f"{where}: {e.get('status', 'not started')}")
         elif e["name"] not in study.runs:
-            lines.append(f"- `{e['name']}` ({e.get('phase')}): finished, but its run directory is missing")
+            lines.append(f"{where}: finished, but its run directory is missing")
         elif e not in study.entries():
-            lines.append(f"- `{e['name']}` ({e.get('phase')}): finished without the selection or test metric")
+            lines.append(f"{where}: finished without `{study.spec['select_metric']}`")
+        elif test and e not in study.entries(test):
+            lines.append(f"{where}: finished without `{test}`")
     return lines
 
 

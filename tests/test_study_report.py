@@ -278,3 +278,18 @@ def test_a_question_naming_an_unknown_variant_is_a_usage_error(tmp_path, capsys)
     assert study_report.main([str(study_dir), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err == "error: study.json: a question names variant 'post LN', which is not among its variants\n"
+
+
+def test_grid_runs_need_no_test_score_and_failed_runs_are_listed_not_analysed(study_dir, tmp_path):
+    grid_run = study_dir / "runs" / "pre-LN_lr-0.0005_seed-1_f-0.333_grid" / "summary.json"
+    grid_run.write_text(json.dumps({"status": "finished", "final_val/loss": 6.9}))
+    spec = json.loads((study_dir / "study.json").read_text())
+    failed = next(e for e in spec["runs"] if e["variant"] == "post-LN" and e["phase"] == "seeds")
+    failed["status"] = "failed"
+    (study_dir / "study.json").write_text(json.dumps(spec))
+    study = study_report.load_study(study_dir)
+    assert len(study_report.lr_points(study)["pre-LN"]) == 8
+    assert sorted(study.phase2("post-LN")) == [2, 3, 4, 5]
+    text = study_report.write_study_report(study_dir, tmp_path / "out").read_text()
+    assert f"- `{failed['name']}` (seeds): failed" in text
+    assert "| post-LN | 4 |" in text  # the norm question's row: four seeds
