@@ -367,8 +367,9 @@ def verdict_lines(result: QuestionResult) -> list[str]:
             lines.append(
                 f"- {name}: **split outcome**: {len(who.trained)} of {len(who.losses)} seeds of {who.label} "
                 f"train by {rule_text(result.rule)}, the others do not (Fisher's exact test against the "
-                f"other side: {p_is(row.fisher_p)}). The mean ratio {ratio_ci(p)} averages two kinds of "
-                "run and is not a summary; read the success counts."
+                f"other side: {p_is(row.fisher_p)}); test ppl among those that trained: "
+                f"{ppl_interval([who.losses[s] for s in who.trained])}. The mean ratio {ratio_ci(p)} "
+                "averages two kinds of run and is not a summary; read the success counts."
             )
             continue
         if q["kind"] == "equivalence":

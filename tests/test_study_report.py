@@ -210,6 +210,8 @@ def test_split_outcome_is_reported_as_such_not_as_a_t_interval(study_dir):
     assert rows["post-LN, no warmup"].split and not rows["post-LN"].split
     verdicts = study_report.verdict_lines(result)
     assert "split outcome" in verdicts[1] and "2 of 5 seeds" in verdicts[1]
+    trained = [BASE[i] + OFFSETS["post-LN, no warmup"][i] for i in (1, 3)]  # seeds 2 and 4
+    assert f"among those that trained: {math.exp(np.mean(trained)):,.1f} [" in verdicts[1]
     assert "split outcome" not in verdicts[0] and "higher" in verdicts[0]
 
 
