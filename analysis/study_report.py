@@ -172,7 +172,7 @@ def analyse_question(study: Study, question: dict[str, Any]) -> QuestionResult:
     rule = success_rule(study, question)
     rows = []
     for label in [question["baseline"], *question["variants"]]:
-        study.variant(label)
+        study.variant(label)  # an unknown label is an error that names it
         runs = study.phase2(label)
         row = Row(label, {seed: float(r.summary[test]) for seed, r in sorted(runs.items(), key=str)})
         if rule is not None:
@@ -225,9 +225,8 @@ def at_baseline_lr(study: Study, question: dict[str, Any]) -> list[AtBaselineLr]
 
     def full_budget_at_lr(label: str) -> dict[Any, float]:
         by_seed: dict[Any, float] = {}
-        for e in study.entries(
-            test, variant=label
-        ):  # phase 2 is listed after phase 1, so it wins a shared seed
+        # phase 2 is listed after phase 1, so its run wins a seed both ran at this lr
+        for e in study.entries(test, variant=label):
             if e.get("fraction", 1.0) >= 1.0 and math.isclose(e["lr"], lr, rel_tol=1e-9):
                 by_seed[e["seed"]] = float(study.runs[e["name"]].summary[test])
         return by_seed
@@ -406,7 +405,7 @@ def verdict_lines(result: QuestionResult) -> list[str]:
     return lines
 
 
-def baseline_lr_lines(rows: list[AtBaselineLr], baseline: str) -> list[str]:
+def baseline_lr_lines(rows: list[AtBaselineLr]) -> list[str]:
     if not rows:
         return []
     lines = [
@@ -618,7 +617,7 @@ def question_lines(study: Study, question: dict[str, Any]) -> list[str]:
         "",
         *question_table(result),
         "",
-        *baseline_lr_lines(at_baseline_lr(study, question), question["baseline"]),
+        *baseline_lr_lines(at_baseline_lr(study, question)),
     ]
     lines += ["Verdict:", "", *verdict_lines(result), ""]
     return lines
