@@ -31,6 +31,7 @@ from analysis.records import copy_records
 from analysis.report import display_path, fmt_p, ppl_interval
 from analysis.runs import Run, RunsError, load_runs
 from analysis.stats import (
+    MAX_EXACT,
     Curve,
     PairedSummary,
     Tost,
@@ -579,8 +580,8 @@ STATS_TEXT = (
     "Perplexities are exp(mean test loss) with the 95% t-interval of the mean loss exponentiated. The ratio "
     "is exp(mean paired difference in test loss, variant - baseline at the same seed) with its paired 95% "
     "t-interval. p-values are two-sided: the paired t-test and the exact sign-flip permutation test (all "
-    "2^n sign patterns of the n differences); in brackets, Holm-adjusted over this question's comparisons "
-    "only (one family per question). The SD of the paired differences is this comparison's own, with its "
+    f"2^n sign patterns of the n differences; n/a above n = {MAX_EXACT}); in brackets, Holm-adjusted over "
+    "this question's comparisons only (one family per question). The SD of the paired differences is this comparison's own, with its "
     "chi-square 95% interval; the MDE is the smallest perplexity ratio a paired t-test over these seeds "
     f"detects with {POWER:.0%} power at alpha {ALPHA:g}, at that SD (in brackets, at the ends of its "
     "interval)."

@@ -147,6 +147,7 @@ def test_sign_flip_p_value_counts_sign_patterns_as_extreme_as_observed():
     assert sign_flip_p([0.3, 0.1, -0.2, 0.4]) == pytest.approx(6 / 16)
     assert sign_flip_p([0.1, 0.12, 0.08, 0.11, 0.09]) == pytest.approx(2 / 32)  # all one sign: the floor
     assert sign_flip_p([1.0, -1.0]) == 1.0
+    assert math.isnan(sign_flip_p([0.1] * 17))  # past 2^16 patterns the t-test stands alone
 
 
 def test_tost_says_equivalent_for_tiny_differences_and_not_for_large_ones():
