@@ -577,14 +577,14 @@ def write_figures(study: Study, out: Path) -> list[tuple[str, Path | None]]:
 
 STATS_TEXT = (
     "Each question is answered on the test split by the phase-2 runs (each variant at its own chosen lr). "
-    "Perplexities are exp(mean test loss) with the 95% t-interval of the mean loss exponentiated. The ratio "
-    "is exp(mean paired difference in test loss, variant - baseline at the same seed) with its paired 95% "
-    "t-interval. p-values are two-sided: the paired t-test and the exact sign-flip permutation test (all "
-    f"2^n sign patterns of the n differences; n/a above n = {MAX_EXACT}); in brackets, Holm-adjusted over "
-    "this question's comparisons only (one family per question). The SD of the paired differences is this comparison's own, with its "
-    "chi-square 95% interval; the MDE is the smallest perplexity ratio a paired t-test over these seeds "
-    f"detects with {POWER:.0%} power at alpha {ALPHA:g}, at that SD (in brackets, at the ends of its "
-    "interval)."
+    "Perplexities are exp(mean test loss) with the 95% t-interval of the mean loss exponentiated. The "
+    "ratio is exp(mean paired difference in test loss, variant - baseline at the same seed) with its "
+    "paired 95% t-interval. p-values are two-sided: the paired t-test and the exact sign-flip permutation "
+    f"test (all 2^n sign patterns of the n differences; n/a above n = {MAX_EXACT}); in brackets, "
+    "Holm-adjusted over this question's comparisons only (one family per question). The SD of the paired "
+    "differences is this comparison's own, with its chi-square 95% interval; the MDE is the smallest "
+    f"perplexity ratio a paired t-test over these seeds detects with {POWER:.0%} power at alpha "
+    f"{ALPHA:g}, at that SD (in brackets, at the ends of its interval)."
 )
 EQUIVALENCE_TEXT = (
     "Equivalence by two one-sided paired t-tests (TOST) against ±log(1 + margin): equivalent when the "
