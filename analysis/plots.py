@@ -27,7 +27,7 @@ from matplotlib.ticker import (  # noqa: E402
     NullLocator,
 )
 
-from analysis.stats import METRIC, layer_grad_norms, mean_ci, mean_curve  # noqa: E402
+from analysis.stats import METRIC, Curve, layer_grad_norms, mean_ci, mean_curve  # noqa: E402
 from analysis.variants import Variant  # noqa: E402
 
 if TYPE_CHECKING:
@@ -227,4 +227,152 @@ def plot_throughput(variants: Sequence[Variant], path: str | Path, measured: str
     ax.set_xlabel("training throughput (tokens/s per run)")
     ax.set_title(f"Throughput: per seed (dots), geometric mean and 95% CI\n{measured}", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
+def _unigram_line(ax: plt.Axes, unigram: float | None, transform: str = "loss") -> None:
+    """The loss of predicting every token by its training frequency: a model above it has learned nothing
+    beyond the unigram distribution."""
+    if unigram is None:
+        return
+    level = math.exp(unigram) if transform == "ppl" else unigram
+    ax.axhline(level, color="0.35", lw=1.0, ls=":", label="unigram level", zorder=1)
+
+
+RUNG_MARKERS = ("v", "s", "^", "D")
+"""Markers of the shorter rungs of a successive-halving grid, shortest first; full-budget runs are dots."""
+
+
+def plot_lr_sensitivity(
+    points: dict[str, list[tuple[float, float, float]]],
+    chosen: dict[str, float],
+    colours: dict[str, str],
+    unigram: float | None,
+    metric: str,
+    path: str | Path,
+) -> Path | None:
+    """Final ``metric`` against learning rate from the lr grid, one panel per variant (shared axes): each
+    point ``(lr, fraction of the budget, loss)``, full-budget points filled dots joined by a line, shorter
+    rungs hollow markers; the chosen lr a dashed vertical line. None when no variant has grid points."""
+    shown = [label for label in points if points[label]]
+    if not shown:
+        return None
+    fractions = sorted({f for label in shown for _, f, _ in points[label]})
+    partial = [f for f in fractions if f < 1.0]
+    marker = {f: RUNG_MARKERS[min(i, len(RUNG_MARKERS) - 1)] for i, f in enumerate(partial)}
+    cols = min(3, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(4.2 * cols, 3.0 * rows + 1.2),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, label in zip(axes.flat, shown, strict=False):
+        colour = colours[label]
+        pts = sorted(points[label])
+        for fraction in sorted({f for _, f, _ in pts}):
+            xs = [lr for lr, f, _ in pts if f == fraction]
+            ys = [loss for _, f, loss in pts if f == fraction]
+            if fraction >= 1.0:  # every seed a dot, the line through the mean at each lr
+                ax.plot(xs, ys, marker="o", ms=6, ls="none", color=colour, zorder=3)
+                at = sorted(set(xs))
+                mean = [np.mean([y for x, y in zip(xs, ys, strict=True) if x == lr]) for lr in at]
+                ax.plot(at, mean, lw=1.4, color=colour, zorder=3)
+            else:
+                ax.plot(xs, ys, ls="none", marker=marker[fraction], ms=5, mfc="none", color=colour, alpha=0.6)
+        if label in chosen:
+            ax.axvline(chosen[label], color=colour, ls="--", lw=1.0)
+        _unigram_line(ax, unigram)
+        ax.set_title(f"{label} (chosen lr {chosen[label]:g})" if label in chosen else label, fontsize=10)
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    lrs = sorted({lr for label in shown for lr, _, _ in points[label]})
+    axes[0, 0].xaxis.set_major_locator(FixedLocator(lrs))
+    axes[0, 0].xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes[0, 0].xaxis.set_minor_locator(NullLocator())
+    for ax in axes.flat[len(shown) :]:
+        ax.set_visible(False)
+    for col in range(cols):
+        lowest = [ax for ax in axes[:, col] if ax.get_visible()][-1]
+        lowest.set_xlabel("peak learning rate (log scale)")
+        lowest.tick_params(axis="x", labelbottom=True, labelrotation=30)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{metric} (nats/token)")
+    grey = "0.3"
+    handles = [
+        plt.Line2D(
+            [], [], color=grey, marker=marker[f], ls="none", mfc="none", label=f"rung: {f:.2g} of budget"
+        )
+        for f in partial
+    ]
+    handles += [
+        plt.Line2D([], [], color=grey, marker="o", lw=1.4, label="whole budget (line: mean over seeds)"),
+        plt.Line2D([], [], color=grey, ls="--", lw=1.0, label="chosen lr"),
+    ]
+    if unigram is not None:
+        handles.append(plt.Line2D([], [], color="0.35", ls=":", lw=1.0, label="unigram level"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(f"Learning-rate sensitivity: {metric} at the end of each grid run (lower is better)")
+    return _save(fig, path)
+
+
+def plot_loss_curves(
+    curves: dict[str, Curve],
+    colours: dict[str, str],
+    unigram: float | None,
+    ylabel: str,
+    title: str,
+    path: str | Path,
+) -> Path | None:
+    """One curve per variant (mean over seeds with its 95% band) against tokens seen, from the first
+    logged point (step 0 where the run logged it), with the unigram level; None without two points."""
+    curves = {k: c for k, c in curves.items() if c is not None and len(c.tokens) >= 2}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
+    for label, c in curves.items():
+        ax.plot(c.tokens, c.mean, color=colours[label], lw=1.5, label=label)
+        ax.fill_between(c.tokens, c.low, c.high, color=colours[label], alpha=0.18, linewidth=0)
+    _unigram_line(ax, unigram)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("tokens seen")
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return _save(fig, path)
+
+
+def plot_layer_grad_curves(
+    per_variant: dict[str, dict[int, Curve]], title: str, path: str | Path
+) -> Path | None:
+    """Each block's gradient norm against tokens seen, one panel per variant (shared log y axis), one line
+    per block (geometric mean over seeds); None when no variant logged them."""
+    shown = {k: v for k, v in per_variant.items() if v}
+    if not shown:
+        return None
+    layers = sorted({layer for curves in shown.values() for layer in curves})
+    cmap = plt.get_cmap("viridis")
+    colour = {layer: cmap(i / max(1, len(layers) - 1)) for i, layer in enumerate(layers)}
+    fig, axes = plt.subplots(
+        1, len(shown), figsize=(4.4 * len(shown) + 1.2, 4.0), sharey=True, squeeze=False, layout="constrained"
+    )
+    for ax, (label, curves) in zip(axes[0], shown.items(), strict=True):
+        for layer, c in sorted(curves.items()):
+            ax.plot(c.tokens, c.mean, color=colour[layer], lw=1.3, label=f"block {layer}")
+        ax.set_yscale("log")
+        ax.set_xlim(left=0)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("tokens seen")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("gradient norm before clipping (log scale)")
+    axes[0, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fig.suptitle(title)
     return _save(fig, path)

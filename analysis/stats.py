@@ -5,6 +5,7 @@ curves averaged over seeds (in log space on log axes)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,6 +104,126 @@ def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float |
         return math.nan
     z = stats.t.ppf(1 - alpha / 2, n - 1) + (0.0 if power is None else stats.t.ppf(power, n - 1))
     return float(z * sd / math.sqrt(n))
+
+
+MAX_EXACT = 16
+"""The most paired differences ``sign_flip_p`` enumerates (2^16 patterns); with more, the t-test's normal
+approximation is good enough and the enumeration would grow past memory."""
+
+
+def sign_flip_p(diffs: Sequence[float]) -> float:
+    """The exact two-sided p-value of the paired sign-flip (permutation) test of a zero mean difference.
+
+    Under the null hypothesis each paired difference is as likely to carry either sign, so all 2^n sign
+    patterns are equally likely; the p-value is the share of them whose |sum| reaches the observed |sum|.
+    With n pairs it cannot fall below 2 / 2^n (0.25 at n = 3, 0.0625 at n = 5). nan without pairs or with
+    more than ``MAX_EXACT``."""
+    d = np.asarray(diffs, dtype=float)
+    if len(d) == 0 or len(d) > MAX_EXACT:
+        return math.nan
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
+    observed = abs(d.sum())
+    # a relative tolerance, so the pattern equal to the observed one counts despite rounding
+    return float(np.mean(np.abs(signs @ d) >= observed - 1e-9 * max(1.0, observed)))
+
+
+@dataclass
+class SpreadEstimate:
+    """The SD of paired differences with its chi-square confidence interval (nan below two pairs)."""
+
+    sd: float
+    low: float
+    high: float
+    n: int
+
+
+def sd_ci(diffs: Sequence[float], confidence: float = 0.95) -> SpreadEstimate:
+    """Sample SD of ``diffs`` and its interval from (n-1) s^2 / sigma^2 ~ chi-square(n-1) (normal data)."""
+    d = np.asarray(diffs, dtype=float)
+    n = len(d)
+    if n < 2:
+        return SpreadEstimate(math.nan, math.nan, math.nan, n)
+    sd = float(d.std(ddof=1))
+    upper_q = stats.chi2.ppf((1 + confidence) / 2, n - 1)
+    lower_q = stats.chi2.ppf((1 - confidence) / 2, n - 1)
+    return SpreadEstimate(sd, sd * math.sqrt((n - 1) / upper_q), sd * math.sqrt((n - 1) / lower_q), n)
+
+
+@dataclass
+class Tost:
+    """Two one-sided tests of equivalence of a mean paired difference within +-``bound``."""
+
+    p: float
+    """The larger of the two one-sided p-values: below alpha, the difference lies within the bound."""
+    low: float
+    high: float
+    """The (1 - 2 alpha) confidence interval of the mean difference (90% for alpha = 0.05)."""
+    bound: float
+
+
+def tost(diffs: Sequence[float], bound: float, alpha: float = 0.05) -> Tost:
+    """Paired TOST: one t-test of H0 mean <= -bound and one of H0 mean >= +bound, each at ``alpha``;
+    equivalence is shown when both reject, i.e. when the (1 - 2 alpha) interval lies inside +-bound."""
+    d = np.asarray(diffs, dtype=float)
+    n = len(d)
+    if n < 2:
+        return Tost(math.nan, math.nan, math.nan, bound)
+    mean, se = float(d.mean()), float(d.std(ddof=1)) / math.sqrt(n)
+    if se == 0:  # identical differences: the interval is a point
+        return Tost(0.0 if abs(mean) < bound else 1.0, mean, mean, bound)
+    p_above_lower = float(stats.t.sf((mean + bound) / se, n - 1))
+    p_below_upper = float(stats.t.cdf((mean - bound) / se, n - 1))
+    q = float(stats.t.ppf(1 - alpha, n - 1))
+    return Tost(max(p_above_lower, p_below_upper), mean - q * se, mean + q * se, bound)
+
+
+def equivalence_verdict(result: Tost, adjusted_p: float, alpha: float = 0.05) -> str:
+    """``equivalent`` when the (Holm-adjusted) TOST p-value is below ``alpha``; ``not equivalent`` when the
+    whole interval lies outside the bound; otherwise ``inconclusive`` (the data allow both)."""
+    if math.isnan(result.p):
+        return "inconclusive"
+    if adjusted_p < alpha:
+        return "equivalent"
+    if result.low > result.bound or result.high < -result.bound:
+        return "not equivalent"
+    return "inconclusive"
+
+
+@dataclass
+class PairedSummary:
+    """One comparison's paired differences (variant - baseline, same seed): everything its table row shows."""
+
+    diff: Estimate
+    """Mean difference and its 95% t-interval."""
+    t_p: float
+    """Two-sided paired t-test (nan below two pairs or when every difference is equal)."""
+    sign_flip_p: float
+    spread: SpreadEstimate
+    mde: float
+    """The smallest mean difference this comparison detects with 80% power at alpha 0.05, from its SD."""
+    mde_low: float
+    mde_high: float
+    """The same at the ends of the SD's 95% interval."""
+
+
+def paired_summary(diffs: Sequence[float], power: float = 0.8, alpha: float = 0.05) -> PairedSummary:
+    """Paired t-test, exact sign-flip test, the SD of the differences and the minimum detectable effect,
+    all from this comparison's own differences (never pooled with other comparisons)."""
+    d = np.asarray(diffs, dtype=float)
+    n = len(d)
+    t_p = math.nan
+    if n >= 2 and d.std(ddof=1) > 0:
+        t_p = float(stats.ttest_1samp(d, 0.0).pvalue)
+    spread = sd_ci(d)
+    return PairedSummary(
+        mean_ci(d),
+        t_p,
+        sign_flip_p(d),
+        spread,
+        detectable_difference(spread.sd, n, alpha, power),
+        detectable_difference(spread.low, n, alpha, power),
+        detectable_difference(spread.high, n, alpha, power),
+    )
 
 
 @dataclass
