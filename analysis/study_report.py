@@ -81,6 +81,10 @@ class Study:
             and isinstance(self.runs[e["name"]].summary.get(metric), int | float)
         ]
 
+    def grid(self, **match: Any) -> list[dict[str, Any]]:
+        """The finished runs of phase 1 (the lr grid), including those phase 2 reused as seeds."""
+        return [e for e in self.entries(**match) if e.get("phase") == "lr" or e.get("in_grid")]
+
     def phase2(self, label: str) -> dict[Any, Run]:
         """Seed -> the variant's run at its chosen lr (phase 2), where it scored the test split."""
         entries = self.entries(self.spec["test_metric"], variant=label, phase="seeds")
@@ -150,15 +154,29 @@ def success_rule(study: Study, question: dict[str, Any]) -> dict[str, Any] | Non
     the first success rule of the study that covers one of its variants, else the default (the selection
     metric ``DEFAULT_RULE_GAP`` nats below the unigram level), else None."""
     if question["kind"] == "success":
-        return question["rule"]
+        return resolve_rule(study, question["rule"])
     labels = {question["baseline"], *question["variants"]}
     for q in study.spec["questions"]:
         if q["kind"] == "success" and labels & {q["baseline"], *q["variants"]}:
-            return q["rule"]
+            return resolve_rule(study, q["rule"])
     unigram = study.spec.get("unigram_loss")
     if isinstance(unigram, int | float):
         return {"metric": study.spec["select_metric"], "below": round(unigram - DEFAULT_RULE_GAP, 6)}
     return None
+
+
+def resolve_rule(study: Study, rule: dict[str, Any]) -> dict[str, Any]:
+    """A study file's rule as a fixed threshold: ``below_unigram_by: g`` becomes ``below`` the unigram loss
+    minus g; the metric defaults to the selection metric."""
+    resolved = {"metric": rule.get("metric", study.spec["select_metric"])}
+    if "below_unigram_by" in rule:
+        unigram = study.spec.get("unigram_loss")
+        if not isinstance(unigram, int | float):
+            raise RunsError("study.json: a rule below_unigram_by needs unigram_loss, which it lacks")
+        resolved["below"] = round(unigram - rule["below_unigram_by"], 6)
+    else:
+        resolved["below"] = rule["below"]
+    return resolved
 
 
 def trains(run: Run, rule: dict[str, Any]) -> bool:
@@ -434,13 +452,17 @@ def setup_lines(study: Study) -> list[str]:
     entries = s["runs"]
     finished = [e for e in entries if e.get("status") == "finished"]
     seeds = sorted({e["seed"] for e in entries if e.get("phase") == "seeds"}, key=str)
-    grid_seeds = sorted({e["seed"] for e in entries if e.get("phase") == "lr"}, key=str)
-    rungs = sorted({float(e.get("fraction", 1.0)) for e in entries if e.get("phase") == "lr"})
+    in_grid = [e for e in entries if e.get("phase") == "lr" or e.get("in_grid")]
+    grid_seeds = sorted({e["seed"] for e in in_grid}, key=str)
+    rungs = sorted({float(e.get("fraction", 1.0)) for e in in_grid})
     cpu = sum(e.get("cpu_user_s", 0.0) + e.get("cpu_sys_s", 0.0) for e in finished)
     wall = sum(e.get("seconds", 0.0) for e in finished)
     loads = [e[k] for e in entries for k in ("load_start", "load_end") if isinstance(e.get(k), int | float)]
     load = f"{min(loads):.2f} to {max(loads):.2f}" if loads else "not recorded"
-    phases = {p: sum(e.get("phase") == p for e in finished) for p in ("lr", "seeds")}
+    phases = {
+        "lr": sum(e.get("phase") == "lr" or bool(e.get("in_grid")) for e in finished),
+        "seeds": sum(e.get("phase") == "seeds" for e in finished),
+    }
     unigram = s.get("unigram_loss")
     lines = [
         f"- Study `{s.get('study', '')}` from `{s.get('file', '')}`, base experiment `{s.get('base', '')}`.",
@@ -499,7 +521,7 @@ def lr_points(study: Study) -> dict[str, list[tuple[float, float, float]]]:
     return {
         v["label"]: [
             (float(e["lr"]), float(e.get("fraction", 1.0)), float(study.runs[e["name"]].summary[metric]))
-            for e in study.entries(variant=v["label"], phase="lr")
+            for e in study.grid(variant=v["label"])
         ]
         for v in study.variants
     }

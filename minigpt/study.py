@@ -341,6 +341,12 @@ def budget(study: Study, variant: Variant) -> tuple[int, int]:
     return train.max_steps, train.warmup_steps
 
 
+def tokens_per_run(study: Study, variant: Variant) -> int:
+    """Training tokens of one whole-budget run of ``variant``."""
+    config = study.config_of(variant)
+    return config.train.max_steps * config.train.batch_size * config.model.block_size
+
+
 def rung_steps(study: Study, variant: Variant, fraction: float) -> tuple[int, int]:
     steps, warmup = budget(study, variant)
     return max(1, round(steps * fraction)), round(warmup * fraction)
@@ -466,9 +472,13 @@ class Executor:
         for spec in specs:
             name = spec.name(self.study)
             record = self.records.setdefault(name, {"name": name})
+            full_steps = budget(self.study, self.study.variant(spec.variant))[0]
+            # A phase-1 run at the chosen rate and whole budget is also a phase-2 seed: it is recorded as
+            # phase 2 ("seeds") and stays among the grid's points ("in_grid").
+            in_grid = record.get("in_grid", False) or spec.phase == "lr"
             record.update(
-                {"variant": spec.variant, "phase": record.get("phase", spec.phase), "lr": spec.lr}
-                | {"seed": spec.seed, "steps": spec.steps}
+                {"variant": spec.variant, "phase": spec.phase, "in_grid": in_grid, "lr": spec.lr}
+                | {"seed": spec.seed, "steps": spec.steps, "fraction": round(spec.steps / full_steps, 4)}
             )
         if self.wandb is not None:
             self.hand_to_agents([spec.name(self.study) for spec in specs])
@@ -520,6 +530,10 @@ class Executor:
             "overrides": study.overrides,
             "select_metric": study.select_metric,
             "test_metric": study.test_metric,
+            "budget": {
+                "steps": budget(study, base := study.variants[0])[0],
+                "tokens": tokens_per_run(study, base),
+            },
             "seeds": study.seeds,
             "selection_seeds": study.selection_seeds,
             "rungs": study.rungs,
