@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from minigpt import checkpoint, data, distributed, export, lora, perf, provenance, storage, tracking
-from minigpt.config import ConfigError, ExperimentConfig, TrainConfig, flatten
+from minigpt.config import ConfigError, ExperimentConfig, TrainConfig, flatten, resumable_keys
 from minigpt.evaluate import EvalResult, evaluate
 from minigpt.model import GPT, GPTConfig
 
@@ -32,27 +32,9 @@ class RunInterrupted(RuntimeError):
     """The user stopped the run (Ctrl-C); the message says where it was saved and how to continue."""
 
 
-# Keys that may differ between a checkpoint's config and the config a run is resumed with: they change how
-# the run is carried out or recorded, not what it computes.
-RESUMABLE_CHANGES = (
-    "train.max_steps",
-    "train.eval_interval",
-    "train.eval_batches",
-    "train.eval_stride",
-    "train.eval_max_tokens",
-    "train.ckpt_interval",
-    "train.keep_last",
-    "train.log_interval",
-    "train.device",
-    "train.threads",
-    "train.compile",
-    "train.skip_nonfinite",
-    "train.micro_batch_size",
-    "train.precision",
-    "train.max_minutes",
-    "data.data_dir",
-    "data.cache_dir",
-)
+# Keys that may differ between a checkpoint's config and the config a run is resumed with: they change how the
+# run is carried out, scored or recorded, or how long it trains, not what it computes (the config's roles).
+RESUMABLE_CHANGES = resumable_keys()
 
 
 # ----------------------------------------------------------------------------------------------- set-up
@@ -93,11 +75,7 @@ def build_optimizer(model: GPT, config: ExperimentConfig, device: torch.device) 
 def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to resume when the config changed in a way that changes what the run computes."""
     a, b = flatten(saved), flatten(current)
-    differing = [
-        k
-        for k in sorted(set(a) | set(b))
-        if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES and not k.startswith("log.")
-    ]
+    differing = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]
     if differing:
         details = "; ".join(f"{k} is {a.get(k)!r} in the checkpoint but {b.get(k)!r} now" for k in differing)
         raise ConfigError(f"cannot resume with an incompatible config: {details}")
