@@ -20,6 +20,7 @@ import torch
 
 from minigpt import checkpoint, data, distributed, export, lora, perf, provenance, storage, tracking
 from minigpt.config import ConfigError, ExperimentConfig, TrainConfig, flatten, resumable_keys
+from minigpt.errors import first_line
 from minigpt.evaluate import EvalResult, evaluate
 from minigpt.model import GPT, GPTConfig
 
@@ -133,7 +134,7 @@ def load_base(
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"init_from={init_from!r} is neither a MiniGPT checkpoint or run directory nor a loadable "
-            f"Hugging Face GPT-2: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            f"Hugging Face GPT-2: {first_line(e)}"
         ) from None
     return base.config, base.state_dict()
 
@@ -182,19 +183,18 @@ def settle_config(
 ) -> tuple[ExperimentConfig, dict[str, torch.Tensor] | None]:
     """The config the run will use, checked against everything known before any data loads, and the base
     weights a fresh ``init_from`` run starts from."""
-    if config.lora.rank and not config.init_from:
-        raise ConfigError("lora.rank > 0 adapts trained weights: name them with --init_from=RUN_DIR|CKPT|HF")
+    config.check_runnable()
     base_weights = None
     if saved is not None:
         if config.init_from:
             config = adopt_base_architecture(config, GPTConfig(**saved["model_config"]))
         check_resume_compatible(saved["config"], config.to_dict())
-    elif config.init_from:
+    else:
+        check_can_create(Path(config.log.out_dir))  # a fresh run, also a fine-tune: before any weights load
+    if saved is None and config.init_from:
         downloads = data.cache_root(config.data) / "artifacts"
         base_config, base_weights = load_base(config.init_from, config.log.wandb, downloads)
         config = adopt_base_architecture(config, base_config)
-    else:
-        check_can_create(Path(config.log.out_dir))
     perf.check_fits_in_memory(config.model, config.train.micro_batch_size, device)
     return config, base_weights
 
@@ -237,8 +237,8 @@ def prepare(
     logger.start(
         run_metadata(trainer, source, command, saved), total_steps=t.max_steps, first_step=trainer.state.step
     )
-    if source.diff and distributed.is_main():
-        storage.atomic_write_bytes(run_dir / "git.diff", source.diff.encode())
+    if distributed.is_main():
+        provenance.record_diff(run_dir, source)
     return trainer
 
 

@@ -325,3 +325,17 @@ def test_keys_that_define_no_variant_leave_the_wandb_group_and_the_analysis_vari
     assert varying_keys(runs) == []
     runs.append(Run("c", {**flat, "train.eval_max_tokens": 4096, "train.lr": 1.0}, {}))
     assert varying_keys(runs) == ["train.eval_max_tokens", "train.lr"]
+
+
+def test_lora_without_the_weights_it_adapts_is_refused_by_the_config_once_overrides_are_in():
+    lora_only = overridden("--lora.rank=4")  # an experiment file may leave init_from to the command line
+    with pytest.raises(ConfigError, match="lora.rank > 0 adapts trained weights"):
+        lora_only.check_runnable()
+    apply_overrides(lora_only, {"init_from": "runs/base"}).check_runnable()
+
+
+def test_first_line_of_an_error_drops_the_libraries_explanation_or_names_the_type():
+    from minigpt.errors import first_line
+
+    assert first_line(OSError("no such file\n\nsee the docs for more")) == "no such file"
+    assert first_line(ValueError()) == "ValueError"

@@ -12,7 +12,7 @@ import torch
 from helpers import tiny_config, write_experiment
 
 import run as run_script
-from minigpt import checkpoint, data, tracking, train
+from minigpt import checkpoint, data, provenance, tracking, train
 from minigpt.config import ExperimentConfig, derive
 from minigpt.model import GPT, GPTConfig
 from minigpt.tracking import read_metrics
@@ -233,6 +233,20 @@ def test_resume_may_extend_a_finished_run(finished_run, tmp_path):
     assert run_script.main([f"--resume={copy}", "--max_steps=7", "--eval_stride=0"]) == 0
     assert sorted(train_losses(copy)) == [1, 2, 3, 4, 5, 6, 7]
     assert checkpoint.load_checkpoint(copy)["step"] == 7
+
+
+@pytest.mark.slow
+def test_a_resume_records_the_code_of_the_process_that_resumed(finished_run, tmp_path, monkeypatch):
+    _, run_dir, _ = finished_run
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    (copy / "git.diff").write_text("--- a/minigpt/model.py\n+an edit the first process ran with\n")
+    clean = provenance.SourceState(commit="c" * 40)
+    monkeypatch.setattr(provenance, "source_state", lambda: clean)
+    assert run_script.main([f"--resume={copy}", "--max_steps=7", "--eval_stride=0"]) == 0
+    assert not (copy / "git.diff").exists()
+    recorded = json.loads((copy / "config.json").read_text())["_run"]
+    assert recorded["git_commit"] == "c" * 40 and recorded["git_dirty"] is False
+    assert recorded["resumed_from"] == str(checkpoint.checkpoint_path(copy, 6))
 
 
 @pytest.mark.slow
