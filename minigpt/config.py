@@ -124,8 +124,9 @@ class TrainConfig:
     eval_interval: int = role(MEASUREMENT, 500)
     """Steps between validation passes (0: only at the end)."""
     eval_batches: int = role(MEASUREMENT, 20)
-    """Micro-batches per periodic validation pass (0: the whole split). The final evaluation covers
-    whole splits unless ``eval_max_tokens`` is set."""
+    """Evaluation batches per periodic validation estimate (0: the whole split): the first ones of the
+    split, the same tokens every time, so the curve's points compare with each other but not with the final
+    evaluation, which covers whole splits unless ``eval_max_tokens`` is set."""
     eval_stride: int = role(MEASUREMENT, 0)
     """If > 0, the final evaluation also reports sliding-window perplexity with this stride."""
     eval_max_tokens: int = role(MEASUREMENT, 0)

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,7 +231,8 @@ def prepare(
         logger = tracking.build_logger(config.to_dict(), run_dir, resume_id, first_step)
     else:
         logger = tracking.Logger()
-    trainer = Trainer(config, model, splits, device, precision, accum_steps, logger, run_dir)
+    peak_flops = job_peak_flops(device, precision)
+    trainer = Trainer(config, model, splits, device, precision, accum_steps, logger, run_dir, peak_flops)
     if saved is not None:
         trainer.restore(saved)
     source = provenance.source_state()
@@ -323,18 +325,56 @@ def train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
     status = "failed"
     try:
         if trainer.config.init_from and trainer.state.step == 0:
-            trainer.evaluate_before_training()
+            score_starting_weights(trainer)
         try:
             trainer.train()
         except KeyboardInterrupt:
             status = "interrupted"
-            raise trainer.interrupted() from None
-        summary = trainer.final_evaluation()
+            raise trainer.save_on_interrupt() from None
+        summary = final_evaluation(trainer)
         if distributed.is_main():
             publish(trainer)
         status = "finished"
     finally:
         trainer.logger.finish(status)
+    return summary
+
+
+def score_starting_weights(trainer: Trainer) -> None:
+    """Score an ``init_from`` run's starting weights on the validation tokens the final evaluation scores, to
+    compare with it; the figures go into the ``TrainingState``, so a resume still reports them."""
+    result = trainer.score(trainer.splits.val, max_tokens=trainer.config.train.eval_max_tokens)
+    trainer.state.val_before = {**result.as_metrics("val_before"), "val_before/describe": result.describe()}
+    trainer.logger.log({**result.as_metrics("val_before"), "train/tokens": 0}, step=trainer.state.step)
+    if distributed.is_main():
+        print(f"before training: val {result.describe()}")
+
+
+def final_evaluation(trainer: Trainer) -> dict[str, Any]:
+    """Save the final model, score it on the validation and test splits (whole, unless
+    ``train.eval_max_tokens``; sliding-window too with ``train.eval_stride``), and record the summary."""
+    t, splits = trainer.config.train, trainer.splits
+    trainer.save()
+    scored = {"val": splits.val, "test": splits.test}
+    summary: dict[str, Any] = {}
+    logged: dict[str, Any] = {}
+    for name, split in scored.items():
+        if split is None:
+            continue
+        result = trainer.score(split, max_tokens=t.eval_max_tokens)
+        logged.update(result.as_metrics(f"final_{name}"))
+        summary.update({**result.as_metrics(f"final_{name}"), f"final_{name}/describe": result.describe()})
+    if t.eval_stride:
+        for name, split in scored.items():
+            if split is not None:
+                sliding = trainer.score(split, stride=t.eval_stride, max_tokens=t.eval_max_tokens)
+                summary.update(sliding.as_metrics(f"final_{name}_sliding"))
+    trainer.logger.log({**logged, "train/tokens": trainer.tokens_seen}, step=trainer.state.step)
+    summary.update(trainer.state.summary(trainer.tokens_per_step))
+    summary["run_dir"] = str(trainer.run_dir)
+    if trainer.config.lora.rank:
+        summary["adapter_bytes"] = lora.adapter_size(trainer.adapter_path)
+    trainer.logger.summary(summary)
     return summary
 
 
@@ -354,6 +394,35 @@ def publish(trainer: Trainer) -> None:
         trainer.logger.artifact(trainer.adapter_path, f"{run_dir.name}-adapter", "lora-adapter")
 
 
+def job_peak_flops(device: torch.device, precision: str) -> float:
+    """The matmul ceiling of the whole job (every process, as tokens per second count them all), measured
+    once before training, against which ``perf/mfu`` is reported; NaN where it is not measured (MPS)."""
+    if device.type == "mps":
+        return math.nan
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    return distributed.world_size() * perf.measure_matmul_flops(device, dtype)
+
+
+def block_grad_norms(model: GPT) -> dict[str, float]:
+    """Each transformer block's gradient norm before clipping, logged as ``grad_norm/layer_<i>``."""
+    return {
+        f"grad_norm/layer_{i}": torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for p in block.parameters() if p.grad is not None])
+        ).item()
+        for i, block in enumerate(model.transformer.h)
+    }
+
+
+Diagnostic = Callable[[GPT], dict[str, float]]
+"""A per-step measurement of the model after backward and before clipping and the update (gradients in
+place), run on logged steps; its figures join the step's metric row."""
+
+
+def diagnostics_for(config: ExperimentConfig) -> list[Diagnostic]:
+    """The diagnostics the config asks for, in the order their figures are logged."""
+    return [block_grad_norms] if config.train.log_layer_grad_norms else []
+
+
 @dataclass
 class TrainingState:
     """Everything a resume restores besides the weights, the optimizer and the config: saved and loaded whole,
@@ -361,7 +430,10 @@ class TrainingState:
 
     step: int = 0
     best_val_loss: float = math.inf
+    """The lowest periodic validation estimate (``val/loss``): comparable with the other estimates only,
+    not with the final whole-split score."""
     best_step: int | None = None
+    """The step of that estimate (its checkpoint is kept); None before the first periodic evaluation."""
     skipped_steps: int = 0
     train_seconds: float = 0.0
     val_before: dict[str, Any] = field(default_factory=dict)
@@ -370,13 +442,29 @@ class TrainingState:
     rng_by_rank: list[dict[str, torch.Tensor]] = field(default_factory=list)
     """Each process's random state (dropout masks); the data order needs none: it follows from the step."""
 
-    def note_val_loss(self, loss: float) -> None:
+    def note_val_estimate(self, loss: float) -> None:
         if loss < self.best_val_loss:
             self.best_val_loss, self.best_step = loss, self.step
 
+    def summary(self, tokens_per_step: int) -> dict[str, Any]:
+        """The state as a run's summary reports it, each figure named for what it is."""
+        tokens = self.step * tokens_per_step
+        figures: dict[str, Any] = {
+            **self.val_before,
+            "step": self.step,
+            "tokens": tokens,
+            "train_seconds": self.train_seconds,
+            "tokens_per_sec": tokens / max(self.train_seconds, 1e-9),
+            "skipped_steps": self.skipped_steps,
+        }
+        if self.best_step is not None:
+            figures.update({"val/best_loss": self.best_val_loss, "val/best_step": self.best_step})
+        return figures
+
 
 class Trainer:
-    """Steps one training run: the model, its optimizer, the data sampler and the ``TrainingState``."""
+    """Trains one run: steps the model with its optimizer on the sampler's batches, estimates validation
+    loss every ``eval_interval`` steps and saves every ``ckpt_interval``, keeping the ``TrainingState``."""
 
     def __init__(
         self,
@@ -388,6 +476,7 @@ class Trainer:
         accum_steps: int,
         logger: tracking.Logger,
         run_dir: Path,
+        peak_flops: float = math.nan,
     ) -> None:
         t = config.train
         self.config, self.model, self.splits, self.device = config, model, splits, device
@@ -409,11 +498,8 @@ class Trainer:
         self.state = TrainingState()
         self.tokens_per_step = t.batch_size * self.block_size
         self.flops_per_token = model.flops_per_token(self.block_size)
-        self.peak_flops = self.world_size * (  # of the whole job, as tokens per second count every process
-            perf.measure_matmul_flops(device, torch.bfloat16 if precision == "bf16" else torch.float32)
-            if device.type != "mps"
-            else math.nan
-        )
+        self.peak_flops = peak_flops
+        self.diagnostics = diagnostics_for(config)
 
     @property
     def tokens_seen(self) -> int:
@@ -421,8 +507,9 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------------
 
-    def checkpoint(self) -> dict[str, Any]:
-        """This step's checkpoint: ``TrainingState``'s fields, the weights, the optimizer and the config."""
+    def gather_checkpoint(self) -> dict[str, Any]:
+        """This step's checkpoint: ``TrainingState``'s fields, the weights, the optimizer and the config.
+        Every process must call it: it gathers their random states into the state."""
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -453,7 +540,7 @@ class Trainer:
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def save(self) -> Path:
-        state = self.checkpoint()  # every process takes part: it gathers their random states
+        state = self.gather_checkpoint()
         path = checkpoint.checkpoint_path(self.run_dir, self.state.step)
         if distributed.is_main():
             checkpoint.save_checkpoint(self.run_dir, state, self.config.train.keep_last, self.state.best_step)
@@ -474,7 +561,7 @@ class Trainer:
         found = checkpoint.list_checkpoints(self.run_dir)
         return str(found[-1][1]) if found else "none (no checkpoint was written yet)"
 
-    def interrupted(self) -> RunInterrupted:
+    def save_on_interrupt(self) -> RunInterrupted:
         """Save where a Ctrl-C stopped the run (a single process: a group cannot agree on it) and say how to
         continue."""
         if self.world_size > 1:
@@ -491,10 +578,10 @@ class Trainer:
 
     # -- one optimizer step --------------------------------------------------------------------------------
 
-    def train_step(self, lr: float, want_block_norms: bool = False) -> tuple[float, float, dict[str, float]]:
+    def train_step(self, lr: float, diagnose: bool = False) -> tuple[float, float, dict[str, float]]:
         """Accumulate gradients over the micro-batches of one step, clip, and update at learning rate ``lr``;
-        return the mean loss, the gradient norm before clipping, and (if asked) each block's gradient norm
-        before clipping."""
+        return the mean loss, the gradient norm before clipping, and (if ``diagnose``) the figures of the
+        trainer's diagnostics, taken before clipping."""
         t = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -512,7 +599,7 @@ class Trainer:
                 self.scaler.scale(loss / self.accum_steps).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)
-        block_norms = self.block_grad_norms() if want_block_norms else {}
+        figures = {k: v for d in self.diagnostics for k, v in d(self.model).items()} if diagnose else {}
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf).item()
         # The mean over every process: the same number everywhere, so all processes stop or skip together.
         loss = (distributed.all_reduce_sum(loss_sum) / (self.accum_steps * self.world_size)).item()
@@ -527,25 +614,16 @@ class Trainer:
                 )
             self.state.skipped_steps += 1
             self.scaler.update()
-            return loss, grad_norm, block_norms
+            return loss, grad_norm, figures
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm, block_norms
+        return loss, grad_norm, figures
 
     def time_spent(self) -> float:
         """The fraction of the time budget (``train.max_minutes``) used; 0 without a budget."""
         budget = 60 * self.config.train.max_minutes
         return self.state.train_seconds / budget if budget else 0.0
-
-    def block_grad_norms(self) -> dict[str, float]:
-        """Each transformer block's gradient norm, logged as ``grad_norm/layer_<i>``."""
-        return {
-            f"grad_norm/layer_{i}": torch.linalg.vector_norm(
-                torch.stack([p.grad.norm() for p in block.parameters() if p.grad is not None])
-            ).item()
-            for i, block in enumerate(self.model.transformer.h)
-        }
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -558,7 +636,7 @@ class Trainer:
             step_start = time.perf_counter()
             will_log = (self.state.step + 1) % t.log_interval == 0 or self.state.step + 1 == t.max_steps
             lr = lr_at(self.state.step, self.config, self.time_spent())
-            loss, grad_norm, block_norms = self.train_step(lr, t.log_layer_grad_norms and will_log)
+            loss, grad_norm, figures = self.train_step(lr, diagnose=will_log)
             self.state.step += 1
             window_steps += 1
             window_loss += loss
@@ -576,13 +654,13 @@ class Trainer:
                         "perf/step_ms": 1000 * elapsed / window_steps,
                         "perf/mfu": tokens_per_sec * self.flops_per_token / self.peak_flops,
                         "perf/peak_mem_mb": perf.peak_memory_mb(self.device),
-                        **block_norms,
+                        **figures,
                     },
                     step=self.state.step,
                 )
                 window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
             if self.state.step < t.max_steps and t.eval_interval and self.state.step % t.eval_interval == 0:
-                self.periodic_eval()
+                self.estimate_val_loss()
                 window_start = time.perf_counter()
             if self.state.step < t.max_steps and t.ckpt_interval and self.state.step % t.ckpt_interval == 0:
                 self.save()
@@ -593,9 +671,11 @@ class Trainer:
             return False
         return bool(distributed.broadcast_object(self.time_spent() >= 1.0))
 
-    def evaluate(
+    def score(
         self, split: data.TokenSplit, max_batches: int = 0, stride: int | None = None, max_tokens: int = 0
     ) -> EvalResult:
+        """Score the model on ``split`` (its first ``max_tokens``, or its first ``max_batches`` evaluation
+        batches), with every process taking a share."""
         tokens = split.tokens[:max_tokens] if max_tokens else split.tokens
         return evaluate(
             self.wrapped_model,
@@ -611,52 +691,9 @@ class Trainer:
             world_size=self.world_size,
         )
 
-    def evaluate_before_training(self) -> None:
-        """Score the starting weights on the validation tokens the final evaluation scores, to compare."""
-        result = self.evaluate(self.splits.val, max_tokens=self.config.train.eval_max_tokens)
-        self.state.val_before = {**result.as_metrics("val_before"), "val_before/describe": result.describe()}
-        self.logger.log({**result.as_metrics("val_before"), "train/tokens": 0}, step=self.state.step)
-        if distributed.is_main():
-            print(f"before training: val {result.describe()}")
-
-    def periodic_eval(self) -> None:
-        """A cheap estimate (``eval_batches`` batches) for the curve; the final evaluation scores whole
-        splits."""
-        result = self.evaluate(self.splits.val, max_batches=self.config.train.eval_batches)
-        self.state.note_val_loss(result.loss)
+    def estimate_val_loss(self) -> None:
+        """The curve's point: the first ``eval_batches`` evaluation batches of the validation split (the same
+        tokens every time, so the points compare with each other), not the final whole-split score."""
+        result = self.score(self.splits.val, max_batches=self.config.train.eval_batches)
+        self.state.note_val_estimate(result.loss)
         self.logger.log({**result.as_metrics("val"), "train/tokens": self.tokens_seen}, step=self.state.step)
-
-    def final_evaluation(self) -> dict[str, Any]:
-        t = self.config.train
-        val = self.evaluate(self.splits.val, max_tokens=t.eval_max_tokens)
-        self.state.note_val_loss(val.loss)
-        self.save()
-        metrics = val.as_metrics("final_val")
-        summary: dict[str, Any] = {**metrics, "final_val/describe": val.describe(), **self.state.val_before}
-        if self.config.lora.rank:
-            summary["adapter_bytes"] = lora.adapter_size(self.adapter_path)
-        if self.splits.test is not None:
-            test = self.evaluate(self.splits.test, max_tokens=t.eval_max_tokens)
-            metrics.update(test.as_metrics("final_test"))
-            summary.update(test.as_metrics("final_test"))
-            summary["final_test/describe"] = test.describe()
-        if t.eval_stride:
-            for name, split in (("val", self.splits.val), ("test", self.splits.test)):
-                if split is not None:
-                    sliding = self.evaluate(split, stride=t.eval_stride, max_tokens=t.eval_max_tokens)
-                    summary.update(sliding.as_metrics(f"final_{name}_sliding"))
-        self.logger.log({**metrics, "train/tokens": self.tokens_seen}, step=self.state.step)
-        summary.update(
-            {
-                "step": self.state.step,
-                "tokens": self.tokens_seen,
-                "train_seconds": self.state.train_seconds,
-                "tokens_per_sec": self.tokens_seen / max(self.state.train_seconds, 1e-9),
-                "best_val_loss": self.state.best_val_loss,
-                "best_step": self.state.best_step,
-                "skipped_steps": self.state.skipped_steps,
-                "run_dir": str(self.run_dir),
-            }
-        )
-        self.logger.summary(summary)
-        return summary
