@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minigpt.config import flatten
+from minigpt.config import flatten, non_variant_keys
 from minigpt.tracking import read_metrics
 
 
@@ -122,9 +122,11 @@ def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> dict[tuple, list[Run
     return groups
 
 
-NOT_VARIANT_KEYS = ("train.seed", "name")
-"""Config keys that differ between runs of one variant: the seed (what the statistics are over), names."""
-NOT_VARIANT_PREFIXES = ("_run.", "log.", "data.cache_dir", "data.data_dir", "train.device", "train.threads")
+NOT_VARIANT_KEYS = non_variant_keys()
+"""Config keys that may differ between runs of one variant (the config's roles say which): the seed, what the
+statistics are over, and how a run was carried out and recorded."""
+NOT_VARIANT_PREFIXES = ("_run.",)
+"""How the run went (device, commit, command): facts about one run, never part of its variant."""
 
 
 def varying_keys(runs: Sequence[Run]) -> list[str]:

@@ -29,6 +29,30 @@ from minigpt.model import GPTConfig
 
 WIKITEXT_DATASETS = ("wikitext-2-raw-v1", "wikitext-2-v1", "wikitext-103-raw-v1", "wikitext-103-v1")
 
+# What each key is for. Every field says it in its metadata (a field without one is part of the
+# experiment: the safe reading), and the rest of the code asks these roles instead of keeping lists of its
+# own: a resume may change what does not define the experiment (``resumable_keys``); runs that differ only
+# in keys that define no variant are seeds of one variant, in W&B's groups and in the analysis
+# (``non_variant_keys``).
+EXPERIMENT = "experiment"
+"""What is trained and on what: another value is another experiment."""
+REPLICATE = "replicate"
+"""Which repetition of the experiment: the seed, over which the statistics of a variant are taken."""
+MEASUREMENT = "measurement"
+"""How the result is scored: a run may change it on resume, but scores compare only when it is the same."""
+EXECUTION = "execution"
+"""How the run is carried out (device, threads, precision, micro-batches): not what it computes."""
+RECORD = "record"
+"""Where and how often the run is recorded: names, folders, checkpoints, logging."""
+ROLES = (EXPERIMENT, REPLICATE, MEASUREMENT, EXECUTION, RECORD)
+
+
+def role(kind: str, default: Any, *, extendable: bool = False) -> Any:
+    """A dataclass field with ``default`` and its role; ``extendable`` marks an experiment key that a resume
+    may raise to train on (``train.max_steps``, ``train.max_minutes``)."""
+    assert kind in ROLES, kind
+    return field(default=default, metadata={"role": kind, "extendable": extendable})
+
 
 @dataclass
 class DataConfig:
@@ -37,7 +61,7 @@ class DataConfig:
     dataset: str = "wikitext-2-raw-v1"
     """A WikiText config name (``wikitext-2-raw-v1``, ``wikitext-2-v1``, ``wikitext-103-raw-v1``,
     ``wikitext-103-v1``) or ``text`` for the plain files named below."""
-    data_dir: str = ""
+    data_dir: str = role(EXECUTION, "")
     """Local asset root holding ``<dataset>/`` and ``gpt2-tokenizer/``; empty means ``$MINIGPT_DATA_DIR``,
     and without either the Hugging Face Hub is used."""
     train_file: str = ""
@@ -48,7 +72,7 @@ class DataConfig:
     """With ``dataset="text"``: the test text file (optional; without it there is no test evaluation)."""
     tokenizer: str = "gpt2"
     """A tokenizer directory or a Hub name; ``gpt2`` is found as ``<data_dir>/gpt2-tokenizer`` if present."""
-    cache_dir: str = ""
+    cache_dir: str = role(EXECUTION, "")
     """Where token caches live; empty means ``$MINIGPT_CACHE_DIR``, else ``~/.cache/minigpt``."""
 
     def __post_init__(self) -> None:
@@ -61,29 +85,29 @@ class DataConfig:
 class TrainConfig:
     """Optimisation, schedule, evaluation and checkpointing."""
 
-    seed: int = 1337
+    seed: int = role(REPLICATE, 1337)
     """Seeds initialisation, data order and dropout; runs that differ only in it are one variant."""
-    device: str = "auto"
+    device: str = role(EXECUTION, "auto")
     """``auto`` (cuda, then mps, then cpu), or a torch device string."""
-    precision: str = "auto"
+    precision: str = role(EXECUTION, "auto")
     """``auto`` (bf16 autocast where the hardware runs it fast, else fp32), ``fp32``, ``bf16`` or ``fp16``
     (CUDA only, with a gradient scaler)."""
-    compile: bool = False
+    compile: bool = role(EXECUTION, False)
     """Wrap the model in ``torch.compile``."""
-    threads: int = 0
+    threads: int = role(EXECUTION, 0)
     """CPU threads for torch; 0 keeps torch's default."""
-    keep_freed_memory: bool = True
+    keep_freed_memory: bool = role(EXECUTION, True)
     """Have glibc's malloc keep freed memory for the next step instead of returning it to the kernel, which
     otherwise hands it back as fresh zeroed pages every step (a fifth of a CPU run's time). Linux/glibc only;
     elsewhere it does nothing."""
     batch_size: int = 32
     """Sequences per optimizer step, over all processes and accumulation steps."""
-    micro_batch_size: int = 8
+    micro_batch_size: int = role(EXECUTION, 8)
     """Sequences per forward pass on one process; ``batch_size`` must be a multiple of it times the
     number of processes, and the quotient is the gradient-accumulation count."""
-    max_steps: int = 5000
+    max_steps: int = role(EXPERIMENT, 5000, extendable=True)
     """Optimizer steps to train for; the learning-rate schedule spans them."""
-    max_minutes: float = 0
+    max_minutes: float = role(EXPERIMENT, 0, extendable=True)
     """Stop training after this many minutes of training time (evaluation excluded), or at ``max_steps``,
     whichever comes first; 0 means no time limit. The schedule's decay follows whichever of steps and time is
     further along, so it ends when the run does."""
@@ -101,28 +125,29 @@ class TrainConfig:
     """AdamW's decay rate for the squared-gradient mean."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping (the norm is logged either way)."""
-    eval_interval: int = 500
+    eval_interval: int = role(MEASUREMENT, 500)
     """Steps between validation passes (0: only at the end)."""
-    eval_batches: int = 20
-    """Micro-batches per periodic validation pass (0: the whole split). The final evaluation covers
-    whole splits unless ``eval_max_tokens`` is set."""
-    eval_stride: int = 0
+    eval_batches: int = role(MEASUREMENT, 20)
+    """Evaluation batches per periodic validation estimate (0: the whole split): the first ones of the
+    split, the same tokens every time, so the curve's points compare with each other but not with the final
+    evaluation, which covers whole splits unless ``eval_max_tokens`` is set."""
+    eval_stride: int = role(MEASUREMENT, 0)
     """If > 0, the final evaluation also reports sliding-window perplexity with this stride."""
-    eval_max_tokens: int = 0
+    eval_max_tokens: int = role(MEASUREMENT, 0)
     """If > 0, the final evaluation scores only the first this-many tokens of each split (a cheaper estimate
     for short runs; the scored token count is recorded with the result). 0: whole splits."""
-    ckpt_interval: int = 500
+    ckpt_interval: int = role(RECORD, 500)
     """Steps between checkpoints (0: only at the end)."""
-    keep_last: int = 2
+    keep_last: int = role(RECORD, 2)
     """Checkpoints kept besides the best one."""
-    skip_nonfinite: bool = False
+    skip_nonfinite: bool = role(EXECUTION, False)
     """On a non-finite loss or gradient, skip the step instead of stopping the run."""
-    log_interval: int = 10
+    log_interval: int = role(RECORD, 10)
     """Steps between metric rows (train/loss is the mean over these steps)."""
-    log_layer_grad_norms: bool = False
+    log_layer_grad_norms: bool = role(RECORD, False)
     """Also log each block's gradient norm and activation diagnostics (``minigpt.diagnostics``: LayerNorm
     input RMS, branch-to-residual ratios), for pre-LN versus post-LN comparisons."""
-    dense_log_steps: int = 0
+    dense_log_steps: int = role(RECORD, 0)
     """Log every step (and, with an evaluation interval, estimate validation loss at step 0) until this
     step, then every ``log_interval``: the first steps, where a run collapses or takes off, at full
     resolution."""
@@ -160,25 +185,25 @@ class TrainConfig:
 class LogConfig:
     """Where a run is recorded: always a local run directory, and W&B unless disabled."""
 
-    project: str = "minigpt"
+    project: str = role(RECORD, "minigpt")
     """The W&B project."""
-    run_name: str = ""
+    run_name: str = role(RECORD, "")
     """The run directory's name, used as is (a resume or a sweep relies on it); empty means
     ``<experiment name>-<timestamp>-<W&B run id or random suffix>``, never an existing directory."""
-    out_dir: str = "runs"
+    out_dir: str = role(RECORD, "runs")
     """Run directories are created under this folder."""
-    wandb: str = "auto"
+    wandb: str = role(RECORD, "auto")
     """``auto`` (``$WANDB_MODE`` if set; else online under ``wandb agent`` or with W&B credentials, offline
     without), ``offline``, ``online`` or ``disabled``."""
-    group: str = ""
+    group: str = role(RECORD, "")
     """The W&B group; empty means the variant (the config without seed and run-specific keys), so that the
     seeds of one variant are averaged together in W&B."""
-    tags: str = ""
+    tags: str = role(RECORD, "")
     """Comma-separated W&B tags (the sweep's name is added as one)."""
-    sweep: str = ""
+    sweep: str = role(RECORD, "")
     """The name of the sweep this run belongs to (the local sweep runner sets it): a W&B tag and config
     entry, not a W&B sweep id, so the run stays syncable to its project."""
-    export_hf: bool = False
+    export_hf: bool = role(RECORD, False)
     """At the end of training, also write a Hugging Face model directory to ``<run_dir>/hf``."""
 
     def __post_init__(self) -> None:
@@ -189,7 +214,7 @@ class LogConfig:
 class ExperimentConfig:
     """One experiment: what to train, on what, how, and where to record it."""
 
-    name: str = "experiment"
+    name: str = role(RECORD, "experiment")
     """The experiment's name: the start of its run directories' names."""
     init_from: str = ""
     """Start from trained weights: a MiniGPT checkpoint or run directory, or a Hugging Face GPT-2 directory
@@ -208,6 +233,14 @@ class ExperimentConfig:
             f"{self.train.eval_stride} is longer than the context model.block_size={self.model.block_size}: "
             "a sliding window moves by at most one context",
         )
+
+    def check_runnable(self) -> None:
+        """Rules between fields that hold only once every override is applied (an experiment file may leave
+        one of the two to the command line), checked before a run loads anything."""
+        if self.lora.rank and not self.init_from:
+            raise ConfigError(
+                "lora.rank > 0 adapts trained weights: name them with --init_from=RUN_DIR|CKPT|HF"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -251,6 +284,36 @@ def all_keys() -> dict[str, type]:
         for name, tp in _field_types(section.type_cls).items():
             keys[f"{section.name}.{name}"] = tp
     return keys
+
+
+def key_roles() -> dict[str, str]:
+    """Every key, dotted, mapped to its role (``EXPERIMENT`` where its field declares none)."""
+    return {key: meta.get("role", EXPERIMENT) for key, meta in _key_metadata().items()}
+
+
+def resumable_keys() -> frozenset[str]:
+    """Keys a resumed run may change: all but those that define the experiment, and of those the ones that
+    only say how long to train."""
+    return frozenset(
+        key
+        for key, meta in _key_metadata().items()
+        if meta.get("role", EXPERIMENT) not in (EXPERIMENT, REPLICATE) or meta.get("extendable")
+    )
+
+
+def non_variant_keys() -> frozenset[str]:
+    """Keys whose values may differ between the runs of one variant: the seed, and how a run is carried out
+    and recorded. Every other key (what is trained, how it is scored) defines the variant."""
+    return frozenset(key for key, kind in key_roles().items() if kind in (REPLICATE, EXECUTION, RECORD))
+
+
+def _key_metadata() -> dict[str, types.MappingProxyType]:
+    top = {f.name: f.metadata for f in dataclasses.fields(ExperimentConfig)}
+    metadata = {"name": top["name"], "init_from": top["init_from"]}
+    for section in _sections():
+        for f in dataclasses.fields(section.type_cls):
+            metadata[f"{section.name}.{f.name}"] = f.metadata
+    return metadata
 
 
 def resolve_key(key: str) -> str:

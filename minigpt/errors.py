@@ -20,3 +20,10 @@ def check(condition: bool, key: str, message: str) -> None:
 
 def check_choice(value: str, key: str, choices: tuple[str, ...]) -> None:
     check(value in choices, key, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first message line, or its type's name when it has no message: enough to say what went
+    wrong in a one-line error without the library's multi-line explanation."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

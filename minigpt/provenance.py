@@ -10,6 +10,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minigpt.storage import atomic_write_bytes
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -40,3 +42,13 @@ def source_state() -> SourceState:
     diff = _git("diff", "HEAD", "--no-color") or ""
     untracked = (_git("ls-files", "--others", "--exclude-standard", "--full-name", ":/") or "").split()
     return SourceState(commit.strip(), bool(diff or untracked), diff, untracked)
+
+
+def record_diff(run_dir: Path, source: SourceState) -> None:
+    """Write ``git.diff`` for the process that runs now; a resume from a clean tree removes the diff an
+    earlier process left, so the run directory never pairs ``git_dirty: false`` with a stale diff."""
+    path = run_dir / "git.diff"
+    if source.diff:
+        atomic_write_bytes(path, source.diff.encode())
+    else:
+        path.unlink(missing_ok=True)

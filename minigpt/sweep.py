@@ -25,7 +25,7 @@ average at its start and end (``load_start``, ``load_end``), to judge whether it
 on a quiet machine. A restart
 skips runs whose ``summary.json`` says ``finished``; a run that fails is recorded as failed and the sweep
 carries on. Several files given together share one sweep id and one queue, and a run that two files both
-define (same name, same arguments) runs once.
+define (same name, same changes to the same experiment) runs once.
 """
 
 from __future__ import annotations
@@ -48,6 +48,17 @@ from typing import Any
 
 import yaml
 
+from minigpt.config import (
+    REPLICATE,
+    ConfigError,
+    ExperimentConfig,
+    all_keys,
+    check_type,
+    convert,
+    key_roles,
+    load_experiment,
+    resolve_key,
+)
 from minigpt.storage import atomic_write_json
 
 METHODS = ("grid", "random", "bayes")
@@ -261,13 +272,75 @@ def build_command(sweep: Sweep, assignment: dict[str, Any]) -> list[str]:
     return command
 
 
-def run_name(sweep: Sweep, assignment: dict[str, Any], index: int) -> str:
-    """Grid runs are named by their values in the order the file lists the parameters (so the same run in
-    two files with the same parameters gets the same name); random runs by their index in the seeded
-    sequence."""
+def base_experiment(sweep: Sweep) -> ExperimentConfig:
+    """The experiment the sweep's runs start from: the first experiment file its ``command`` names besides
+    the program (``experiments/ablations/cpu_base.py``), else the config's defaults."""
+    literals = [item for item in sweep.command if not re.fullmatch(r"\$\{\w+\}", item)]
+    path = next((item for item in literals if item.endswith(".py")), None)
+    if path is None:
+        return ExperimentConfig()
+    try:
+        return load_experiment(path)
+    except ConfigError as e:
+        raise SweepError(f"{sweep.path}: the command's experiment: {e}") from None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One parameter's value where it differs from the base experiment (or where no base value is known)."""
+
+    label: str
+    """The bare field name where it is unique (``lr``), else the dotted key; a parameter that is no config
+    key (a program other than ``run.py``) as the file spells it."""
+    value: Any
+    replicate: bool = False
+    """The seed: named in every run, last, and not a difference in the experiment."""
+
+
+def differences(base: ExperimentConfig, assignment: dict[str, Any]) -> list[Change]:
+    """The parameters of ``assignment`` that change ``base`` (the seed always), the experiment's keys first in
+    dotted order and the seed last. A parameter that is no config key always counts: its base is unknown."""
+    keys, roles = all_keys(), key_roles()
+    found: list[tuple[tuple[bool, str], Change]] = []
+    for name, value in assignment.items():
+        dotted = _resolve_or_none(name)
+        if dotted is None:
+            found.append(((False, name), Change(name, value)))
+            continue
+        try:
+            typed = convert(dotted, value, keys[dotted]) if isinstance(value, str) else value
+            typed = check_type(dotted, typed, keys[dotted])
+        except ConfigError as e:
+            raise SweepError(f"parameter {name}: {e}") from None
+        current: Any = base
+        for part in dotted.split("."):
+            current = getattr(current, part)
+        replicate = roles[dotted] == REPLICATE
+        if typed != current or replicate:
+            bare = dotted.rsplit(".", 1)[-1]
+            label = bare if _resolve_or_none(bare) == dotted else dotted
+            found.append(((replicate, dotted), Change(label, value, replicate)))
+    return [change for _, change in sorted(found, key=lambda f: f[0])]
+
+
+def _resolve_or_none(key: str) -> str | None:
+    try:
+        return resolve_key(key)
+    except ConfigError:
+        return None
+
+
+def run_name(sweep: Sweep, assignment: dict[str, Any], index: int, base: ExperimentConfig) -> str:
+    """Grid runs are named by what they change in the experiment they start from (``base``), the seed last:
+    ``n_head-1_seed-2``, and ``base_seed-1`` for the base itself. A value equal to the base's leaves the name
+    out, so a sweep file may list or omit such parameters, the same run in two files gets the same name, and
+    a new sweep file renames no run. Random runs are named by their index in the seeded sequence."""
     if sweep.method != "grid":
         return f"trial-{index:03d}"
-    parts = [f"{name.rsplit('.', 1)[-1]}-{assignment[name]}" for name in sweep.parameters]
+    changes = differences(base, assignment)
+    parts = [f"{c.label}-{c.value}" for c in changes]
+    if all(c.replicate for c in changes):
+        parts.insert(0, "base")
     name = re.sub(r"[^A-Za-z0-9_.=-]", "", "_".join(parts))
     if len(name) > MAX_NAME:  # file systems cap names at 255 bytes; a hash keeps long names distinct
         name = f"{name[: MAX_NAME - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
@@ -300,23 +373,31 @@ def plan(
     that several files define once."""
     per_file = []
     for sweep in sweeps:
+        base = base_experiment(sweep)
         file_runs = []
         for index, assignment in enumerate(assignments(sweep, count, seed)):
-            name = run_name(sweep, assignment, index)
+            name = run_name(sweep, assignment, index, base)
             extra = [f"--log.out_dir={out_dir / sweep_id}", f"--log.run_name={name}"]
             extra.append(f"--log.sweep={sweep_id}")
             if threads:
                 extra.append(f"--train.threads={threads}")
-            file_runs.append(PlannedRun(name, build_command(sweep, assignment) + extra))
+            # Runs of one name are one run when they start from the same command and change the same things
+            # (a grid file may spell out base values that another leaves out); random trials must match.
+            same_as = (build_command(sweep, {}), differences(base, assignment))
+            if sweep.method != "grid":
+                same_as = (build_command(sweep, assignment), [])
+            file_runs.append((PlannedRun(name, build_command(sweep, assignment) + extra), same_as))
         per_file.append(file_runs)
-    runs: dict[str, PlannedRun] = {}
-    for r in itertools.chain.from_iterable(itertools.zip_longest(*per_file)):
-        if r is None:
+    runs: dict[str, tuple[PlannedRun, Any]] = {}
+    for item in itertools.chain.from_iterable(itertools.zip_longest(*per_file)):
+        if item is None:
             continue
-        if r.name in runs and runs[r.name].command != r.command:
-            raise SweepError(f"two runs are named {r.name} but differ: {runs[r.name].command} vs {r.command}")
-        runs.setdefault(r.name, r)
-    return list(runs.values())
+        r, same_as = item
+        if r.name in runs and runs[r.name][1] != same_as:
+            earlier = runs[r.name][0].command
+            raise SweepError(f"two runs are named {r.name} but differ: {earlier} vs {r.command}")
+        runs.setdefault(r.name, (r, same_as))
+    return [r for r, _ in runs.values()]
 
 
 def load_average() -> float | None:

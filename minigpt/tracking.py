@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from minigpt.config import ConfigError, flatten
+from minigpt.config import ConfigError, flatten, non_variant_keys
 from minigpt.storage import atomic_write_bytes, atomic_write_json, remove_interrupted_writes
 
 
@@ -213,28 +213,9 @@ def new_run_dir(out_dir: Path, name: str) -> Path:
         return path
 
 
-# Keys that say how or where one run is carried out or recorded, not which experiment it is: runs that
-# differ only in these (and in the seed) are the same variant.
-RUN_SPECIFIC_KEYS = (
-    "train.seed",
-    "train.device",
-    "train.threads",
-    "train.compile",
-    "train.micro_batch_size",
-    "train.ckpt_interval",
-    "train.keep_last",
-    "train.log_interval",
-    "train.log_layer_grad_norms",
-    "data.data_dir",
-    "data.cache_dir",
-    "log.run_name",
-    "log.out_dir",
-    "log.wandb",
-    "log.group",
-    "log.tags",
-    "log.sweep",
-    "log.export_hf",
-)
+# Keys that say which seed, or how or where one run is carried out or recorded, not which experiment it is:
+# runs that differ only in these are the same variant (the config's roles decide).
+RUN_SPECIFIC_KEYS = non_variant_keys()
 
 
 def variant_group(config: dict[str, Any]) -> str:

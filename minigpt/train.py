@@ -12,6 +12,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from minigpt import (
     storage,
     tracking,
 )
-from minigpt.config import ConfigError, ExperimentConfig, TrainConfig, flatten
+from minigpt.config import ConfigError, ExperimentConfig, TrainConfig, flatten, resumable_keys
+from minigpt.errors import first_line
 from minigpt.evaluate import EvalResult, evaluate
 from minigpt.model import GPT, GPTConfig
 
@@ -43,27 +45,9 @@ class RunInterrupted(RuntimeError):
     """The user stopped the run (Ctrl-C); the message says where it was saved and how to continue."""
 
 
-# Keys that may differ between a checkpoint's config and the config a run is resumed with: they change how
-# the run is carried out or recorded, not what it computes.
-RESUMABLE_CHANGES = (
-    "train.max_steps",
-    "train.eval_interval",
-    "train.eval_batches",
-    "train.eval_stride",
-    "train.eval_max_tokens",
-    "train.ckpt_interval",
-    "train.keep_last",
-    "train.log_interval",
-    "train.device",
-    "train.threads",
-    "train.compile",
-    "train.skip_nonfinite",
-    "train.micro_batch_size",
-    "train.precision",
-    "train.max_minutes",
-    "data.data_dir",
-    "data.cache_dir",
-)
+# Keys that may differ between a checkpoint's config and the config a run is resumed with: they change how the
+# run is carried out, scored or recorded, or how long it trains, not what it computes (the config's roles).
+RESUMABLE_CHANGES = resumable_keys()
 
 
 # ----------------------------------------------------------------------------------------------- set-up
@@ -104,11 +88,7 @@ def build_optimizer(model: GPT, config: ExperimentConfig, device: torch.device) 
 def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to resume when the config changed in a way that changes what the run computes."""
     a, b = flatten(saved), flatten(current)
-    differing = [
-        k
-        for k in sorted(set(a) | set(b))
-        if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES and not k.startswith("log.")
-    ]
+    differing = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]
     if differing:
         details = "; ".join(f"{k} is {a.get(k)!r} in the checkpoint but {b.get(k)!r} now" for k in differing)
         raise ConfigError(f"cannot resume with an incompatible config: {details}")
@@ -166,7 +146,7 @@ def load_base(
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"init_from={init_from!r} is neither a MiniGPT checkpoint or run directory nor a loadable "
-            f"Hugging Face GPT-2: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            f"Hugging Face GPT-2: {first_line(e)}"
         ) from None
     return base.config, base.state_dict()
 
@@ -217,19 +197,18 @@ def settle_config(
 ) -> tuple[ExperimentConfig, dict[str, torch.Tensor] | None]:
     """The config the run will use, checked against everything known before any data loads, and the base
     weights a fresh ``init_from`` run starts from."""
-    if config.lora.rank and not config.init_from:
-        raise ConfigError("lora.rank > 0 adapts trained weights: name them with --init_from=RUN_DIR|CKPT|HF")
+    config.check_runnable()
     base_weights = None
     if saved is not None:
         if config.init_from:
             config = adopt_base_architecture(config, GPTConfig(**saved["model_config"]))
         check_resume_compatible(saved["config"], config.to_dict())
-    elif config.init_from:
+    else:
+        check_can_create(Path(config.log.out_dir))  # a fresh run, also a fine-tune: before any weights load
+    if saved is None and config.init_from:
         downloads = data.cache_root(config.data) / "artifacts"
         base_config, base_weights = load_base(config.init_from, config.log.wandb, downloads)
         config = adopt_base_architecture(config, base_config)
-    else:
-        check_can_create(Path(config.log.out_dir))
     perf.check_fits_in_memory(config.model, config.train.micro_batch_size, device)
     return config, base_weights
 
@@ -265,15 +244,16 @@ def prepare(
         logger = tracking.build_logger(config.to_dict(), run_dir, resume_id, first_step)
     else:
         logger = tracking.Logger()
-    trainer = Trainer(config, model, splits, device, precision, accum_steps, logger, run_dir)
+    peak_flops = job_peak_flops(device, precision)
+    trainer = Trainer(config, model, splits, device, precision, accum_steps, logger, run_dir, peak_flops)
     if saved is not None:
         trainer.restore(saved)
     source = provenance.source_state()
     logger.start(
         run_metadata(trainer, source, command, saved), total_steps=t.max_steps, first_step=trainer.state.step
     )
-    if source.diff and distributed.is_main():
-        storage.atomic_write_bytes(run_dir / "git.diff", source.diff.encode())
+    if distributed.is_main():
+        provenance.record_diff(run_dir, source)
     return trainer
 
 
@@ -358,24 +338,62 @@ def train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
     status = "failed"
     try:
         if trainer.config.init_from and trainer.state.step == 0:
-            trainer.evaluate_before_training()
+            score_starting_weights(trainer)
         elif (
             trainer.state.step == 0
             and trainer.config.train.dense_log_steps
             and trainer.config.train.eval_interval
         ):
-            trainer.periodic_eval()  # the curve's first point: the untrained model
+            trainer.estimate_val_loss()  # the curve's first point: the untrained model
         try:
             trainer.train()
         except KeyboardInterrupt:
             status = "interrupted"
-            raise trainer.interrupted() from None
-        summary = trainer.final_evaluation()
+            raise trainer.save_on_interrupt() from None
+        summary = final_evaluation(trainer)
         if distributed.is_main():
             publish(trainer)
         status = "finished"
     finally:
         trainer.logger.finish(status)
+    return summary
+
+
+def score_starting_weights(trainer: Trainer) -> None:
+    """Score an ``init_from`` run's starting weights on the validation tokens the final evaluation scores, to
+    compare with it; the figures go into the ``TrainingState``, so a resume still reports them."""
+    result = trainer.score(trainer.splits.val, max_tokens=trainer.config.train.eval_max_tokens)
+    trainer.state.val_before = {**result.as_metrics("val_before"), "val_before/describe": result.describe()}
+    trainer.logger.log({**result.as_metrics("val_before"), "train/tokens": 0}, step=trainer.state.step)
+    if distributed.is_main():
+        print(f"before training: val {result.describe()}")
+
+
+def final_evaluation(trainer: Trainer) -> dict[str, Any]:
+    """Save the final model, score it on the validation and test splits (whole, unless
+    ``train.eval_max_tokens``; sliding-window too with ``train.eval_stride``), and record the summary."""
+    t, splits = trainer.config.train, trainer.splits
+    trainer.save()
+    scored = {"val": splits.val, "test": splits.test}
+    summary: dict[str, Any] = {}
+    logged: dict[str, Any] = {}
+    for name, split in scored.items():
+        if split is None:
+            continue
+        result = trainer.score(split, max_tokens=t.eval_max_tokens)
+        logged.update(result.as_metrics(f"final_{name}"))
+        summary.update({**result.as_metrics(f"final_{name}"), f"final_{name}/describe": result.describe()})
+    if t.eval_stride:
+        for name, split in scored.items():
+            if split is not None:
+                sliding = trainer.score(split, stride=t.eval_stride, max_tokens=t.eval_max_tokens)
+                summary.update(sliding.as_metrics(f"final_{name}_sliding"))
+    trainer.logger.log({**logged, "train/tokens": trainer.tokens_seen}, step=trainer.state.step)
+    summary.update(trainer.state.summary(trainer.tokens_per_step))
+    summary["run_dir"] = str(trainer.run_dir)
+    if trainer.config.lora.rank:
+        summary["adapter_bytes"] = lora.adapter_size(trainer.adapter_path)
+    trainer.logger.summary(summary)
     return summary
 
 
@@ -395,6 +413,37 @@ def publish(trainer: Trainer) -> None:
         trainer.logger.artifact(trainer.adapter_path, f"{run_dir.name}-adapter", "lora-adapter")
 
 
+def job_peak_flops(device: torch.device, precision: str) -> float:
+    """The matmul ceiling of the whole job (every process, as tokens per second count them all), measured
+    once before training, against which ``perf/mfu`` is reported; NaN where it is not measured (MPS)."""
+    if device.type == "mps":
+        return math.nan
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    return distributed.world_size() * perf.measure_matmul_flops(device, dtype)
+
+
+def block_grad_norms(model: GPT) -> dict[str, float]:
+    """Each transformer block's gradient norm before clipping, logged as ``grad_norm/layer_<i>``."""
+    return {
+        f"grad_norm/layer_{i}": torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for p in block.parameters() if p.grad is not None])
+        ).item()
+        for i, block in enumerate(model.transformer.h)
+    }
+
+
+Diagnostic = Callable[[GPT], dict[str, float]]
+"""A per-step measurement of the model after backward and before clipping and the update (gradients in
+place), run on logged steps; its figures join the step's metric row."""
+
+
+def diagnostics_for(config: ExperimentConfig, model: GPT) -> list[Diagnostic]:
+    """The diagnostics the config asks for, in the order their figures are logged."""
+    if not config.train.log_layer_grad_norms:
+        return []
+    return [block_grad_norms, diagnostics.BlockDiagnostics(model.transformer.h)]
+
+
 @dataclass
 class TrainingState:
     """Everything a resume restores besides the weights, the optimizer and the config: saved and loaded whole,
@@ -402,7 +451,10 @@ class TrainingState:
 
     step: int = 0
     best_val_loss: float = math.inf
+    """The lowest periodic validation estimate (``val/loss``): comparable with the other estimates only,
+    not with the final whole-split score."""
     best_step: int | None = None
+    """The step of that estimate (its checkpoint is kept); None before the first periodic evaluation."""
     skipped_steps: int = 0
     train_seconds: float = 0.0
     val_before: dict[str, Any] = field(default_factory=dict)
@@ -411,13 +463,29 @@ class TrainingState:
     rng_by_rank: list[dict[str, torch.Tensor]] = field(default_factory=list)
     """Each process's random state (dropout masks); the data order needs none: it follows from the step."""
 
-    def note_val_loss(self, loss: float) -> None:
+    def note_val_estimate(self, loss: float) -> None:
         if loss < self.best_val_loss:
             self.best_val_loss, self.best_step = loss, self.step
 
+    def summary(self, tokens_per_step: int) -> dict[str, Any]:
+        """The state as a run's summary reports it, each figure named for what it is."""
+        tokens = self.step * tokens_per_step
+        figures: dict[str, Any] = {
+            **self.val_before,
+            "step": self.step,
+            "tokens": tokens,
+            "train_seconds": self.train_seconds,
+            "tokens_per_sec": tokens / max(self.train_seconds, 1e-9),
+            "skipped_steps": self.skipped_steps,
+        }
+        if self.best_step is not None:
+            figures.update({"val/best_loss": self.best_val_loss, "val/best_step": self.best_step})
+        return figures
+
 
 class Trainer:
-    """Steps one training run: the model, its optimizer, the data sampler and the ``TrainingState``."""
+    """Trains one run: steps the model with its optimizer on the sampler's batches, estimates validation
+    loss every ``eval_interval`` steps and saves every ``ckpt_interval``, keeping the ``TrainingState``."""
 
     def __init__(
         self,
@@ -429,6 +497,7 @@ class Trainer:
         accum_steps: int,
         logger: tracking.Logger,
         run_dir: Path,
+        peak_flops: float = math.nan,
     ) -> None:
         t = config.train
         self.config, self.model, self.splits, self.device = config, model, splits, device
@@ -448,16 +517,10 @@ class Trainer:
         self.data_parallel = distributed.wrap(model, device)
         self.wrapped_model = torch.compile(self.data_parallel) if t.compile else self.data_parallel
         self.state = TrainingState()
-        self.diagnostics = (
-            diagnostics.BlockDiagnostics(model.transformer.h) if t.log_layer_grad_norms else None
-        )
         self.tokens_per_step = t.batch_size * self.block_size
         self.flops_per_token = model.flops_per_token(self.block_size)
-        self.peak_flops = self.world_size * (  # of the whole job, as tokens per second count every process
-            perf.measure_matmul_flops(device, torch.bfloat16 if precision == "bf16" else torch.float32)
-            if device.type != "mps"
-            else math.nan
-        )
+        self.peak_flops = peak_flops
+        self.diagnostics = diagnostics_for(config, model)
 
     @property
     def tokens_seen(self) -> int:
@@ -465,8 +528,9 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------------
 
-    def checkpoint(self) -> dict[str, Any]:
-        """This step's checkpoint: ``TrainingState``'s fields, the weights, the optimizer and the config."""
+    def gather_checkpoint(self) -> dict[str, Any]:
+        """This step's checkpoint: ``TrainingState``'s fields, the weights, the optimizer and the config.
+        Every process must call it: it gathers their random states into the state."""
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -497,7 +561,7 @@ class Trainer:
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def save(self) -> Path:
-        state = self.checkpoint()  # every process takes part: it gathers their random states
+        state = self.gather_checkpoint()
         path = checkpoint.checkpoint_path(self.run_dir, self.state.step)
         if distributed.is_main():
             checkpoint.save_checkpoint(self.run_dir, state, self.config.train.keep_last, self.state.best_step)
@@ -518,7 +582,7 @@ class Trainer:
         found = checkpoint.list_checkpoints(self.run_dir)
         return str(found[-1][1]) if found else "none (no checkpoint was written yet)"
 
-    def interrupted(self) -> RunInterrupted:
+    def save_on_interrupt(self) -> RunInterrupted:
         """Save where a Ctrl-C stopped the run (a single process: a group cannot agree on it) and say how to
         continue."""
         if self.world_size > 1:
@@ -535,10 +599,10 @@ class Trainer:
 
     # -- one optimizer step --------------------------------------------------------------------------------
 
-    def train_step(self, lr: float, want_block_norms: bool = False) -> tuple[float, float, dict[str, float]]:
+    def train_step(self, lr: float, diagnose: bool = False) -> tuple[float, float, dict[str, float]]:
         """Accumulate gradients over the micro-batches of one step, clip, and update at learning rate ``lr``;
-        return the mean loss, the gradient norm before clipping, and (if asked) each block's gradient norm
-        before clipping."""
+        return the mean loss, the gradient norm before clipping, and (if ``diagnose``) the figures of the
+        trainer's diagnostics, taken before clipping."""
         t = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -556,7 +620,7 @@ class Trainer:
                 self.scaler.scale(loss / self.accum_steps).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)
-        block_norms = self.block_grad_norms() if want_block_norms else {}
+        figures = {k: v for d in self.diagnostics for k, v in d(self.model).items()} if diagnose else {}
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf).item()
         # The mean over every process: the same number everywhere, so all processes stop or skip together.
         loss = (distributed.all_reduce_sum(loss_sum) / (self.accum_steps * self.world_size)).item()
@@ -571,25 +635,16 @@ class Trainer:
                 )
             self.state.skipped_steps += 1
             self.scaler.update()
-            return loss, grad_norm, block_norms
+            return loss, grad_norm, figures
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm, block_norms
+        return loss, grad_norm, figures
 
     def time_spent(self) -> float:
         """The fraction of the time budget (``train.max_minutes``) used; 0 without a budget."""
         budget = 60 * self.config.train.max_minutes
         return self.state.train_seconds / budget if budget else 0.0
-
-    def block_grad_norms(self) -> dict[str, float]:
-        """Each transformer block's gradient norm, logged as ``grad_norm/layer_<i>``."""
-        return {
-            f"grad_norm/layer_{i}": torch.linalg.vector_norm(
-                torch.stack([p.grad.norm() for p in block.parameters() if p.grad is not None])
-            ).item()
-            for i, block in enumerate(self.model.transformer.h)
-        }
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -605,10 +660,8 @@ class Trainer:
                 or self.state.step + 1 == t.max_steps
                 or self.state.step < t.dense_log_steps
             )
-            if self.diagnostics is not None and will_log:
-                self.diagnostics.measure()  # the values of the step's last micro-batch are logged
             lr = lr_at(self.state.step, self.config, self.time_spent())
-            loss, grad_norm, block_norms = self.train_step(lr, t.log_layer_grad_norms and will_log)
+            loss, grad_norm, figures = self.train_step(lr, diagnose=will_log)
             self.state.step += 1
             window_steps += 1
             window_loss += loss
@@ -626,14 +679,13 @@ class Trainer:
                         "perf/step_ms": 1000 * elapsed / window_steps,
                         "perf/mfu": tokens_per_sec * self.flops_per_token / self.peak_flops,
                         "perf/peak_mem_mb": perf.peak_memory_mb(self.device),
-                        **block_norms,
-                        **(self.diagnostics.take() if self.diagnostics is not None else {}),
+                        **figures,
                     },
                     step=self.state.step,
                 )
                 window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
             if self.state.step < t.max_steps and t.eval_interval and self.state.step % t.eval_interval == 0:
-                self.periodic_eval()
+                self.estimate_val_loss()
                 window_start = time.perf_counter()
             if self.state.step < t.max_steps and t.ckpt_interval and self.state.step % t.ckpt_interval == 0:
                 self.save()
@@ -644,9 +696,11 @@ class Trainer:
             return False
         return bool(distributed.broadcast_object(self.time_spent() >= 1.0))
 
-    def evaluate(
+    def score(
         self, split: data.TokenSplit, max_batches: int = 0, stride: int | None = None, max_tokens: int = 0
     ) -> EvalResult:
+        """Score the model on ``split`` (its first ``max_tokens``, or its first ``max_batches`` evaluation
+        batches), with every process taking a share."""
         tokens = split.tokens[:max_tokens] if max_tokens else split.tokens
         return evaluate(
             self.wrapped_model,
@@ -662,52 +716,9 @@ class Trainer:
             world_size=self.world_size,
         )
 
-    def evaluate_before_training(self) -> None:
-        """Score the starting weights on the validation tokens the final evaluation scores, to compare."""
-        result = self.evaluate(self.splits.val, max_tokens=self.config.train.eval_max_tokens)
-        self.state.val_before = {**result.as_metrics("val_before"), "val_before/describe": result.describe()}
-        self.logger.log({**result.as_metrics("val_before"), "train/tokens": 0}, step=self.state.step)
-        if distributed.is_main():
-            print(f"before training: val {result.describe()}")
-
-    def periodic_eval(self) -> None:
-        """A cheap estimate (``eval_batches`` batches) for the curve; the final evaluation scores whole
-        splits."""
-        result = self.evaluate(self.splits.val, max_batches=self.config.train.eval_batches)
-        self.state.note_val_loss(result.loss)
+    def estimate_val_loss(self) -> None:
+        """The curve's point: the first ``eval_batches`` evaluation batches of the validation split (the same
+        tokens every time, so the points compare with each other), not the final whole-split score."""
+        result = self.score(self.splits.val, max_batches=self.config.train.eval_batches)
+        self.state.note_val_estimate(result.loss)
         self.logger.log({**result.as_metrics("val"), "train/tokens": self.tokens_seen}, step=self.state.step)
-
-    def final_evaluation(self) -> dict[str, Any]:
-        t = self.config.train
-        val = self.evaluate(self.splits.val, max_tokens=t.eval_max_tokens)
-        self.state.note_val_loss(val.loss)
-        self.save()
-        metrics = val.as_metrics("final_val")
-        summary: dict[str, Any] = {**metrics, "final_val/describe": val.describe(), **self.state.val_before}
-        if self.config.lora.rank:
-            summary["adapter_bytes"] = lora.adapter_size(self.adapter_path)
-        if self.splits.test is not None:
-            test = self.evaluate(self.splits.test, max_tokens=t.eval_max_tokens)
-            metrics.update(test.as_metrics("final_test"))
-            summary.update(test.as_metrics("final_test"))
-            summary["final_test/describe"] = test.describe()
-        if t.eval_stride:
-            for name, split in (("val", self.splits.val), ("test", self.splits.test)):
-                if split is not None:
-                    sliding = self.evaluate(split, stride=t.eval_stride, max_tokens=t.eval_max_tokens)
-                    summary.update(sliding.as_metrics(f"final_{name}_sliding"))
-        self.logger.log({**metrics, "train/tokens": self.tokens_seen}, step=self.state.step)
-        summary.update(
-            {
-                "step": self.state.step,
-                "tokens": self.tokens_seen,
-                "train_seconds": self.state.train_seconds,
-                "tokens_per_sec": self.tokens_seen / max(self.state.train_seconds, 1e-9),
-                "best_val_loss": self.state.best_val_loss,
-                "best_step": self.state.best_step,
-                "skipped_steps": self.state.skipped_steps,
-                "run_dir": str(self.run_dir),
-            }
-        )
-        self.logger.summary(summary)
-        return summary

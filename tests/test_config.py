@@ -279,3 +279,63 @@ def test_new_log_and_train_fields_have_safe_defaults():
     config = ExperimentConfig()
     assert (config.log.sweep, config.log.export_hf, config.train.max_minutes) == ("", False, 0)
     assert overridden("--sweep=abl", "--export_hf", "--max_minutes=1.5").log.sweep == "abl"
+
+
+# --------------------------------------------------------------------------------------------------- roles
+
+
+def test_every_key_has_a_role_and_keys_without_one_define_the_experiment():
+    roles = config_module.key_roles()
+    assert roles.keys() == all_keys().keys()
+    assert set(roles.values()) <= set(config_module.ROLES)
+    assert roles["model.n_head"] == roles["train.lr"] == config_module.EXPERIMENT  # model.py declares none
+    assert roles["train.seed"] == config_module.REPLICATE
+    assert roles["train.micro_batch_size"] == config_module.EXECUTION
+    assert roles["train.eval_max_tokens"] == config_module.MEASUREMENT
+    assert all(role == config_module.RECORD for key, role in roles.items() if key.startswith("log."))
+
+
+def test_the_resume_check_the_wandb_group_and_the_analysis_read_the_same_roles():
+    from analysis.runs import NOT_VARIANT_KEYS
+    from minigpt.tracking import RUN_SPECIFIC_KEYS
+    from minigpt.train import RESUMABLE_CHANGES
+
+    roles = config_module.key_roles()
+    assert RUN_SPECIFIC_KEYS == NOT_VARIANT_KEYS == config_module.non_variant_keys()
+    # What a resume may change is what does not define the variant, the seed aside, plus what is scored how
+    # and for how long the run trains.
+    measurement = {k for k, role in roles.items() if role == config_module.MEASUREMENT}
+    expected = (NOT_VARIANT_KEYS - {"train.seed"}) | measurement | {"train.max_steps", "train.max_minutes"}
+    assert expected == RESUMABLE_CHANGES
+
+
+def test_keys_that_define_no_variant_leave_the_wandb_group_and_the_analysis_variant_alone():
+    from analysis.runs import Run, varying_keys
+    from minigpt.tracking import variant_group
+
+    base = ExperimentConfig().to_dict()
+    flat = config_module.flatten(base)
+    others = {k: f"other-{k}" for k in config_module.non_variant_keys() if k != "name"}  # name: the prefix
+    changed = {**base}
+    for key, value in others.items():
+        section, name = key.split(".")
+        changed[section] = {**changed[section], name: value}
+    assert variant_group(changed) == variant_group(base)
+    runs = [Run("a", flat, {}), Run("b", config_module.flatten(changed), {})]
+    assert varying_keys(runs) == []
+    runs.append(Run("c", {**flat, "train.eval_max_tokens": 4096, "train.lr": 1.0}, {}))
+    assert varying_keys(runs) == ["train.eval_max_tokens", "train.lr"]
+
+
+def test_lora_without_the_weights_it_adapts_is_refused_by_the_config_once_overrides_are_in():
+    lora_only = overridden("--lora.rank=4")  # an experiment file may leave init_from to the command line
+    with pytest.raises(ConfigError, match="lora.rank > 0 adapts trained weights"):
+        lora_only.check_runnable()
+    apply_overrides(lora_only, {"init_from": "runs/base"}).check_runnable()
+
+
+def test_first_line_of_an_error_drops_the_libraries_explanation_or_names_the_type():
+    from minigpt.errors import first_line
+
+    assert first_line(OSError("no such file\n\nsee the docs for more")) == "no such file"
+    assert first_line(ValueError()) == "ValueError"

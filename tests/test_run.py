@@ -170,3 +170,18 @@ def test_the_cpu_hour_file_runs_and_its_schedule_ends_with_the_budget(tiny_corpu
     rows = [row for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/lr" in row]
     assert rows[-1]["train/lr"] < 0.2 * profile.train.lr  # the cosine reached (near) its floor of 0.1 x lr
     assert "final_val_sliding/ppl" in summary
+
+
+def test_a_fine_tune_with_an_unwritable_out_dir_is_refused_before_the_base_loads(
+    tiny_corpus, tmp_path, monkeypatch, capsys
+):
+    def load_base(*args, **kwargs):
+        raise AssertionError("the base weights were loaded before the output folder was checked")
+
+    monkeypatch.setattr(train, "load_base", load_base)
+    (tmp_path / "a-file").write_text("not a folder")
+    overrides = {"out_dir": str(tmp_path / "a-file" / "runs"), "init_from": "gpt2", "lora.rank": 4}
+    config = apply_overrides(tiny_config(tiny_corpus, tmp_path), overrides)
+    assert run_script.main([str(write_experiment(tmp_path / "experiment.py", config))]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create" in err and "log.out_dir=" in err and "Traceback" not in err

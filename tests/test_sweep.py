@@ -179,8 +179,69 @@ def test_files_run_together_share_one_queue_and_run_a_common_run_once(tmp_path):
     a = write_sweep(tmp_path, {"seed": {"value": 1}, "heads": {"values": [4, 8]}}, name="a")
     b = write_sweep(tmp_path, {"seed": {"value": 1}, "heads": {"values": [4, 1]}}, name="b")
     assert run_main(tmp_path, a, b) == 0
-    assert sorted(state(tmp_path)) == ["seed-1_heads-1", "seed-1_heads-4", "seed-1_heads-8"]
-    assert calls(tmp_path, "seed-1_heads-4") == 1
+    assert sorted(state(tmp_path)) == ["heads-1_seed-1", "heads-4_seed-1", "heads-8_seed-1"]
+    assert calls(tmp_path, "heads-4_seed-1") == 1
+
+
+def write_experiment_sweep(tmp_path: Path, name: str, parameters: dict) -> Path:
+    """A grid over ``experiments/tiny.py`` (n_head 2, lr 3e-3, seed 1337), as run.py would take it."""
+    path = write_sweep(tmp_path, parameters, name=name)
+    spec = yaml.safe_load(path.read_text())
+    spec["command"] = ["${interpreter}", "${program}", str(REPO_ROOT / "experiments" / "tiny.py"), "${args}"]
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_grid_runs_are_named_by_what_they_change_in_the_base_experiment_the_seed_last(tmp_path):
+    path = write_experiment_sweep(
+        tmp_path,
+        "abl",
+        {
+            "train.seed": {"values": [1, 2]},
+            "model.n_head": {"values": [2, 4]},
+            "lr": {"value": 0.003},
+            "model.norm_position": {"values": ["pre", "post"]},
+        },
+    )
+    names = [r.name for r in sweep.plan([sweep.load_sweep(path)], tmp_path, "s", None, 0, 1)]
+    assert sorted(names) == sorted(
+        [
+            *(f"base_seed-{s}" for s in (1, 2)),
+            *(f"norm_position-post_seed-{s}" for s in (1, 2)),
+            *(f"n_head-4_seed-{s}" for s in (1, 2)),
+            *(f"n_head-4_norm_position-post_seed-{s}" for s in (1, 2)),
+        ]
+    )
+
+
+def test_a_new_sweep_file_that_omits_base_values_renames_nothing_and_shares_the_base_run(tmp_path):
+    spelled_out = write_experiment_sweep(
+        tmp_path,
+        "a",
+        {"model.n_head": {"values": [2, 4]}, "train.lr": {"value": 0.003}, "seed": {"value": 1}},
+    )
+    minimal = write_experiment_sweep(
+        tmp_path, "b", {"model.tie_embeddings": {"values": [True, False]}, "seed": {"value": 1}}
+    )
+    runs = sweep.plan([sweep.load_sweep(p) for p in (spelled_out, minimal)], tmp_path, "s", None, 0, 1)
+    assert sorted(r.name for r in runs) == ["base_seed-1", "n_head-4_seed-1", "tie_embeddings-False_seed-1"]
+    alone = sweep.plan([sweep.load_sweep(spelled_out)], tmp_path, "s", None, 0, 1)
+    assert [r.name for r in alone] == [r.name for r in runs if "tie_embeddings" not in r.name]
+
+
+def test_runs_of_one_name_from_different_experiments_are_refused(tmp_path):
+    tiny = write_experiment_sweep(tmp_path, "a", {"seed": {"value": 1}})
+    other = write_sweep(tmp_path, {"seed": {"value": 1}}, name="b")  # no experiment file: the defaults
+    with pytest.raises(sweep.SweepError, match="two runs are named base_seed-1 but differ"):
+        sweep.plan([sweep.load_sweep(p) for p in (tiny, other)], tmp_path, "s", None, 0, 1)
+
+
+def test_a_parameter_value_its_key_cannot_take_is_refused_when_planning(tmp_path):
+    path = write_experiment_sweep(tmp_path, "a", {"model.n_head": {"values": [True]}})
+    with pytest.raises(
+        sweep.SweepError, match="parameter model.n_head: model.n_head=True: expected an integer"
+    ):
+        sweep.plan([sweep.load_sweep(path)], tmp_path, "s", None, 0, 1)
 
 
 @pytest.mark.slow
@@ -226,7 +287,7 @@ def test_a_local_sweep_child_has_no_wandb_sweep_id_and_carries_the_sweep_name(tm
     monkeypatch.setenv("WANDB_RUN_ID", "outer-run")
     path = write_sweep(tmp_path, {"seed": {"values": [1]}})
     assert run_main(tmp_path, path) == 0
-    run_dir = tmp_path / "runs" / "sw" / "seed-1"
+    run_dir = tmp_path / "runs" / "sw" / "base_seed-1"
     env = json.loads((run_dir / "wandb_env.json").read_text())
     assert "WANDB_SWEEP_ID" not in env and "WANDB_RUN_ID" not in env
     assert env["WANDB_MODE"] == "offline"

@@ -12,8 +12,9 @@ import torch
 from helpers import tiny_config, write_experiment
 
 import run as run_script
-from minigpt import checkpoint, data, tracking, train
+from minigpt import checkpoint, data, perf, provenance, tracking, train
 from minigpt.config import ExperimentConfig, derive
+from minigpt.evaluate import evaluate
 from minigpt.model import GPT, GPTConfig
 from minigpt.tracking import read_metrics
 
@@ -169,7 +170,47 @@ def test_a_compiled_model_saves_unprefixed_weights(tiny_corpus, tmp_path, monkey
     )
     assert trainer.wrapped_model is not model  # the compiled wrapper, whose own keys carry ``_orig_mod.``
     assert any(key.startswith("_orig_mod.") for key in trainer.wrapped_model.state_dict())
-    assert trainer.checkpoint()["model"].keys() == model.state_dict().keys()
+    assert trainer.gather_checkpoint()["model"].keys() == model.state_dict().keys()
+
+
+def test_the_summary_names_the_best_periodic_estimate_apart_from_the_final_score(finished_run):
+    _, run_dir, summary = finished_run
+    estimates = val_losses(run_dir)
+    best_step, best_loss = min(estimates, key=lambda point: point[1])
+    assert summary["val/best_loss"] == pytest.approx(best_loss) and summary["val/best_step"] == best_step
+    assert "best_val_loss" not in summary and "best_step" not in summary
+    assert summary["final_val/loss"] != summary["val/best_loss"]  # whole split versus a prefix estimate
+
+
+def test_the_periodic_estimate_scores_the_first_batches_of_the_split_not_a_sample(tiny_corpus, tmp_path):
+    config = tiny_config(tiny_corpus, tmp_path)
+    val = data.load_split(config.data, "val", data.load_tokenizer(config.data))
+    torch.manual_seed(0)
+    model = GPT(config.model)
+    batch, context = 3, config.model.block_size
+    estimate = evaluate(model, val.tokens, context, batch, max_batches=2)
+    prefix = evaluate(model, val.tokens[: 2 * batch * context + 1], context, batch)
+    assert estimate.tokens == prefix.tokens == 2 * batch * context
+    assert estimate.loss == prefix.loss
+
+
+def test_a_trainer_is_built_without_benchmarking_and_runs_the_diagnostics_it_is_given(
+    tiny_corpus, tmp_path, monkeypatch
+):
+    def no_benchmark(*args, **kwargs):
+        raise AssertionError("the Trainer measured the matmul ceiling")
+
+    monkeypatch.setattr(perf, "measure_matmul_flops", no_benchmark)
+    config = tiny_config(tiny_corpus, tmp_path)
+    tokenizer = data.load_tokenizer(config.data)
+    model = GPT(config.model)
+    splits = train.load_splits(config, tokenizer)
+    cpu, logger = torch.device("cpu"), tracking.Logger()
+    trainer = train.Trainer(config, model, splits, cpu, "fp32", 2, logger, tmp_path)
+    trainer.diagnostics.append(lambda m: {"diag/embedding_grad": m.transformer.wte.weight.grad.norm().item()})
+    _, grad_norm, figures = trainer.train_step(1e-3, diagnose=True)
+    assert figures["diag/embedding_grad"] > 0 and math.isfinite(grad_norm)
+    assert trainer.train_step(1e-3)[2] == {}
 
 
 class Interrupted(Exception):
@@ -233,6 +274,20 @@ def test_resume_may_extend_a_finished_run(finished_run, tmp_path):
     assert run_script.main([f"--resume={copy}", "--max_steps=7", "--eval_stride=0"]) == 0
     assert sorted(train_losses(copy)) == [1, 2, 3, 4, 5, 6, 7]
     assert checkpoint.load_checkpoint(copy)["step"] == 7
+
+
+@pytest.mark.slow
+def test_a_resume_records_the_code_of_the_process_that_resumed(finished_run, tmp_path, monkeypatch):
+    _, run_dir, _ = finished_run
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    (copy / "git.diff").write_text("--- a/minigpt/model.py\n+an edit the first process ran with\n")
+    clean = provenance.SourceState(commit="c" * 40)
+    monkeypatch.setattr(provenance, "source_state", lambda: clean)
+    assert run_script.main([f"--resume={copy}", "--max_steps=7", "--eval_stride=0"]) == 0
+    assert not (copy / "git.diff").exists()
+    recorded = json.loads((copy / "config.json").read_text())["_run"]
+    assert recorded["git_commit"] == "c" * 40 and recorded["git_dirty"] is False
+    assert recorded["resumed_from"] == str(checkpoint.checkpoint_path(copy, 6))
 
 
 @pytest.mark.slow
