@@ -4,7 +4,7 @@ Small enough that the whole study (``sweeps/studies/cpu.yaml``: a learning-rate 
 seeds each) fits about an hour of a 2-core CPU: each run trains 128 steps of 8 x 128 tokens (131,072
 tokens, about 5% of an epoch of WikiText-2) with 10% warmup, logs every step of the first 100 with per-block
 diagnostics, estimates validation loss every 32 steps from step 0 (on 8,192 tokens), and scores the first
-32,768 tokens of validation and of test at the end. The study file sets the learning rate and the seed of
+16,384 tokens of validation and of test at the end. The study file sets the learning rate and the seed of
 every run.
 """
 
@@ -23,7 +23,7 @@ config = derive(
         "train.warmup_steps": 13,
         "train.eval_interval": 32,
         "train.eval_batches": 1,
-        "train.eval_max_tokens": 32768,
+        "train.eval_max_tokens": 16384,
         "train.dense_log_steps": 100,
         "log.project": "minigpt-studies",
     },
