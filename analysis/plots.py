@@ -349,10 +349,13 @@ def plot_loss_curves(
 
 
 def plot_layer_grad_curves(
-    per_variant: dict[str, dict[int, Curve]], title: str, path: str | Path
+    per_variant: dict[str, dict[int, Curve]],
+    title: str,
+    path: str | Path,
+    ylabel: str = "gradient norm before clipping (log scale)",
 ) -> Path | None:
-    """Each block's gradient norm against tokens seen, one panel per variant (shared log y axis), one line
-    per block (geometric mean over seeds); None when no variant logged them."""
+    """A per-block series (by default each block's gradient norm) against tokens seen, one panel per variant
+    (shared log y axis), one line per block (geometric mean over seeds); None when no variant logged it."""
     shown = {k: v for k, v in per_variant.items() if v}
     if not shown:
         return None
@@ -372,7 +375,7 @@ def plot_layer_grad_curves(
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("gradient norm before clipping (log scale)")
+    axes[0, 0].set_ylabel(ylabel)
     axes[0, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.suptitle(title)
     return _save(fig, path)

@@ -527,8 +527,21 @@ def lr_points(study: Study) -> dict[str, list[tuple[float, float, float]]]:
     }
 
 
-def layer_curves(runs: Sequence[Run]) -> dict[int, Curve]:
-    keys = sorted({k for r in runs for h in r.history for k in h if k.startswith("grad_norm/layer_")})
+DIAGNOSTICS = {
+    "diag/ln_input_rms/layer_": (
+        "LayerNorm input RMS",
+        "RMS of the first LayerNorm's input (log scale)",
+    ),
+    "diag/attn_ratio/layer_": (
+        "attention branch / residual",
+        "RMS of the attention output / RMS of the block input (log scale)",
+    ),
+}
+"""Per-block activation figures that ``minigpt.diagnostics`` logs: key prefix -> (caption, axis label)."""
+
+
+def layer_curves(runs: Sequence[Run], prefix: str = "grad_norm/layer_") -> dict[int, Curve]:
+    keys = sorted({k for r in runs for h in r.history for k in h if k.startswith(prefix)})
     curves = {int(k.rsplit("_", 1)[1]): mean_curve(runs, k, log=True) for k in keys}
     return {layer: c for layer, c in sorted(curves.items()) if c is not None}
 
@@ -594,6 +607,20 @@ def write_figures(study: Study, out: Path) -> list[tuple[str, Path | None]]:
                 ),
             )
         )
+        for prefix, (caption, ylabel) in DIAGNOSTICS.items():
+            per_variant = {x: layer_curves(list(study.phase2(x).values()), prefix) for x in labels}
+            slug = prefix.split("/")[1]
+            figures.append(
+                (
+                    f"{caption[0].upper()}{caption[1:]} per block ({q['name']})",
+                    plots.plot_layer_grad_curves(
+                        per_variant,
+                        f"{caption} per block at the chosen lr, geometric mean over seeds ({q['name']})",
+                        out / f"{slug}_{q['name']}.png",
+                        ylabel,
+                    ),
+                )
+            )
     return figures
 
 
