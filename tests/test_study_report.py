@@ -296,3 +296,28 @@ def test_grid_runs_need_no_test_score_and_failed_runs_are_listed_not_analysed(st
     text = study_report.write_study_report(study_dir, tmp_path / "out").read_text()
     assert f"- `{failed['name']}` (seeds): failed" in text
     assert "| post-LN | 4 |" in text  # the norm question's row: four seeds
+
+
+COMMITTED_STUDIES = sorted(
+    p for p in REPO_ROOT.glob("reports/*/report.md") if "Generated from the study records by" in p.read_text()
+)
+
+
+def test_the_cpu_study_report_is_committed():
+    assert REPO_ROOT / "reports" / "ablations-cpu" / "report.md" in COMMITTED_STUDIES
+
+
+@pytest.mark.parametrize("committed", COMMITTED_STUDIES, ids=[p.parent.name for p in COMMITTED_STUDIES])
+def test_committed_study_reports_regenerate_from_their_committed_records(committed, tmp_path, monkeypatch):
+    import shlex
+
+    text = committed.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("Generated from the study records by"))
+    argv = shlex.split(line.split("`")[1])[3:]
+    assert (REPO_ROOT / argv[0] / "study.json").is_file(), f"{committed} names records that are not committed"
+    out_at = argv.index("--out") + 1
+    committed_out, argv[out_at] = argv[out_at], str(tmp_path / "regenerated")
+    monkeypatch.chdir(REPO_ROOT)
+    assert study_report.main(argv) == 0
+    regenerated = (tmp_path / "regenerated" / "report.md").read_text()
+    assert regenerated.replace(str(tmp_path / "regenerated"), committed_out) == text
