@@ -418,6 +418,8 @@ class WandbLogger(Logger):
             )
         elif self.mode == "offline":
             _say(f"W&B is offline; upload this run later with: {self.sync_command}")
+        if self.mode == "online" and self._run is not None:
+            _say(self.location)  # a long run's dashboard is worth having from its first step
 
     def _init_kwargs(self, config: dict[str, Any], directory: str) -> dict[str, Any]:
         import wandb
@@ -431,7 +433,9 @@ class WandbLogger(Logger):
             group=self.group,
             tags=self.tags,
             job_type=self.job_type,
-            config=config,
+            # Dotted keys, the names ``wandb agent`` gives a sweep's parameters: nested, each swept key would
+            # be two columns of the runs table (the agent's ``model.n_head`` and ``model`` > ``n_head``).
+            config=flatten(config),
             dir=directory,
             settings=wandb.Settings(base_url=self.base_url, init_timeout=self.INIT_TIMEOUT, silent=True),
         )

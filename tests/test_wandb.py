@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 import wandb
+import yaml
 from helpers import tiny_config
 
+from analysis import report
+from analysis.runs import load_wandb_runs
 from minigpt import train
-from minigpt.config import ConfigError
+from minigpt.config import ConfigError, LogConfig, flatten
 from minigpt.tracking import (
     ConsoleLogger,
     MultiLogger,
@@ -301,3 +304,64 @@ def test_a_report_directory_is_logged_as_an_artifact_of_its_own_run(fake_wandb, 
     (artifact,) = run.artifacts
     assert (artifact.name, set(artifact.manifest.entries)) == ("abl-report", {"README.md"})
     assert not (report / "wandb").exists()
+
+
+SWEEP_FILES = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_every_sweep_file_names_the_project_its_runs_log_to(path):
+    # Under `wandb agent` the sweep's project wins over wandb.init(project=...): without it, agent runs would
+    # land in the default project, away from the local runs and from `analysis.report --wandb`.
+    assert yaml.safe_load(path.read_text()).get("project") == LogConfig().project
+
+
+@pytest.mark.parametrize(
+    "source, project, filters",
+    [
+        ("me/minigpt", "me/minigpt", {}),
+        ("me/minigpt/sweeps/ab12cd", "me/minigpt", {"sweep": "ab12cd"}),
+        ("https://wandb.ai/me/minigpt/groups/post-LN/", "me/minigpt", {"group": "post-LN"}),
+        ("me/minigpt/tags/abl-cpu", "me/minigpt", {"tags": {"$in": ["abl-cpu"]}}),
+    ],
+)
+def test_the_report_reads_only_the_runs_of_the_sweep_group_or_tag_it_names(
+    source, project, filters, monkeypatch
+):
+    asked = []
+
+    class FakeApi:
+        def runs(self, path, filters):
+            asked.append((path, filters))
+            return []
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    assert load_wandb_runs(source) == []
+    assert asked == [(project, filters)]
+
+
+def test_a_malformed_wandb_source_is_a_one_line_usage_error(capsys, tmp_path):
+    assert report.main(["--wandb", "me/minigpt/runs/x", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ENTITY/PROJECT/sweeps/ID" in err
+
+
+def test_an_online_run_prints_its_url_at_the_start_and_again_at_the_end(
+    fake_wandb, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr("minigpt.tracking.can_connect", lambda _url: True)
+    logger = build_logger(config_dict(tmp_path, wandb="online"), tmp_path / "run")
+    logger.start({}, 1)
+    assert capsys.readouterr().err.count(fake_wandb[0].url) == 1
+    logger.finish()
+    assert capsys.readouterr().err.count(fake_wandb[0].url) == 1
+
+
+def test_each_config_key_reaches_wandb_once_under_the_name_a_sweep_gives_it(fake_wandb, tmp_path):
+    config = config_dict(tmp_path)
+    build_logger(config, tmp_path / "run").start(config, 1)
+    logged = fake_wandb[0].init["config"]
+    assert logged == flatten(config)
+    assert not any(isinstance(v, dict) for v in logged.values())
+    swept = {key for path in SWEEP_FILES for key in yaml.safe_load(path.read_text())["parameters"]}
+    assert swept <= set(logged)
