@@ -50,8 +50,9 @@ class Logger:
         """Keep the file or directory ``path`` with the run (a model, an adapter, a report)."""
 
     def finish(self, status: str = "finished") -> None:
-        """Flush and close. ``status`` is how the run ended: ``finished``, ``failed`` (an error) or
-        ``interrupted`` (Ctrl-C, with a checkpoint to resume from)."""
+        """Flush and close. ``status`` is how the run ended: ``finished``, ``failed`` (an error),
+        ``diverged`` (a non-finite loss or gradient) or ``interrupted`` (Ctrl-C, with a checkpoint to resume
+        from)."""
 
     @property
     def run_id(self) -> str | None:
@@ -88,6 +89,11 @@ class MultiLogger(Logger):
     @property
     def run_id(self) -> str | None:
         return next((logger.run_id for logger in self.loggers if logger.run_id), None)
+
+
+# How ``run.py`` exits after a run that ended with each status (W&B records the same code), so that a
+# script or ``wandb agent`` can tell a run that diverged from a mistyped key (2, a usage error).
+EXIT_CODES = {"finished": 0, "failed": 1, "diverged": 3, "interrupted": 130}
 
 
 def _jsonable(value: Any) -> Any:
@@ -510,7 +516,7 @@ class WandbLogger(Logger):
             return
         where = self.location
         with contextlib.suppress(Exception):
-            self._run.finish(exit_code={"finished": 0, "interrupted": 130}.get(status, 1))
+            self._run.finish(exit_code=EXIT_CODES.get(status, EXIT_CODES["failed"]))
         self._run = None
         _say(where)
 
@@ -686,9 +692,11 @@ class ConsoleLogger(Logger):
             table.add_row(key, f"{value:,.4f}" if isinstance(value, float) else str(value))
         self.console.print(table)
 
-    def next_commands(self, failed: bool) -> list[str]:
+    def next_commands(self, status: str) -> list[str]:
         run_dir = self._run.get("run_dir", "RUN_DIR")
-        if failed:
+        if status == "diverged":  # resuming as is would meet the same step again
+            return [f"python run.py --resume={run_dir} --skip_nonfinite=true"]
+        if status != "finished":
             return [f"python run.py --resume={run_dir}"]
         if self._config.get("lora", {}).get("rank"):
             sample = (
@@ -713,5 +721,5 @@ class ConsoleLogger(Logger):
         where = f"{status}: run directory {self._run.get('run_dir')}"
         self.console.print(where, soft_wrap=True, markup=False)
         self.console.print("next:" if done else "continue it with:")
-        for command in self.next_commands(failed=not done):
+        for command in self.next_commands(status):
             self.console.print(f"  {command}", soft_wrap=True, highlight=False, markup=False)

@@ -351,6 +351,9 @@ def train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
         except KeyboardInterrupt:
             status = "interrupted"
             raise trainer.interrupted() from None
+        except NonFiniteLossError:
+            status = "diverged"
+            raise
         summary = trainer.final_evaluation()
         if distributed.is_main():
             publish(trainer)

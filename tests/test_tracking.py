@@ -1,6 +1,7 @@
 """Where metrics go: the run directory's files, torn lines, W&B modes, and W&B without a network."""
 
 import json
+import math
 import socket
 import threading
 import time
@@ -8,7 +9,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
+from helpers import tiny_config, write_experiment
 
+import run as run_script
 from minigpt import tracking
 from minigpt.tracking import (
     ConsoleLogger,
@@ -349,3 +353,25 @@ def test_after_a_lora_run_the_sample_command_names_the_adapter_folder(capsys):
     console.finish()
     err = " ".join(capsys.readouterr().err.split())
     assert "python -m minigpt.sample --checkpoint runs/base --adapter runs/ft-1/adapter --prompt" in err
+
+
+def test_a_diverged_run_says_how_to_go_on_past_the_bad_step(capsys):
+    console_started().finish("diverged")
+    err = capsys.readouterr().err
+    assert "diverged: run directory runs/tiny-1" in err
+    assert "python run.py --resume=runs/tiny-1 --skip_nonfinite=true" in err
+
+
+@pytest.mark.slow
+def test_a_diverged_run_exits_3_and_is_marked_diverged_while_a_mistyped_key_exits_2(
+    tiny_corpus, tmp_path, monkeypatch, capsys
+):
+    experiment = write_experiment(tmp_path / "experiment.py", tiny_config(tiny_corpus, tmp_path))
+    assert run_script.main([str(experiment), "--lrr=1e-3"]) == 2
+    assert not (tmp_path / "run").exists()
+    # Every gradient norm is infinite: the first step diverges.
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *_a, **_k: torch.tensor(math.inf))
+    assert run_script.main([str(experiment)]) == tracking.EXIT_CODES["diverged"] == 3
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+    err = capsys.readouterr().err
+    assert "diverged: non-finite gradient norm at step 1" in err and "Traceback" not in err

@@ -145,8 +145,8 @@ class FakeRun:
     def log(self, *_args, **_kwargs) -> None:
         pass
 
-    def finish(self, **_kwargs) -> None:
-        pass
+    def finish(self, exit_code=None) -> None:
+        self.exit_code = exit_code
 
 
 @pytest.fixture
@@ -365,3 +365,11 @@ def test_each_config_key_reaches_wandb_once_under_the_name_a_sweep_gives_it(fake
     assert not any(isinstance(v, dict) for v in logged.values())
     swept = {key for path in SWEEP_FILES for key in yaml.safe_load(path.read_text())["parameters"]}
     assert swept <= set(logged)
+
+
+@pytest.mark.parametrize("status", ["finished", "failed", "diverged", "interrupted"])
+def test_wandb_records_the_exit_code_run_py_gives_each_ending(status, fake_wandb, tmp_path):
+    logger = build_logger(config_dict(tmp_path), tmp_path / "run")
+    logger.start({}, 1)
+    logger.finish(status)
+    assert fake_wandb[0].exit_code == {"finished": 0, "failed": 1, "diverged": 3, "interrupted": 130}[status]
