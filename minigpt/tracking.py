@@ -4,8 +4,8 @@
   ``summary.json``. It is the record that analysis reads and that survives with no network at all.
 - ``WandbLogger``: Weights & Biases, never blocking on a login or a network: online when the user can use
   W&B (``wandb_mode``), falling back to offline when the server does not answer.
-- ``ConsoleLogger``: where the run is and how it is set up, a progress bar with an ETA, a summary table, and
-  the commands that come next.
+- ``ConsoleLogger``: where the run is and how it is set up, a progress bar with an ETA, the final figures in a
+  few lines, and the commands that come next.
 
 ``new_run_dir`` names and creates a run's directory; ``build_logger`` assembles the loggers of one run.
 """
@@ -535,14 +535,17 @@ def format_duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
+# The splits of the final evaluation, by their key in the summary and their name in the console.
+SPLITS = (("val", "validation"), ("test", "test"))
+
 # An ETA beyond this on a CPU is worth a word: the user probably wanted the CPU profile.
 LONG_CPU_RUN_SECONDS = 2 * 3600
 
 
 class ConsoleLogger(Logger):
     """Says where things are: the run's set-up at the start; a progress bar with loss, perplexity,
-    throughput and ETA while training (one line per logged step when not on a terminal); a summary table;
-    and at the end the run directory and the commands that come next."""
+    throughput and ETA while training (one line per logged step when not on a terminal); a few lines of
+    final figures; and at the end the run directory and the commands that come next."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -680,17 +683,45 @@ class ConsoleLogger(Logger):
         )
 
     def summary(self, metrics: dict[str, Any]) -> None:
-        from rich.table import Table
-
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        table = Table(title="summary")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for key, value in metrics.items():
-            table.add_row(key, f"{value:,.4f}" if isinstance(value, float) else str(value))
-        self.console.print(table)
+        for line in self.summary_lines(metrics):
+            self.console.print(line, soft_wrap=True, highlight=False, markup=False)
+
+    def summary_lines(self, metrics: dict[str, Any]) -> list[str]:
+        """The few figures a person reads at the end; the rest stays in ``summary.json``."""
+
+        def score(prefix: str) -> str:
+            return f"ppl {metrics[f'{prefix}/ppl']:,.2f} (loss {metrics[f'{prefix}/loss']:.4f})"
+
+        lines = []
+        scores = [f"{name} {score(f'final_{key}')}" for key, name in SPLITS if f"final_{key}/ppl" in metrics]
+        if scores:
+            lines.append("final: " + ", ".join(scores))
+        sliding = [
+            f"{name} ppl {metrics[f'final_{key}_sliding/ppl']:,.2f}"
+            for key, name in SPLITS
+            if f"final_{key}_sliding/ppl" in metrics
+        ]
+        if sliding:
+            stride = metrics.get("final_val_sliding/stride", metrics.get("final_test_sliding/stride"))
+            lines.append(f"sliding window (stride {stride}): " + ", ".join(sliding))
+        if "val_before/ppl" in metrics and "final_val/ppl" in metrics:
+            before, after = metrics["val_before/ppl"], metrics["final_val/ppl"]
+            lines.append(f"fine-tune: validation ppl {before:,.2f} -> {after:,.2f}")
+        best = metrics.get("best_val_loss")
+        if isinstance(best, float) and math.isfinite(best):
+            lines.append(f"best validation loss {best:.4f} at step {metrics.get('best_step', '?')}")
+        if "tokens" in metrics and "train_seconds" in metrics:
+            lines.append(
+                f"{metrics['tokens']:,} tokens in {format_duration(metrics['train_seconds'])} of training, "
+                f"{metrics.get('tokens_per_sec', 0):,.0f} tokens/s"
+            )
+        if metrics.get("skipped_steps"):
+            lines.append(f"{metrics['skipped_steps']} steps skipped as non-finite")
+        lines.append(f"every figure: {Path(self._run.get('run_dir', 'RUN_DIR')) / 'summary.json'}")
+        return lines
 
     def next_commands(self, status: str) -> list[str]:
         run_dir = self._run.get("run_dir", "RUN_DIR")

@@ -375,3 +375,40 @@ def test_a_diverged_run_exits_3_and_is_marked_diverged_while_a_mistyped_key_exit
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
     err = capsys.readouterr().err
     assert "diverged: non-finite gradient norm at step 1" in err and "Traceback" not in err
+
+
+FULL_SUMMARY = {
+    **{
+        f"final_{split}/{k}": v for split in ("val", "test") for k, v in {"loss": 4.5, "ppl": 90.0171}.items()
+    },
+    **{f"final_{split}/{k}": 1 for split in ("val", "test") for k in ("tokens", "context", "stride", "bpb")},
+    "final_val/describe": "ppl 90.02 (...)",
+    "final_val_sliding/ppl": 80.5,
+    "final_val_sliding/loss": 4.39,
+    "final_val_sliding/stride": 64,
+    "final_test_sliding/ppl": 81.25,
+    "val_before/ppl": 300.0,
+    "val_before/loss": 5.7,
+    "step": 500,
+    "tokens": 1_024_000,
+    "train_seconds": 750.0,
+    "tokens_per_sec": 1365.3,
+    "best_val_loss": 4.41,
+    "best_step": 450,
+    "skipped_steps": 0,
+    "run_dir": "runs/tiny-1",
+}
+
+
+def test_the_end_of_run_summary_is_a_few_lines_of_what_a_person_reads(capsys):
+    console_started().summary(FULL_SUMMARY)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-6:] == [
+        "final: validation ppl 90.02 (loss 4.5000), test ppl 90.02 (loss 4.5000)",
+        "sliding window (stride 64): validation ppl 80.50, test ppl 81.25",
+        "fine-tune: validation ppl 300.00 -> 90.02",
+        "best validation loss 4.4100 at step 450",
+        "1,024,000 tokens in 12m30s of training, 1,365 tokens/s",
+        "every figure: runs/tiny-1/summary.json",
+    ]
+    assert not any("describe" in line or "bpb" in line for line in lines)
