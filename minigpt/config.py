@@ -170,6 +170,10 @@ class LogConfig:
     entry, not a W&B sweep id, so the run stays syncable to its project."""
     export_hf: bool = False
     """At the end of training, also write a Hugging Face model directory to ``<run_dir>/hf``."""
+    wandb_rewind: bool = False
+    """On ``--resume``, rewind the W&B run to the checkpoint's step (W&B's ``resume_from``, a preview feature
+    that fails while the interrupted run is not yet marked finished on the server) so the steps logged again
+    replace the old ones; off, the resumed part continues the same run id (``resume="allow"``)."""
 
     def __post_init__(self) -> None:
         check_choice(self.wandb, "log.wandb", ("auto", "offline", "online", "disabled"))

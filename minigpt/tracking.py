@@ -240,6 +240,7 @@ RUN_SPECIFIC_KEYS = (
     "log.tags",
     "log.sweep",
     "log.export_hf",
+    "log.wandb_rewind",
 )
 
 
@@ -276,6 +277,7 @@ def build_logger(
                 resume_id=resume_id,
                 job_type="finetune" if config.get("init_from") else "train",
                 first_step=first_step,
+                rewind=log.get("wandb_rewind", False),
             )
         )
     return MultiLogger(loggers)
@@ -364,9 +366,9 @@ class WandbLogger(Logger):
     all (a few seconds at most, instead of wandb's long retries), and any failure falls back to offline.
 
     Every series is plotted against ``train/tokens`` (tokens seen), so runs with different batch sizes line
-    up; the summary of ``val/loss`` is its minimum. A resumed online run rewinds the W&B run to the
-    checkpoint's step (``resume_from``), so the steps logged again after it replace the ones logged before
-    the interruption instead of being dropped as out of order."""
+    up; the summary of ``val/loss`` is its minimum. A resumed run continues the same W&B run id
+    (``resume="allow"``); with ``rewind`` an online one instead rewinds the run to the checkpoint's step
+    (``resume_from``), so the steps logged again replace the ones logged before the interruption."""
 
     INIT_TIMEOUT = 30.0
 
@@ -381,8 +383,10 @@ class WandbLogger(Logger):
         resume_id: str | None = None,
         job_type: str = "train",
         first_step: int = 0,
+        rewind: bool = False,
     ) -> None:
         self.mode = mode
+        self.rewind = rewind
         self.project = project
         self.run_dir = Path(run_dir)
         self.name = name
@@ -412,17 +416,20 @@ class WandbLogger(Logger):
             if self.mode != "online":
                 raise
             self._go_offline(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}")
+            # wandb's service still holds the run id of the failed start; a resume needs that id again.
+            with contextlib.suppress(Exception):
+                wandb.teardown()
             self._run = wandb.init(**self._init_kwargs(config, directory))
         self._define_metrics()
-        if self.mode == "offline" and self.resume_id and self.first_step:
+        if self.resume_id and self.first_step and not self._rewinds:
             _say(
-                f"W&B offline resume: this part logs the steps after {self.first_step} into run "
-                f"{self.resume_id}. "
-                "When both parts are synced, W&B keeps a step it already has and drops it if logged again, "
-                "so steps between the checkpoint and the interruption show their first values there; "
-                "metrics.jsonl in the run directory holds the resumed ones"
+                f"W&B resume: this part logs the steps after {self.first_step} into run {self.resume_id}. "
+                "W&B keeps a step it already has and drops it if logged again, so steps between the "
+                "checkpoint and the interruption show their first values there; metrics.jsonl in the run "
+                "directory holds the resumed ones"
+                + ("" if self.mode == "offline" else " (--wandb_rewind=true replaces them in W&B too)")
             )
-        elif self.mode == "offline":
+        if self.mode == "offline":
             _say(f"W&B is offline; upload this run later with: {self.sync_command}")
         if self.mode == "online" and self._run is not None:
             _say(self.location)  # a long run's dashboard is worth having from its first step
@@ -445,11 +452,16 @@ class WandbLogger(Logger):
             dir=directory,
             settings=wandb.Settings(base_url=self.base_url, init_timeout=self.INIT_TIMEOUT, silent=True),
         )
-        if self.resume_id and self.mode == "online" and self.first_step:
+        if self._rewinds:
             kwargs["resume_from"] = f"{self.resume_id}?_step={self.first_step}"
         elif self.resume_id:
             kwargs.update(id=self.resume_id, resume="allow")
         return kwargs
+
+    @property
+    def _rewinds(self) -> bool:
+        """Whether this start rewinds the run: asked for, online (the server does it) and resuming."""
+        return self.rewind and self.mode == "online" and bool(self.resume_id and self.first_step)
 
     def _define_metrics(self) -> None:
         self._guarded(lambda: self._run.define_metric("train/tokens"))

@@ -210,13 +210,44 @@ def test_a_disabled_run_has_no_wandb_logger(tmp_path):
     assert any(isinstance(x, ConsoleLogger) for x in logger.loggers)
 
 
-def test_an_online_resume_rewinds_the_wandb_run_to_the_checkpoint(fake_wandb, tmp_path, monkeypatch):
+def test_an_online_resume_continues_the_run_id_by_default_and_says_what_wandb_will_show(
+    fake_wandb, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr("minigpt.tracking.can_connect", lambda _url: True)
     config = config_dict(tmp_path, wandb="online")
     build_logger(config, tmp_path / "run", resume_id="abc123", first_step=40).start({}, 100, first_step=40)
     (run,) = fake_wandb
+    assert (run.init["id"], run.init["resume"]) == ("abc123", "allow") and "resume_from" not in run.init
+    err = capsys.readouterr().err
+    assert "W&B resume" in err and "after 40" in err and "--wandb_rewind=true" in err
+
+
+def test_an_online_resume_rewinds_the_wandb_run_to_the_checkpoint_when_asked(
+    fake_wandb, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("minigpt.tracking.can_connect", lambda _url: True)
+    config = config_dict(tmp_path, wandb="online", wandb_rewind=True)
+    build_logger(config, tmp_path / "run", resume_id="abc123", first_step=40).start({}, 100, first_step=40)
+    (run,) = fake_wandb
     assert run.init["resume_from"] == "abc123?_step=40"
     assert "id" not in run.init and "resume" not in run.init
+
+
+@pytest.mark.parametrize("rewind", [False, True])
+def test_a_resume_whose_server_refuses_it_continues_the_same_run_id_offline(
+    rewind, wandb_host, tmp_path, monkeypatch
+):
+    # The stand-in host refuses every request (as W&B refuses a rewind of a run it still thinks is running):
+    # either way the resumed part goes on offline under the same id, ready for `wandb sync`.
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    config = config_dict(tmp_path, wandb="online", wandb_rewind=rewind)
+    logger = build_logger(config, tmp_path / "run", resume_id="abc123", first_step=40)
+    with warnings_if(True):
+        logger.start({}, 100, first_step=40)
+    assert wandb_host.requests and logger.run_id == "abc123"
+    logger.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*-abc123"))
 
 
 def test_an_offline_resume_continues_the_run_id_and_says_what_wandb_will_show(fake_wandb, tmp_path, capsys):
@@ -225,7 +256,7 @@ def test_an_offline_resume_continues_the_run_id_and_says_what_wandb_will_show(fa
     (run,) = fake_wandb
     assert (run.init["id"], run.init["resume"]) == ("abc123", "allow")
     err = capsys.readouterr().err
-    assert "W&B offline resume" in err and "after 40" in err and "metrics.jsonl" in err
+    assert "W&B resume" in err and "after 40" in err and "metrics.jsonl" in err and "wandb sync" in err
 
 
 def test_an_offline_run_prints_the_exact_sync_command_at_start_and_end(fake_wandb, tmp_path, capsys):
