@@ -165,6 +165,8 @@ class LogConfig:
     seeds of one variant are averaged together in W&B."""
     tags: str = ""
     """Comma-separated W&B tags (the sweep's name is added as one)."""
+    notes: str = ""
+    """The W&B run's notes: a sentence on why the run was made, shown on its page and in the runs table."""
     sweep: str = ""
     """The name of the sweep this run belongs to (the local sweep runner sets it): a W&B tag and config
     entry, not a W&B sweep id, so the run stays syncable to its project."""

@@ -238,6 +238,7 @@ RUN_SPECIFIC_KEYS = (
     "log.wandb",
     "log.group",
     "log.tags",
+    "log.notes",
     "log.sweep",
     "log.export_hf",
     "log.wandb_rewind",
@@ -274,6 +275,7 @@ def build_logger(
                 run_dir.name,
                 group=log["group"] or variant_group(config),
                 tags=tuple(tags),
+                notes=log.get("notes", ""),
                 resume_id=resume_id,
                 job_type="finetune" if config.get("init_from") else "train",
                 first_step=first_step,
@@ -384,7 +386,9 @@ class WandbLogger(Logger):
         job_type: str = "train",
         first_step: int = 0,
         rewind: bool = False,
+        notes: str = "",
     ) -> None:
+        self.notes = notes or None
         self.mode = mode
         self.rewind = rewind
         self.project = project
@@ -445,6 +449,7 @@ class WandbLogger(Logger):
             name=self.name,
             group=self.group,
             tags=self.tags,
+            notes=self.notes,
             job_type=self.job_type,
             # Dotted keys, the names ``wandb agent`` gives a sweep's parameters: nested, each swept key would
             # be two columns of the runs table (the agent's ``model.n_head`` and ``model`` > ``n_head``).

@@ -193,14 +193,16 @@ def test_seeds_of_one_variant_share_a_group_and_other_variants_do_not(tmp_path):
     assert variant_group(base).startswith("tiny-test-")
 
 
-def test_job_type_tags_and_an_explicit_group(fake_wandb, tmp_path):
-    build_logger(config_dict(tmp_path, tags="a, b", sweep="abl-cpu"), tmp_path / "r1").start({}, 1)
+def test_job_type_tags_notes_and_an_explicit_group(fake_wandb, tmp_path):
+    config = config_dict(tmp_path, tags="a, b", sweep="abl-cpu", notes="does post-LN need warmup?")
+    build_logger(config, tmp_path / "r1").start({}, 1)
     finetune = config_dict(tmp_path, group="mine")
     finetune["init_from"] = "runs/base"
     build_logger(finetune, tmp_path / "r2").start({}, 1)
     trained, tuned = (run.init for run in fake_wandb)
     assert (trained["job_type"], tuned["job_type"]) == ("train", "finetune")
     assert trained["tags"] == ["a", "b", "abl-cpu"]
+    assert (trained["notes"], tuned["notes"]) == ("does post-LN need warmup?", None)
     assert tuned["group"] == "mine"
 
 
