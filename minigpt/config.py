@@ -172,6 +172,11 @@ class LogConfig:
     entry, not a W&B sweep id, so the run stays syncable to its project."""
     export_hf: bool = False
     """At the end of training, also write a Hugging Face model directory to ``<run_dir>/hf``."""
+    log_model: str = "off"
+    """Log the model's weights (the safetensors export, no optimizer state) as a W&B artifact, as the HF
+    Trainer's ``WANDB_LOG_MODEL`` does: ``off``; ``end`` (the final model); ``checkpoint`` (at every
+    checkpoint). Versions carry the aliases ``latest``, ``step-N`` and ``best``, and the summary as
+    metadata."""
     wandb_rewind: bool = False
     """On ``--resume``, rewind the W&B run to the checkpoint's step (W&B's ``resume_from``, a preview feature
     that fails while the interrupted run is not yet marked finished on the server) so the steps logged again
@@ -179,6 +184,7 @@ class LogConfig:
 
     def __post_init__(self) -> None:
         check_choice(self.wandb, "log.wandb", ("auto", "offline", "online", "disabled"))
+        check_choice(self.log_model, "log.log_model", ("off", "end", "checkpoint"))
 
 
 @dataclass

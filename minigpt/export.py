@@ -26,6 +26,7 @@ from minigpt.data import DataError
 from minigpt.hf import to_hf
 from minigpt.lora import AdapterError, attach_adapter, load_adapter, lora_layers, merge_lora
 from minigpt.model import GPT
+from minigpt.tracking import Logger
 
 # The files a finished export always has; an existing --out directory without them is not ours to replace.
 _EXPORT_MARKERS = ("config.json", "model.safetensors", "README.md")
@@ -90,6 +91,27 @@ def export_run(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def log_model(logger: Logger, run_dir: Path, step: int, best: bool, merge_adapter: bool = False) -> Path:
+    """Log the weights of the checkpoint of ``step`` as a version of the run's W&B model artifact
+    (``<run>-model``), aliased ``latest``, ``step-N`` and, when ``best``, ``best``, with the run's summary so
+    far as metadata; return what was logged.
+
+    The weights go as the Hugging Face export (``model.safetensors``, config, tokenizer, card), staged in
+    ``<run_dir>/wandb/model`` (beside W&B's own files, where analysis does not look for runs); a model GPT-2
+    cannot express (post-LN) goes as its checkpoint file instead."""
+    run_dir = Path(run_dir)
+    source = checkpoint.checkpoint_path(run_dir, step)
+    try:
+        path = export_run(source, run_dir / "wandb" / "model", merge_adapter=merge_adapter)
+    except ExportError as e:
+        print(f"note: the W&B model artifact is the checkpoint, with optimizer state: {e}", file=sys.stderr)
+        path = source
+    aliases = ("latest", f"step-{step}", *(("best",) if best else ()))
+    metadata = {**_run_record(run_dir)["summary"], "step": step}
+    logger.artifact(path, f"{run_dir.name}-model", "model", aliases, metadata)
+    return path
 
 
 def _check_replaceable(out_dir: Path) -> None:

@@ -46,8 +46,16 @@ class Logger:
     def summary(self, metrics: dict[str, Any]) -> None:
         """Record final figures (perplexities, throughput)."""
 
-    def artifact(self, path: Path, name: str, type: str) -> None:
-        """Keep the file or directory ``path`` with the run (a model, an adapter, a report)."""
+    def artifact(
+        self,
+        path: Path,
+        name: str,
+        type: str,
+        aliases: tuple[str, ...] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Keep the file or directory ``path`` with the run (a model, an adapter, a report), as a version of
+        the artifact ``name`` with ``aliases`` (``latest``, ``best``, ``step-N``) and ``metadata``."""
 
     def finish(self, status: str = "finished") -> None:
         """Flush and close. ``status`` is how the run ended: ``finished``, ``failed`` (an error),
@@ -78,9 +86,16 @@ class MultiLogger(Logger):
         for logger in self.loggers:
             logger.summary(metrics)
 
-    def artifact(self, path: Path, name: str, type: str) -> None:
+    def artifact(
+        self,
+        path: Path,
+        name: str,
+        type: str,
+        aliases: tuple[str, ...] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         for logger in self.loggers:
-            logger.artifact(path, name, type)
+            logger.artifact(path, name, type, aliases, metadata)
 
     def finish(self, status: str = "finished") -> None:
         for logger in reversed(self.loggers):  # the last started closes first: the console ends the story
@@ -280,6 +295,9 @@ def build_logger(
                 job_type="finetune" if config.get("init_from") else "train",
                 first_step=first_step,
                 rewind=log.get("wandb_rewind", False),
+                uses=config.get("init_from", "")
+                if is_artifact_reference(config.get("init_from", ""))
+                else "",
             )
         )
     return MultiLogger(loggers)
@@ -387,8 +405,10 @@ class WandbLogger(Logger):
         first_step: int = 0,
         rewind: bool = False,
         notes: str = "",
+        uses: str = "",
     ) -> None:
         self.notes = notes or None
+        self.uses = uses
         self.mode = mode
         self.rewind = rewind
         self.project = project
@@ -425,6 +445,8 @@ class WandbLogger(Logger):
                 wandb.teardown()
             self._run = wandb.init(**self._init_kwargs(config, directory))
         self._define_metrics()
+        if self.uses and self.mode == "online":
+            self._use_artifact(self.uses.removeprefix(ARTIFACT_SCHEME))
         if self.resume_id and self.first_step and not self._rewinds:
             _say(
                 f"W&B resume: this part logs the steps after {self.first_step} into run {self.resume_id}. "
@@ -463,6 +485,14 @@ class WandbLogger(Logger):
             kwargs.update(id=self.resume_id, resume="allow")
         return kwargs
 
+    def _use_artifact(self, name: str) -> None:
+        """Record that this run starts from the artifact ``name``, so W&B's lineage graph links the two (the
+        download itself happened before the run, in ``fetch_artifact``)."""
+        try:
+            self._run.use_artifact(name)
+        except Exception as e:  # noqa: BLE001 - lineage is worth a warning, never the run
+            warnings.warn(f"W&B did not record that this run uses {name}: {e}", stacklevel=3)
+
     @property
     def _rewinds(self) -> bool:
         """Whether this start rewinds the run: asked for, online (the server does it) and resuming."""
@@ -494,19 +524,28 @@ class WandbLogger(Logger):
         if self._run is not None:
             self._guarded(lambda: self._run.summary.update(metrics))
 
-    def artifact(self, path: Path, name: str, type: str) -> None:
-        """Log ``path`` as a W&B artifact; offline, it is kept with the run and ``wandb sync`` uploads it."""
+    def artifact(
+        self,
+        path: Path,
+        name: str,
+        type: str,
+        aliases: tuple[str, ...] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Log ``path`` as a W&B artifact; offline, it is kept with the run and ``wandb sync`` uploads it.
+        The files are copied into W&B's staging area here, so ``path`` may be overwritten afterwards."""
         if self._run is None:
             return
         import wandb
 
         def log_artifact() -> None:
-            artifact = wandb.Artifact(_artifact_name(name), type=type)
+            clean = {k: _jsonable(v) for k, v in (metadata or {}).items()}
+            artifact = wandb.Artifact(_artifact_name(name), type=type, metadata=clean)
             if Path(path).is_dir():
                 artifact.add_dir(str(path))
             else:
                 artifact.add_file(str(path))
-            self._run.log_artifact(artifact)
+            self._run.log_artifact(artifact, aliases=list(aliases) or None)
 
         self._guarded(log_artifact)
 

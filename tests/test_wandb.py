@@ -135,12 +135,19 @@ class FakeRun:
         self.dir = str(Path(kwargs["dir"]) / "wandb" / "offline-run-x" / "files")
         self.metrics: list[tuple] = []
         self.artifacts: list = []
+        self.aliases: list[list[str] | None] = []
+        self.used: list[str] = []
+        self.summary: dict = {}
 
     def define_metric(self, name, step_metric=None, summary=None) -> None:
         self.metrics.append((name, step_metric, summary))
 
-    def log_artifact(self, artifact) -> None:
+    def log_artifact(self, artifact, aliases=None) -> None:
         self.artifacts.append(artifact)
+        self.aliases.append(aliases)
+
+    def use_artifact(self, name) -> None:
+        self.used.append(name)
 
     def log(self, *_args, **_kwargs) -> None:
         pass
@@ -406,3 +413,62 @@ def test_wandb_records_the_exit_code_run_py_gives_each_ending(status, fake_wandb
     logger.start({}, 1)
     logger.finish(status)
     assert fake_wandb[0].exit_code == {"finished": 0, "failed": 1, "diverged": 3, "interrupted": 130}[status]
+
+
+def test_log_model_is_off_by_default_and_takes_only_its_three_settings():
+    assert LogConfig().log_model == "off"
+    with pytest.raises(ConfigError, match="log.log_model: must be one of 'off', 'end', 'checkpoint'"):
+        LogConfig(log_model="always")
+
+
+def model_artifacts(run: FakeRun) -> list[tuple]:
+    return [(a, aliases) for a, aliases in zip(run.artifacts, run.aliases, strict=True) if a.type == "model"]
+
+
+def trained_with(fake_wandb, tiny_corpus, tmp_path, **overrides) -> FakeRun:
+    config = tiny_config(tiny_corpus, tmp_path, {"log.wandb": "offline", "eval_interval": 0, **overrides})
+    train.run(config)
+    (run,) = fake_wandb
+    return run
+
+
+def test_log_model_end_logs_the_safetensors_weights_with_aliases_and_the_summary(
+    fake_wandb, tiny_corpus, tmp_path
+):
+    run = trained_with(fake_wandb, tiny_corpus, tmp_path, **{"log.log_model": "end"})
+    ((artifact, aliases),) = model_artifacts(run)
+    assert artifact.name == "run-model" and set(aliases) == {"latest", "step-6", "best"}
+    files = set(artifact.manifest.entries)
+    assert "model.safetensors" in files and not any(name.endswith(".pt") for name in files)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert artifact.metadata["final_val/loss"] == summary["final_val/loss"] and artifact.metadata["step"] == 6
+    assert not list((tmp_path / "run").glob("*/config.json"))  # staged where analysis finds no extra run
+
+
+def test_log_model_checkpoint_logs_a_version_at_every_checkpoint(fake_wandb, tiny_corpus, tmp_path):
+    run = trained_with(
+        fake_wandb, tiny_corpus, tmp_path, **{"log.log_model": "checkpoint", "ckpt_interval": 3}
+    )
+    steps = [alias for _, aliases in model_artifacts(run) for alias in aliases if alias.startswith("step-")]
+    assert steps == ["step-3", "step-6"]
+
+
+def test_log_model_off_logs_no_model(fake_wandb, tiny_corpus, tmp_path):
+    assert model_artifacts(trained_with(fake_wandb, tiny_corpus, tmp_path)) == []
+
+
+def test_a_model_gpt2_cannot_express_is_logged_as_its_checkpoint(fake_wandb, tiny_corpus, tmp_path, capsys):
+    run = trained_with(
+        fake_wandb, tiny_corpus, tmp_path, **{"log.log_model": "end", "model.norm_position": "post"}
+    )
+    ((artifact, _),) = model_artifacts(run)
+    assert set(artifact.manifest.entries) == {"ckpt-0000006.pt"}
+    assert "the W&B model artifact is the checkpoint" in capsys.readouterr().err
+
+
+def test_starting_from_an_artifact_records_it_as_used_for_lineage(fake_wandb, tmp_path, monkeypatch):
+    monkeypatch.setattr("minigpt.tracking.can_connect", lambda _url: True)
+    config = config_dict(tmp_path, wandb="online")
+    config["init_from"] = "wandb-artifact://me/minigpt/tiny-model:v0"
+    build_logger(config, tmp_path / "run").start({}, 1)
+    assert fake_wandb[0].used == ["me/minigpt/tiny-model:v0"]
