@@ -26,6 +26,7 @@ from minigpt.data import DataError
 from minigpt.hf import to_hf
 from minigpt.lora import AdapterError, attach_adapter, load_adapter, lora_layers, merge_lora
 from minigpt.model import GPT
+from minigpt.sample import TEMPERATURE
 from minigpt.tracking import Logger
 
 # The files a finished export always has; an existing --out directory without them is not ours to replace.
@@ -78,6 +79,7 @@ def export_run(
         raise ExportError(
             f"the run's tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}"
         )
+    fit_to_tokenizer(hf_model, tokenizer)
     weights_record = _run_record(adapter_info.path.parent if adapter_info else Path(state["path"]).parent)
     card = model_card(model, state, weights_record, adapter_info)
 
@@ -112,6 +114,32 @@ def log_model(logger: Logger, run_dir: Path, step: int, best: bool, merge_adapte
     metadata = {**_run_record(run_dir)["summary"], "step": step}
     logger.artifact(path, f"{run_dir.name}-model", "model", aliases, metadata)
     return path
+
+
+def fit_to_tokenizer(hf_model: Any, tokenizer: Any) -> None:
+    """Make the export's tokenizer and generation config agree with the model: the tokenizer's length limit
+    is the context; BOS and EOS are the tokenizer's own (when the vocabulary holds them); generation samples
+    as ``minigpt.sample`` does by default and stops at the context, which the position embeddings cannot go
+    past (GPT-2 has no sliding window)."""
+    from transformers import GenerationConfig
+
+    context, vocab = hf_model.config.n_positions, hf_model.config.vocab_size
+    tokenizer.model_max_length = context
+
+    def in_vocab(token_id: int | None) -> int | None:
+        return token_id if token_id is not None and token_id < vocab else None
+
+    bos, eos = in_vocab(tokenizer.bos_token_id), in_vocab(tokenizer.eos_token_id)
+    hf_model.config.bos_token_id, hf_model.config.eos_token_id = bos, eos
+    hf_model.generation_config = GenerationConfig(
+        do_sample=True,
+        temperature=TEMPERATURE,
+        top_k=0,  # transformers' own default would cut at 50; minigpt.sample does not cut
+        max_length=context,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=eos,  # GPT-2 has no padding token; EOS is the usual stand-in
+    )
 
 
 def _check_replaceable(out_dir: Path) -> None:

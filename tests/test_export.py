@@ -198,3 +198,25 @@ def test_cli_reports_a_truncated_checkpoint_and_a_bad_adapter_as_usage_errors(
     with pytest.raises(SystemExit) as exit_info:
         export.main([str(ckpt), "--out", str(tmp_path / "export")])
     assert exit_info.value.code == 2 and "truncated" in capsys.readouterr().err
+
+
+def test_the_exported_tokenizer_and_generation_config_fit_the_model(trained_run, tmp_path):
+    out = export_run(trained_run, tmp_path / "export")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert tokenizer.model_max_length == model.config.n_positions == 16
+    assert model.config.eos_token_id == model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert model.config.bos_token_id == tokenizer.bos_token_id
+    generation = model.generation_config
+    assert (generation.do_sample, generation.temperature, generation.top_k) == (True, 1.0, 0)
+    assert generation.max_length == 16
+
+
+def test_pipeline_generation_stops_at_the_context_and_refuses_a_prompt_that_fills_it(trained_run, tmp_path):
+    out = export_run(trained_run, tmp_path / "export")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    generate = pipeline("text-generation", model=str(out), device="cpu")
+    text = generate("The history of the", do_sample=False)[0]["generated_text"]
+    assert len(tokenizer(text)["input_ids"]) <= 16  # no index past the position embeddings
+    with pytest.raises(ValueError, match="Input length of input_ids is 17, but `max_length` is set to 16"):
+        generate(" word" * 17, do_sample=False)
