@@ -24,7 +24,15 @@ from minigpt import checkpoint, data
 from minigpt.checkpoint import CheckpointError
 from minigpt.data import DataError
 from minigpt.hf import to_hf
-from minigpt.lora import AdapterError, attach_adapter, load_adapter, lora_layers, merge_lora
+from minigpt.lora import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterError,
+    attach_adapter,
+    load_adapter,
+    lora_layers,
+    merge_lora,
+)
 from minigpt.model import GPT
 from minigpt.sample import TEMPERATURE
 from minigpt.tracking import Logger
@@ -114,6 +122,45 @@ def log_model(logger: Logger, run_dir: Path, step: int, best: bool, merge_adapte
     metadata = {**_run_record(run_dir)["summary"], "step": step}
     logger.artifact(path, f"{run_dir.name}-model", "model", aliases, metadata)
     return path
+
+
+def share_adapter(source: str | Path, adapter: str | Path, base_dir: str | Path, out_dir: str | Path) -> Path:
+    """Copy the LoRA ``adapter`` trained on the model of ``source`` to ``out_dir`` for peft users: its
+    ``base_model_name_or_path`` becomes ``base_dir`` (the export of ``source``, absolute, or a Hub id naming
+    where that export was uploaded), so ``AutoPeftModelForCausalLM.from_pretrained(out_dir)`` finds the base,
+    and the folder gets a card of its own. Raises ``AdapterError`` for an adapter made for another base."""
+    info = load_adapter(adapter)
+    attach_adapter(checkpoint.build_model(checkpoint.load_checkpoint(source)), info)  # checks the base
+    local = Path(base_dir)
+    base = str(local.resolve()) if local.is_dir() else str(base_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(info.path / WEIGHTS_NAME, out_dir / WEIGHTS_NAME)
+    peft_config = json.loads((info.path / CONFIG_NAME).read_text(encoding="utf-8"))
+    peft_config["base_model_name_or_path"] = base
+    (out_dir / CONFIG_NAME).write_text(json.dumps(peft_config, indent=2), encoding="utf-8")
+    c = info.config
+    card = f"""---
+base_model: {base}
+library_name: peft
+tags:
+- minigpt
+- lora
+---
+
+# LoRA adapter for {Path(base).name}
+
+Rank {c.rank}, alpha {c.alpha:g}, on {", ".join(c.target_list)}; trained with MiniGPT
+(step {info.step if info.step is not None else "unknown"}).
+
+```python
+from peft import AutoPeftModelForCausalLM
+
+model = AutoPeftModelForCausalLM.from_pretrained("{out_dir.name}")
+```
+"""
+    (out_dir / "README.md").write_text(card, encoding="utf-8")
+    return out_dir
 
 
 def fit_to_tokenizer(hf_model: Any, tokenizer: Any) -> None:
@@ -300,9 +347,20 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", required=True, help="the Hugging Face model directory to write")
     parser.add_argument("--adapter", help="a LoRA adapter directory (<run dir>/adapter) to attach first")
     parser.add_argument("--merge-adapter", action="store_true", help="fold the adapters into the weights")
+    parser.add_argument(
+        "--adapter-out",
+        help="export the base to --out and copy --adapter here for peft, naming --out as its base",
+    )
     args = parser.parse_args(argv)
+    if args.adapter_out and (not args.adapter or args.merge_adapter):
+        parser.error("--adapter-out shares an unmerged adapter: give --adapter and not --merge-adapter")
     try:
-        out = export_run(args.source, args.out, adapter=args.adapter, merge_adapter=args.merge_adapter)
+        if args.adapter_out:
+            out = export_run(args.source, args.out)
+            shared = share_adapter(args.source, args.adapter, out, args.adapter_out)
+            print(f"adapter for peft in {shared}, its base in {out}")
+        else:
+            out = export_run(args.source, args.out, adapter=args.adapter, merge_adapter=args.merge_adapter)
     except (ExportError, CheckpointError, AdapterError, DataError) as err:
         parser.error(str(err))
     print(f"exported to {out}")
