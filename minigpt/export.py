@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -269,6 +270,61 @@ def _evaluations(summary: dict[str, Any], step: int | None) -> list[str]:
     return lines or ["- no final evaluation recorded"]
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The Hub's copy of the WikiText data sets, which the Hub links a model's evaluation results to.
+WIKITEXT_HUB_ID = "Salesforce/wikitext"
+
+
+def _shown_path(text: str) -> str:
+    """``text`` with this repository's and the home folder's absolute paths made relative (``~`` for home),
+    so a card shows no machine's layout."""
+    return text.replace(f"{REPO_ROOT}/", "").replace(str(REPO_ROOT), ".").replace(str(Path.home()), "~")
+
+
+def _shown_command(command: list[str]) -> str:
+    """The recorded command as a person would type it: ``python`` for the interpreter, relative paths."""
+    words = ["python" if i == 0 and Path(w).name.startswith("python") else w for i, w in enumerate(command)]
+    return _shown_path(" ".join(words))
+
+
+def _card_data(config: dict[str, Any], summary: dict[str, Any], step: int | None) -> Any:
+    """The card's metadata, which the Hub reads: library, language, license, data set, base model of a
+    fine-tune (when it is a Hub id) and, as ``model-index``, the perplexities measured on these weights."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    data_config = config.get("data", {})
+    wikitext = data_config.get("dataset", "text") != "text"
+    results = []
+    if summary and summary.get("step") == step:
+        for prefix, name in _EVALUATIONS.items():
+            if f"{prefix}/ppl" in summary:
+                results.append(
+                    EvalResult(
+                        task_type="text-generation",
+                        dataset_type=WIKITEXT_HUB_ID if wikitext else "text",
+                        dataset_name="WikiText" if wikitext else "plain text files",
+                        dataset_config=data_config.get("dataset") if wikitext else None,
+                        dataset_split="test" if prefix.startswith("final_test") else "validation",
+                        metric_type="perplexity",
+                        metric_name=f"perplexity ({name})",
+                        metric_value=round(float(summary[f"{prefix}/ppl"]), 4),
+                    )
+                )
+    init_from = config.get("init_from", "")
+    hub_base = bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", init_from)) and not Path(init_from).exists()
+    return ModelCardData(
+        language="en",
+        license="mit",
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["gpt2", "minigpt"],
+        datasets=[WIKITEXT_HUB_ID] if wikitext else None,
+        base_model=init_from if hub_base else None,
+        model_name=config.get("name", "MiniGPT model"),
+        eval_results=results or None,
+    )
+
+
 def model_card(model: GPT, state: dict[str, Any], record: dict[str, Any], adapter: Any | None = None) -> str:
     """The ``README.md`` of an export: what the model is, what it was trained on, how well it does, how it
     was made, and what it is for. ``record`` is the run record of the run that produced the weights (the
@@ -284,26 +340,29 @@ def model_card(model: GPT, state: dict[str, Any], record: dict[str, Any], adapte
         else steps
     )
     if adapter is not None:
-        trained += f" for the base; then the LoRA adapter `{adapter.path}` (step {adapter.step}), merged"
+        shown = _shown_path(str(adapter.path))
+        trained += f" for the base; then the LoRA adapter `{shown}` (step {adapter.step}), merged"
     elif lora_layers(model):
         trained += " of LoRA fine-tuning, adapters merged into the base weights"
-    command = " ".join(run["command"]) if run.get("command") else "not recorded"
+    command = _shown_command(run["command"]) if run.get("command") else "not recorded"
     lines = [
         "---",
-        "library_name: transformers",
-        "pipeline_tag: text-generation",
-        "tags: [gpt2, minigpt]",
+        _card_data(config, record["summary"], step).to_yaml(),
         "---",
         "",
         f"# {config.get('name', 'MiniGPT model')}",
         "",
         "A small GPT-2-style language model trained with MiniGPT, exported by `python -m minigpt.export`.",
         "",
-        *([f"- **Initialised from**: `{config['init_from']}`"] if config.get("init_from") else []),
+        *(
+            [f"- **Initialised from**: `{_shown_path(config['init_from'])}`"]
+            if config.get("init_from")
+            else []
+        ),
         f"- **Architecture**: {_architecture(model)}",
-        f"- **Data set**: {_dataset(config)}",
+        f"- **Data set**: {_shown_path(_dataset(config))}",
         f"- **Tokens trained**: {trained}",
-        f"- **Exported from**: `{state['path']}`",
+        f"- **Exported from**: `{_shown_path(str(state['path']))}`",
         f"- **Commit**: `{run.get('git_commit') or 'not recorded'}`",
         f"- **Command**: `{command}`",
         "",

@@ -220,3 +220,28 @@ def test_pipeline_generation_stops_at_the_context_and_refuses_a_prompt_that_fill
     assert len(tokenizer(text)["input_ids"]) <= 16  # no index past the position embeddings
     with pytest.raises(ValueError, match="Input length of input_ids is 17, but `max_length` is set to 16"):
         generate(" word" * 17, do_sample=False)
+
+
+def test_the_model_card_carries_hub_metadata_and_no_local_paths(trained_run, tmp_path):
+    from huggingface_hub import ModelCard
+
+    record = export._run_record(trained_run)
+    record["config"]["init_from"] = "openai-community/gpt2"
+    record["config"]["data"] = {"dataset": "wikitext-2-raw-v1", "tokenizer": "gpt2"}
+    record["config"]["_run"]["command"] = [
+        "/usr/local/bin/python3.11",
+        str(export.REPO_ROOT / "run.py"),
+        f"--out_dir={export.REPO_ROOT}/runs",
+    ]
+    state = checkpoint.load_checkpoint(trained_run)
+    state["path"] = str(export.REPO_ROOT / "runs" / "tiny" / "ckpt-0000006.pt")
+    text = export.model_card(checkpoint.build_model(state), state, record)
+    assert str(export.REPO_ROOT) not in text and "`python run.py --out_dir=runs`" in text
+    assert "`runs/tiny/ckpt-0000006.pt`" in text
+    data = ModelCard(text).data
+    assert (data.license, data.language, data.library_name) == ("mit", "en", "transformers")
+    assert data.datasets == ["Salesforce/wikitext"] and data.base_model == "openai-community/gpt2"
+    summary = record["summary"]
+    perplexities = {(r.dataset_split, r.metric_name): r.metric_value for r in data.eval_results}
+    assert perplexities[("validation", "perplexity (validation)")] == round(summary["final_val/ppl"], 4)
+    assert perplexities[("test", "perplexity (test)")] == round(summary["final_test/ppl"], 4)
