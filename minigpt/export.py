@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -36,7 +37,7 @@ from minigpt.lora import (
 )
 from minigpt.model import GPT
 from minigpt.sample import TEMPERATURE
-from minigpt.tracking import Logger
+from minigpt.tracking import Logger, can_connect
 
 # The files a finished export always has; an existing --out directory without them is not ours to replace.
 _EXPORT_MARKERS = ("config.json", "model.safetensors", "README.md")
@@ -123,6 +124,27 @@ def log_model(logger: Logger, run_dir: Path, step: int, best: bool, merge_adapte
     metadata = {**_run_record(run_dir)["summary"], "step": step}
     logger.artifact(path, f"{run_dir.name}-model", "model", aliases, metadata)
     return path
+
+
+def push_to_hub(folder: Path, repo_id: str) -> str:
+    """Upload ``folder`` (an export or a shared adapter) to the Hub repository ``repo_id``, creating it if
+    needed, and return its URL. Raises ``ExportError`` when the Hub does not answer or refuses."""
+    from huggingface_hub import HfApi, constants
+
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    if not can_connect(endpoint):
+        raise ExportError(
+            f"--push-to-hub: the Hub at {endpoint} is not reachable from here; the export is in {folder}, "
+            f"upload it later with: hf upload {repo_id} {folder}"
+        )
+    api = HfApi(endpoint=endpoint)
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload from MiniGPT")
+    except Exception as e:  # noqa: BLE001 - every Hub failure (login, rights, network) ends the same way
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"--push-to-hub {repo_id}: the Hub refused the upload: {first}") from None
+    return f"{endpoint}/{repo_id}"
 
 
 def share_adapter(source: str | Path, adapter: str | Path, base_dir: str | Path, out_dir: str | Path) -> Path:
@@ -410,6 +432,9 @@ def main(argv: list[str] | None = None) -> Path:
         "--adapter-out",
         help="export the base to --out and copy --adapter here for peft, naming --out as its base",
     )
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO", help="then upload the export (or --adapter-out) here"
+    )
     args = parser.parse_args(argv)
     if args.adapter_out and (not args.adapter or args.merge_adapter):
         parser.error("--adapter-out shares an unmerged adapter: give --adapter and not --merge-adapter")
@@ -420,9 +445,11 @@ def main(argv: list[str] | None = None) -> Path:
             print(f"adapter for peft in {shared}, its base in {out}")
         else:
             out = export_run(args.source, args.out, adapter=args.adapter, merge_adapter=args.merge_adapter)
+        print(f"exported to {out}")
+        if args.push_to_hub:
+            print(f"uploaded to {push_to_hub(Path(args.adapter_out or out), args.push_to_hub)}")
     except (ExportError, CheckpointError, AdapterError, DataError) as err:
         parser.error(str(err))
-    print(f"exported to {out}")
     return out
 
 

@@ -4,6 +4,7 @@ and that generates the same greedy tokens as MiniGPT; what GPT-2 cannot express 
 import copy
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,3 +246,50 @@ def test_the_model_card_carries_hub_metadata_and_no_local_paths(trained_run, tmp
     perplexities = {(r.dataset_split, r.metric_name): r.metric_value for r in data.eval_results}
     assert perplexities[("validation", "perplexity (validation)")] == round(summary["final_val/ppl"], 4)
     assert perplexities[("test", "perplexity (test)")] == round(summary["final_test/ppl"], 4)
+
+
+@pytest.fixture
+def hub_stand_in(monkeypatch):
+    """A local port that accepts connections as the Hub's endpoint, and an ``HfApi`` that records uploads."""
+    import socket
+
+    import huggingface_hub
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    uploads = []
+
+    class FakeHfApi:
+        def __init__(self, endpoint):
+            self.endpoint = endpoint
+
+        def create_repo(self, repo_id, exist_ok):
+            uploads.append(("create", repo_id, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            uploads.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    yield uploads
+    listener.close()
+
+
+def test_push_to_hub_uploads_the_export_when_the_hub_answers(trained_run, tmp_path, hub_stand_in, capsys):
+    export.main([str(trained_run), "--out", str(tmp_path / "hf"), "--push-to-hub", "me/tiny"])
+    create, upload = hub_stand_in
+    assert create == ("create", "me/tiny", True)
+    assert upload[:2] == ("upload", "me/tiny") and {"model.safetensors", "README.md"} <= set(upload[2])
+    assert "uploaded to http://127.0.0.1:" in capsys.readouterr().out
+
+
+def test_push_to_hub_says_plainly_when_the_hub_is_unreachable(trained_run, tmp_path, monkeypatch, capsys):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(SystemExit) as stopped:
+        export.main([str(trained_run), "--out", str(tmp_path / "hf"), "--push-to-hub", "me/tiny"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "is not reachable from here" in err and "hf upload me/tiny" in err
+    assert (tmp_path / "hf" / "model.safetensors").is_file()  # the export itself is kept
