@@ -7,6 +7,10 @@ Overrides use dotted names (``--train.lr=1e-3``) or unique bare names (``--lr=1e
 ``wandb agent`` passes. ``python run.py [FILE] --help`` lists every key with its type, its default (the
 file's value when a file is given) and what it does. Experiment files are Python and are
 executed: run only files you trust.
+
+Exit codes: 0 the run finished; 2 a usage error (a bad key, value, file or checkpoint: one line, nothing
+trained); 3 the run diverged (a non-finite loss or gradient; its summary.json says "diverged"); 130
+interrupted (Ctrl-C; resume from its checkpoint); 1 anything unexpected (with a traceback).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ def main(argv: list[str]) -> int:
         return 0 if argv else 2
     from minigpt.checkpoint import CheckpointError, load_checkpoint
     from minigpt.data import DataError
+    from minigpt.tracking import EXIT_CODES
     from minigpt.train import NonFiniteLossError, RunInterrupted, run
 
     try:
@@ -52,12 +57,15 @@ def main(argv: list[str]) -> int:
             )
         config = apply_overrides(config, overrides)
         run(config, resume=saved, command=[sys.executable, *sys.argv])
-    except (ConfigError, DataError, CheckpointError, NonFiniteLossError) as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:
+        print(f"diverged: {e}", file=sys.stderr)
+        return EXIT_CODES["diverged"]
     except RunInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
-        return 130
+        return EXIT_CODES["interrupted"]
     except KeyboardInterrupt:
         print("\ninterrupted before training started; nothing was saved", file=sys.stderr)
         return 130

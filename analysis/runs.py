@@ -94,12 +94,38 @@ def load_sweep_state(root: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def load_wandb_runs(project: str, filters: dict[str, Any] | None = None) -> list[Run]:
-    """Runs of a W&B project (``entity/project``) through the public API; needs a login and a network."""
+# What may follow ``entity/project/`` in ``--wandb``, and the W&B API filter each selects runs with; the
+# first two are the paths of W&B's own sweep and group pages, so a page's address can be pasted as it is.
+WANDB_SELECTORS = {
+    "sweeps": lambda value: {"sweep": value},
+    "groups": lambda value: {"group": value},
+    "tags": lambda value: {"tags": {"$in": [value]}},
+}
+
+
+def wandb_selection(source: str) -> tuple[str, dict[str, Any]]:
+    """``(entity/project, API filter)`` from ``--wandb``: ``ENTITY/PROJECT`` (every run), or that followed by
+    ``/sweeps/ID``, ``/groups/NAME`` or ``/tags/NAME`` (only the runs of one sweep, group or tag); a
+    ``https://wandb.ai/`` prefix is accepted."""
+    parts = source.removeprefix("https://").removeprefix("wandb.ai/").strip("/").split("/")
+    if len(parts) == 2 and all(parts):
+        return "/".join(parts), {}
+    if len(parts) == 4 and all(parts) and parts[2] in WANDB_SELECTORS:
+        return "/".join(parts[:2]), WANDB_SELECTORS[parts[2]](parts[3])
+    raise RunsError(
+        f"--wandb {source!r}: give ENTITY/PROJECT, or ENTITY/PROJECT/sweeps/ID, ENTITY/PROJECT/groups/NAME "
+        "or ENTITY/PROJECT/tags/NAME to read only one sweep, group or tag"
+    )
+
+
+def load_wandb_runs(source: str) -> list[Run]:
+    """Runs of a W&B project through the public API, all of them or those ``source`` selects (see
+    ``wandb_selection``); needs a login and a network."""
     import wandb
 
+    project, filters = wandb_selection(source)
     runs = []
-    for remote in wandb.Api().runs(project, filters=filters or {}):
+    for remote in wandb.Api().runs(project, filters=filters):
         summary = {k: v for k, v in remote.summary.items() if not k.startswith("_")}
         summary["status"] = "finished" if remote.state == "finished" else remote.state
         history = [dict(row, step=row["_step"]) for row in remote.scan_history()]

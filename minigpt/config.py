@@ -200,14 +200,26 @@ class LogConfig:
     seeds of one variant are averaged together in W&B."""
     tags: str = role(RECORD, "")
     """Comma-separated W&B tags (the sweep's name is added as one)."""
+    notes: str = role(RECORD, "")
+    """The W&B run's notes: a sentence on why the run was made, shown on its page and in the runs table."""
     sweep: str = role(RECORD, "")
     """The name of the sweep this run belongs to (the local sweep runner sets it): a W&B tag and config
     entry, not a W&B sweep id, so the run stays syncable to its project."""
     export_hf: bool = role(RECORD, False)
     """At the end of training, also write a Hugging Face model directory to ``<run_dir>/hf``."""
+    log_model: str = role(RECORD, "off")
+    """Log the model's weights (the safetensors export, no optimizer state) as a W&B artifact, as the HF
+    Trainer's ``WANDB_LOG_MODEL`` does: ``off``; ``end`` (the final model); ``checkpoint`` (at every
+    checkpoint). Versions carry the aliases ``latest``, ``step-N`` and ``best``, and the summary as
+    metadata."""
+    wandb_rewind: bool = role(RECORD, False)
+    """On ``--resume``, rewind the W&B run to the checkpoint's step (W&B's ``resume_from``, a preview feature
+    that fails while the interrupted run is not yet marked finished on the server) so the steps logged again
+    replace the old ones; off, the resumed part continues the same run id (``resume="allow"``)."""
 
     def __post_init__(self) -> None:
         check_choice(self.wandb, "log.wandb", ("auto", "offline", "online", "disabled"))
+        check_choice(self.log_model, "log.log_model", ("off", "end", "checkpoint"))
 
 
 @dataclass

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
 import sys
 import tempfile
@@ -24,8 +26,18 @@ from minigpt import checkpoint, data
 from minigpt.checkpoint import CheckpointError
 from minigpt.data import DataError
 from minigpt.hf import to_hf
-from minigpt.lora import AdapterError, attach_adapter, load_adapter, lora_layers, merge_lora
+from minigpt.lora import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterError,
+    attach_adapter,
+    load_adapter,
+    lora_layers,
+    merge_lora,
+)
 from minigpt.model import GPT
+from minigpt.sample import TEMPERATURE
+from minigpt.tracking import Logger, can_connect
 
 # The files a finished export always has; an existing --out directory without them is not ours to replace.
 _EXPORT_MARKERS = ("config.json", "model.safetensors", "README.md")
@@ -77,6 +89,7 @@ def export_run(
         raise ExportError(
             f"the run's tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}"
         )
+    fit_to_tokenizer(hf_model, tokenizer)
     weights_record = _run_record(adapter_info.path.parent if adapter_info else Path(state["path"]).parent)
     card = model_card(model, state, weights_record, adapter_info)
 
@@ -90,6 +103,113 @@ def export_run(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def log_model(logger: Logger, run_dir: Path, step: int, best: bool, merge_adapter: bool = False) -> Path:
+    """Log the weights of the checkpoint of ``step`` as a version of the run's W&B model artifact
+    (``<run>-model``), aliased ``latest``, ``step-N`` and, when ``best``, ``best``, with the run's summary so
+    far as metadata; return what was logged.
+
+    The weights go as the Hugging Face export (``model.safetensors``, config, tokenizer, card), staged in
+    ``<run_dir>/wandb/model`` (beside W&B's own files, where analysis does not look for runs); a model GPT-2
+    cannot express (post-LN) goes as its checkpoint file instead."""
+    run_dir = Path(run_dir)
+    source = checkpoint.checkpoint_path(run_dir, step)
+    try:
+        path = export_run(source, run_dir / "wandb" / "model", merge_adapter=merge_adapter)
+    except ExportError as e:
+        print(f"note: the W&B model artifact is the checkpoint, with optimizer state: {e}", file=sys.stderr)
+        path = source
+    aliases = ("latest", f"step-{step}", *(("best",) if best else ()))
+    metadata = {**_run_record(run_dir)["summary"], "step": step}
+    logger.artifact(path, f"{run_dir.name}-model", "model", aliases, metadata)
+    return path
+
+
+def push_to_hub(folder: Path, repo_id: str) -> str:
+    """Upload ``folder`` (an export or a shared adapter) to the Hub repository ``repo_id``, creating it if
+    needed, and return its URL. Raises ``ExportError`` when the Hub does not answer or refuses."""
+    from huggingface_hub import HfApi, constants
+
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    if not can_connect(endpoint):
+        raise ExportError(
+            f"--push-to-hub: the Hub at {endpoint} is not reachable from here; the export is in {folder}, "
+            f"upload it later with: hf upload {repo_id} {folder}"
+        )
+    api = HfApi(endpoint=endpoint)
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload from MiniGPT")
+    except Exception as e:  # noqa: BLE001 - every Hub failure (login, rights, network) ends the same way
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"--push-to-hub {repo_id}: the Hub refused the upload: {first}") from None
+    return f"{endpoint}/{repo_id}"
+
+
+def share_adapter(source: str | Path, adapter: str | Path, base_dir: str | Path, out_dir: str | Path) -> Path:
+    """Copy the LoRA ``adapter`` trained on the model of ``source`` to ``out_dir`` for peft users: its
+    ``base_model_name_or_path`` becomes ``base_dir`` (the export of ``source``, absolute, or a Hub id naming
+    where that export was uploaded), so ``AutoPeftModelForCausalLM.from_pretrained(out_dir)`` finds the base,
+    and the folder gets a card of its own. Raises ``AdapterError`` for an adapter made for another base."""
+    info = load_adapter(adapter)
+    attach_adapter(checkpoint.build_model(checkpoint.load_checkpoint(source)), info)  # checks the base
+    local = Path(base_dir)
+    base = str(local.resolve()) if local.is_dir() else str(base_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(info.path / WEIGHTS_NAME, out_dir / WEIGHTS_NAME)
+    peft_config = json.loads((info.path / CONFIG_NAME).read_text(encoding="utf-8"))
+    peft_config["base_model_name_or_path"] = base
+    (out_dir / CONFIG_NAME).write_text(json.dumps(peft_config, indent=2), encoding="utf-8")
+    c = info.config
+    card = f"""---
+base_model: {base}
+library_name: peft
+tags:
+- minigpt
+- lora
+---
+
+# LoRA adapter for {Path(base).name}
+
+Rank {c.rank}, alpha {c.alpha:g}, on {", ".join(c.target_list)}; trained with MiniGPT
+(step {info.step if info.step is not None else "unknown"}).
+
+```python
+from peft import AutoPeftModelForCausalLM
+
+model = AutoPeftModelForCausalLM.from_pretrained("{out_dir.name}")
+```
+"""
+    (out_dir / "README.md").write_text(card, encoding="utf-8")
+    return out_dir
+
+
+def fit_to_tokenizer(hf_model: Any, tokenizer: Any) -> None:
+    """Make the export's tokenizer and generation config agree with the model: the tokenizer's length limit
+    is the context; BOS and EOS are the tokenizer's own (when the vocabulary holds them); generation samples
+    as ``minigpt.sample`` does by default and stops at the context, which the position embeddings cannot go
+    past (GPT-2 has no sliding window)."""
+    from transformers import GenerationConfig
+
+    context, vocab = hf_model.config.n_positions, hf_model.config.vocab_size
+    tokenizer.model_max_length = context
+
+    def in_vocab(token_id: int | None) -> int | None:
+        return token_id if token_id is not None and token_id < vocab else None
+
+    bos, eos = in_vocab(tokenizer.bos_token_id), in_vocab(tokenizer.eos_token_id)
+    hf_model.config.bos_token_id, hf_model.config.eos_token_id = bos, eos
+    hf_model.generation_config = GenerationConfig(
+        do_sample=True,
+        temperature=TEMPERATURE,
+        top_k=0,  # transformers' own default would cut at 50; minigpt.sample does not cut
+        max_length=context,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=eos,  # GPT-2 has no padding token; EOS is the usual stand-in
+    )
 
 
 def _check_replaceable(out_dir: Path) -> None:
@@ -172,6 +292,61 @@ def _evaluations(summary: dict[str, Any], step: int | None) -> list[str]:
     return lines or ["- no final evaluation recorded"]
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The Hub's copy of the WikiText data sets, which the Hub links a model's evaluation results to.
+WIKITEXT_HUB_ID = "Salesforce/wikitext"
+
+
+def _shown_path(text: str) -> str:
+    """``text`` with this repository's and the home folder's absolute paths made relative (``~`` for home),
+    so a card shows no machine's layout."""
+    return text.replace(f"{REPO_ROOT}/", "").replace(str(REPO_ROOT), ".").replace(str(Path.home()), "~")
+
+
+def _shown_command(command: list[str]) -> str:
+    """The recorded command as a person would type it: ``python`` for the interpreter, relative paths."""
+    words = ["python" if i == 0 and Path(w).name.startswith("python") else w for i, w in enumerate(command)]
+    return _shown_path(" ".join(words))
+
+
+def _card_data(config: dict[str, Any], summary: dict[str, Any], step: int | None) -> Any:
+    """The card's metadata, which the Hub reads: library, language, license, data set, base model of a
+    fine-tune (when it is a Hub id) and, as ``model-index``, the perplexities measured on these weights."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    data_config = config.get("data", {})
+    wikitext = data_config.get("dataset", "text") != "text"
+    results = []
+    if summary and summary.get("step") == step:
+        for prefix, name in _EVALUATIONS.items():
+            if f"{prefix}/ppl" in summary:
+                results.append(
+                    EvalResult(
+                        task_type="text-generation",
+                        dataset_type=WIKITEXT_HUB_ID if wikitext else "text",
+                        dataset_name="WikiText" if wikitext else "plain text files",
+                        dataset_config=data_config.get("dataset") if wikitext else None,
+                        dataset_split="test" if prefix.startswith("final_test") else "validation",
+                        metric_type="perplexity",
+                        metric_name=f"perplexity ({name})",
+                        metric_value=round(float(summary[f"{prefix}/ppl"]), 4),
+                    )
+                )
+    init_from = config.get("init_from", "")
+    hub_base = bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", init_from)) and not Path(init_from).exists()
+    return ModelCardData(
+        language="en",
+        license="mit",
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["gpt2", "minigpt"],
+        datasets=[WIKITEXT_HUB_ID] if wikitext else None,
+        base_model=init_from if hub_base else None,
+        model_name=config.get("name", "MiniGPT model"),
+        eval_results=results or None,
+    )
+
+
 def model_card(model: GPT, state: dict[str, Any], record: dict[str, Any], adapter: Any | None = None) -> str:
     """The ``README.md`` of an export: what the model is, what it was trained on, how well it does, how it
     was made, and what it is for. ``record`` is the run record of the run that produced the weights (the
@@ -187,26 +362,29 @@ def model_card(model: GPT, state: dict[str, Any], record: dict[str, Any], adapte
         else steps
     )
     if adapter is not None:
-        trained += f" for the base; then the LoRA adapter `{adapter.path}` (step {adapter.step}), merged"
+        shown = _shown_path(str(adapter.path))
+        trained += f" for the base; then the LoRA adapter `{shown}` (step {adapter.step}), merged"
     elif lora_layers(model):
         trained += " of LoRA fine-tuning, adapters merged into the base weights"
-    command = " ".join(run["command"]) if run.get("command") else "not recorded"
+    command = _shown_command(run["command"]) if run.get("command") else "not recorded"
     lines = [
         "---",
-        "library_name: transformers",
-        "pipeline_tag: text-generation",
-        "tags: [gpt2, minigpt]",
+        _card_data(config, record["summary"], step).to_yaml(),
         "---",
         "",
         f"# {config.get('name', 'MiniGPT model')}",
         "",
         "A small GPT-2-style language model trained with MiniGPT, exported by `python -m minigpt.export`.",
         "",
-        *([f"- **Initialised from**: `{config['init_from']}`"] if config.get("init_from") else []),
+        *(
+            [f"- **Initialised from**: `{_shown_path(config['init_from'])}`"]
+            if config.get("init_from")
+            else []
+        ),
         f"- **Architecture**: {_architecture(model)}",
-        f"- **Data set**: {_dataset(config)}",
+        f"- **Data set**: {_shown_path(_dataset(config))}",
         f"- **Tokens trained**: {trained}",
-        f"- **Exported from**: `{state['path']}`",
+        f"- **Exported from**: `{_shown_path(str(state['path']))}`",
         f"- **Commit**: `{run.get('git_commit') or 'not recorded'}`",
         f"- **Command**: `{command}`",
         "",
@@ -250,12 +428,28 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", required=True, help="the Hugging Face model directory to write")
     parser.add_argument("--adapter", help="a LoRA adapter directory (<run dir>/adapter) to attach first")
     parser.add_argument("--merge-adapter", action="store_true", help="fold the adapters into the weights")
+    parser.add_argument(
+        "--adapter-out",
+        help="export the base to --out and copy --adapter here for peft, naming --out as its base",
+    )
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO", help="then upload the export (or --adapter-out) here"
+    )
     args = parser.parse_args(argv)
+    if args.adapter_out and (not args.adapter or args.merge_adapter):
+        parser.error("--adapter-out shares an unmerged adapter: give --adapter and not --merge-adapter")
     try:
-        out = export_run(args.source, args.out, adapter=args.adapter, merge_adapter=args.merge_adapter)
+        if args.adapter_out:
+            out = export_run(args.source, args.out)
+            shared = share_adapter(args.source, args.adapter, out, args.adapter_out)
+            print(f"adapter for peft in {shared}, its base in {out}")
+        else:
+            out = export_run(args.source, args.out, adapter=args.adapter, merge_adapter=args.merge_adapter)
+        print(f"exported to {out}")
+        if args.push_to_hub:
+            print(f"uploaded to {push_to_hub(Path(args.adapter_out or out), args.push_to_hub)}")
     except (ExportError, CheckpointError, AdapterError, DataError) as err:
         parser.error(str(err))
-    print(f"exported to {out}")
     return out
 
 

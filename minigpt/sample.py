@@ -27,6 +27,10 @@ from minigpt.lora import AdapterError, attach_adapter, load_adapter, merge_lora
 from minigpt.model import GPT
 from minigpt.perf import pick_device
 
+# Sampling defaults (no top-k or top-p cut-off), which an export's generation config carries too.
+TEMPERATURE = 1.0
+MAX_NEW_TOKENS = 100
+
 
 def load_model_for_sampling(
     checkpoint: str | Path | None = None,
@@ -138,8 +142,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--adapter", help="a LoRA adapter directory (<run dir>/adapter) trained on that base")
     parser.add_argument("--merge-adapter", action="store_true", help="fold the adapters into the weights")
     parser.add_argument("--prompt", required=True, help="text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=100)
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
+    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+    parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="0 means greedy")
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token")

@@ -4,8 +4,8 @@
   ``summary.json``. It is the record that analysis reads and that survives with no network at all.
 - ``WandbLogger``: Weights & Biases, never blocking on a login or a network: online when the user can use
   W&B (``wandb_mode``), falling back to offline when the server does not answer.
-- ``ConsoleLogger``: where the run is and how it is set up, a progress bar with an ETA, a summary table, and
-  the commands that come next.
+- ``ConsoleLogger``: where the run is and how it is set up, a progress bar with an ETA, the final figures in a
+  few lines, and the commands that come next.
 
 ``new_run_dir`` names and creates a run's directory; ``build_logger`` assembles the loggers of one run.
 """
@@ -46,12 +46,21 @@ class Logger:
     def summary(self, metrics: dict[str, Any]) -> None:
         """Record final figures (perplexities, throughput)."""
 
-    def artifact(self, path: Path, name: str, type: str) -> None:
-        """Keep the file or directory ``path`` with the run (a model, an adapter, a report)."""
+    def artifact(
+        self,
+        path: Path,
+        name: str,
+        type: str,
+        aliases: tuple[str, ...] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Keep the file or directory ``path`` with the run (a model, an adapter, a report), as a version of
+        the artifact ``name`` with ``aliases`` (``latest``, ``best``, ``step-N``) and ``metadata``."""
 
     def finish(self, status: str = "finished") -> None:
-        """Flush and close. ``status`` is how the run ended: ``finished``, ``failed`` (an error) or
-        ``interrupted`` (Ctrl-C, with a checkpoint to resume from)."""
+        """Flush and close. ``status`` is how the run ended: ``finished``, ``failed`` (an error),
+        ``diverged`` (a non-finite loss or gradient) or ``interrupted`` (Ctrl-C, with a checkpoint to resume
+        from)."""
 
     @property
     def run_id(self) -> str | None:
@@ -77,9 +86,16 @@ class MultiLogger(Logger):
         for logger in self.loggers:
             logger.summary(metrics)
 
-    def artifact(self, path: Path, name: str, type: str) -> None:
+    def artifact(
+        self,
+        path: Path,
+        name: str,
+        type: str,
+        aliases: tuple[str, ...] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         for logger in self.loggers:
-            logger.artifact(path, name, type)
+            logger.artifact(path, name, type, aliases, metadata)
 
     def finish(self, status: str = "finished") -> None:
         for logger in reversed(self.loggers):  # the last started closes first: the console ends the story
@@ -88,6 +104,11 @@ class MultiLogger(Logger):
     @property
     def run_id(self) -> str | None:
         return next((logger.run_id for logger in self.loggers if logger.run_id), None)
+
+
+# How ``run.py`` exits after a run that ended with each status (W&B records the same code), so that a
+# script or ``wandb agent`` can tell a run that diverged from a mistyped key (2, a usage error).
+EXIT_CODES = {"finished": 0, "failed": 1, "diverged": 3, "interrupted": 130}
 
 
 def _jsonable(value: Any) -> Any:
@@ -248,9 +269,14 @@ def build_logger(
                 run_dir.name,
                 group=log["group"] or variant_group(config),
                 tags=tuple(tags),
+                notes=log.get("notes", ""),
                 resume_id=resume_id,
                 job_type="finetune" if config.get("init_from") else "train",
                 first_step=first_step,
+                rewind=log.get("wandb_rewind", False),
+                uses=config.get("init_from", "")
+                if is_artifact_reference(config.get("init_from", ""))
+                else "",
             )
         )
     return MultiLogger(loggers)
@@ -339,9 +365,9 @@ class WandbLogger(Logger):
     all (a few seconds at most, instead of wandb's long retries), and any failure falls back to offline.
 
     Every series is plotted against ``train/tokens`` (tokens seen), so runs with different batch sizes line
-    up; the summary of ``val/loss`` is its minimum. A resumed online run rewinds the W&B run to the
-    checkpoint's step (``resume_from``), so the steps logged again after it replace the ones logged before
-    the interruption instead of being dropped as out of order."""
+    up; the summary of ``val/loss`` is its minimum. A resumed run continues the same W&B run id
+    (``resume="allow"``); with ``rewind`` an online one instead rewinds the run to the checkpoint's step
+    (``resume_from``), so the steps logged again replace the ones logged before the interruption."""
 
     INIT_TIMEOUT = 30.0
 
@@ -356,8 +382,14 @@ class WandbLogger(Logger):
         resume_id: str | None = None,
         job_type: str = "train",
         first_step: int = 0,
+        rewind: bool = False,
+        notes: str = "",
+        uses: str = "",
     ) -> None:
+        self.notes = notes or None
+        self.uses = uses
         self.mode = mode
+        self.rewind = rewind
         self.project = project
         self.run_dir = Path(run_dir)
         self.name = name
@@ -387,18 +419,25 @@ class WandbLogger(Logger):
             if self.mode != "online":
                 raise
             self._go_offline(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}")
+            # wandb's service still holds the run id of the failed start; a resume needs that id again.
+            with contextlib.suppress(Exception):
+                wandb.teardown()
             self._run = wandb.init(**self._init_kwargs(config, directory))
         self._define_metrics()
-        if self.mode == "offline" and self.resume_id and self.first_step:
+        if self.uses and self.mode == "online":
+            self._use_artifact(self.uses.removeprefix(ARTIFACT_SCHEME))
+        if self.resume_id and self.first_step and not self._rewinds:
             _say(
-                f"W&B offline resume: this part logs the steps after {self.first_step} into run "
-                f"{self.resume_id}. "
-                "When both parts are synced, W&B keeps a step it already has and drops it if logged again, "
-                "so steps between the checkpoint and the interruption show their first values there; "
-                "metrics.jsonl in the run directory holds the resumed ones"
+                f"W&B resume: this part logs the steps after {self.first_step} into run {self.resume_id}. "
+                "W&B keeps a step it already has and drops it if logged again, so steps between the "
+                "checkpoint and the interruption show their first values there; metrics.jsonl in the run "
+                "directory holds the resumed ones"
+                + ("" if self.mode == "offline" else " (--wandb_rewind=true replaces them in W&B too)")
             )
-        elif self.mode == "offline":
+        if self.mode == "offline":
             _say(f"W&B is offline; upload this run later with: {self.sync_command}")
+        if self.mode == "online" and self._run is not None:
+            _say(self.location)  # a long run's dashboard is worth having from its first step
 
     def _init_kwargs(self, config: dict[str, Any], directory: str) -> dict[str, Any]:
         import wandb
@@ -411,16 +450,32 @@ class WandbLogger(Logger):
             name=self.name,
             group=self.group,
             tags=self.tags,
+            notes=self.notes,
             job_type=self.job_type,
-            config=config,
+            # Dotted keys, the names ``wandb agent`` gives a sweep's parameters: nested, each swept key would
+            # be two columns of the runs table (the agent's ``model.n_head`` and ``model`` > ``n_head``).
+            config=flatten(config),
             dir=directory,
             settings=wandb.Settings(base_url=self.base_url, init_timeout=self.INIT_TIMEOUT, silent=True),
         )
-        if self.resume_id and self.mode == "online" and self.first_step:
+        if self._rewinds:
             kwargs["resume_from"] = f"{self.resume_id}?_step={self.first_step}"
         elif self.resume_id:
             kwargs.update(id=self.resume_id, resume="allow")
         return kwargs
+
+    def _use_artifact(self, name: str) -> None:
+        """Record that this run starts from the artifact ``name``, so W&B's lineage graph links the two (the
+        download itself happened before the run, in ``fetch_artifact``)."""
+        try:
+            self._run.use_artifact(name)
+        except Exception as e:  # noqa: BLE001 - lineage is worth a warning, never the run
+            warnings.warn(f"W&B did not record that this run uses {name}: {e}", stacklevel=3)
+
+    @property
+    def _rewinds(self) -> bool:
+        """Whether this start rewinds the run: asked for, online (the server does it) and resuming."""
+        return self.rewind and self.mode == "online" and bool(self.resume_id and self.first_step)
 
     def _define_metrics(self) -> None:
         self._guarded(lambda: self._run.define_metric("train/tokens"))
@@ -448,19 +503,28 @@ class WandbLogger(Logger):
         if self._run is not None:
             self._guarded(lambda: self._run.summary.update(metrics))
 
-    def artifact(self, path: Path, name: str, type: str) -> None:
-        """Log ``path`` as a W&B artifact; offline, it is kept with the run and ``wandb sync`` uploads it."""
+    def artifact(
+        self,
+        path: Path,
+        name: str,
+        type: str,
+        aliases: tuple[str, ...] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Log ``path`` as a W&B artifact; offline, it is kept with the run and ``wandb sync`` uploads it.
+        The files are copied into W&B's staging area here, so ``path`` may be overwritten afterwards."""
         if self._run is None:
             return
         import wandb
 
         def log_artifact() -> None:
-            artifact = wandb.Artifact(_artifact_name(name), type=type)
+            clean = {k: _jsonable(v) for k, v in (metadata or {}).items()}
+            artifact = wandb.Artifact(_artifact_name(name), type=type, metadata=clean)
             if Path(path).is_dir():
                 artifact.add_dir(str(path))
             else:
                 artifact.add_file(str(path))
-            self._run.log_artifact(artifact)
+            self._run.log_artifact(artifact, aliases=list(aliases) or None)
 
         self._guarded(log_artifact)
 
@@ -487,7 +551,7 @@ class WandbLogger(Logger):
             return
         where = self.location
         with contextlib.suppress(Exception):
-            self._run.finish(exit_code={"finished": 0, "interrupted": 130}.get(status, 1))
+            self._run.finish(exit_code=EXIT_CODES.get(status, EXIT_CODES["failed"]))
         self._run = None
         _say(where)
 
@@ -506,14 +570,17 @@ def format_duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
+# The splits of the final evaluation, by their key in the summary and their name in the console.
+SPLITS = (("val", "validation"), ("test", "test"))
+
 # An ETA beyond this on a CPU is worth a word: the user probably wanted the CPU profile.
 LONG_CPU_RUN_SECONDS = 2 * 3600
 
 
 class ConsoleLogger(Logger):
     """Says where things are: the run's set-up at the start; a progress bar with loss, perplexity,
-    throughput and ETA while training (one line per logged step when not on a terminal); a summary table;
-    and at the end the run directory and the commands that come next."""
+    throughput and ETA while training (one line per logged step when not on a terminal); a few lines of
+    final figures; and at the end the run directory and the commands that come next."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -651,21 +718,51 @@ class ConsoleLogger(Logger):
         )
 
     def summary(self, metrics: dict[str, Any]) -> None:
-        from rich.table import Table
-
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        table = Table(title="summary")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for key, value in metrics.items():
-            table.add_row(key, f"{value:,.4f}" if isinstance(value, float) else str(value))
-        self.console.print(table)
+        for line in self.summary_lines(metrics):
+            self.console.print(line, soft_wrap=True, highlight=False, markup=False)
 
-    def next_commands(self, failed: bool) -> list[str]:
+    def summary_lines(self, metrics: dict[str, Any]) -> list[str]:
+        """The few figures a person reads at the end; the rest stays in ``summary.json``."""
+
+        def score(prefix: str) -> str:
+            return f"ppl {metrics[f'{prefix}/ppl']:,.2f} (loss {metrics[f'{prefix}/loss']:.4f})"
+
+        lines = []
+        scores = [f"{name} {score(f'final_{key}')}" for key, name in SPLITS if f"final_{key}/ppl" in metrics]
+        if scores:
+            lines.append("final: " + ", ".join(scores))
+        sliding = [
+            f"{name} ppl {metrics[f'final_{key}_sliding/ppl']:,.2f}"
+            for key, name in SPLITS
+            if f"final_{key}_sliding/ppl" in metrics
+        ]
+        if sliding:
+            stride = metrics.get("final_val_sliding/stride", metrics.get("final_test_sliding/stride"))
+            lines.append(f"sliding window (stride {stride}): " + ", ".join(sliding))
+        if "val_before/ppl" in metrics and "final_val/ppl" in metrics:
+            before, after = metrics["val_before/ppl"], metrics["final_val/ppl"]
+            lines.append(f"fine-tune: validation ppl {before:,.2f} -> {after:,.2f}")
+        best = metrics.get("best_val_loss")
+        if isinstance(best, float) and math.isfinite(best):
+            lines.append(f"best validation loss {best:.4f} at step {metrics.get('best_step', '?')}")
+        if "tokens" in metrics and "train_seconds" in metrics:
+            lines.append(
+                f"{metrics['tokens']:,} tokens in {format_duration(metrics['train_seconds'])} of training, "
+                f"{metrics.get('tokens_per_sec', 0):,.0f} tokens/s"
+            )
+        if metrics.get("skipped_steps"):
+            lines.append(f"{metrics['skipped_steps']} steps skipped as non-finite")
+        lines.append(f"every figure: {Path(self._run.get('run_dir', 'RUN_DIR')) / 'summary.json'}")
+        return lines
+
+    def next_commands(self, status: str) -> list[str]:
         run_dir = self._run.get("run_dir", "RUN_DIR")
-        if failed:
+        if status == "diverged":  # resuming as is would meet the same step again
+            return [f"python run.py --resume={run_dir} --skip_nonfinite=true"]
+        if status != "finished":
             return [f"python run.py --resume={run_dir}"]
         if self._config.get("lora", {}).get("rank"):
             sample = (
@@ -690,5 +787,5 @@ class ConsoleLogger(Logger):
         where = f"{status}: run directory {self._run.get('run_dir')}"
         self.console.print(where, soft_wrap=True, markup=False)
         self.console.print("next:" if done else "continue it with:")
-        for command in self.next_commands(failed=not done):
+        for command in self.next_commands(status):
             self.console.print(f"  {command}", soft_wrap=True, highlight=False, markup=False)

@@ -350,6 +350,9 @@ def train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
         except KeyboardInterrupt:
             status = "interrupted"
             raise trainer.save_on_interrupt() from None
+        except NonFiniteLossError:
+            status = "diverged"
+            raise
         summary = final_evaluation(trainer)
         if distributed.is_main():
             publish(trainer)
@@ -399,16 +402,17 @@ def final_evaluation(trainer: Trainer) -> dict[str, Any]:
 
 def publish(trainer: Trainer) -> None:
     """Hand the final model on: a Hugging Face export when asked for (``log.export_hf``), and W&B artifacts of
-    the model (the export, else the final checkpoint) and of a LoRA adapter."""
+    the model (with ``log.log_model=end``) and of a LoRA adapter."""
     run_dir, config = trainer.run_dir, trainer.config
-    model_path = checkpoint.checkpoint_path(run_dir, trainer.state.step)
     if config.log.export_hf:
         try:
             model_path = export.export_run(run_dir, run_dir / "hf", merge_adapter=bool(config.lora.rank))
             print(f"exported a Hugging Face model directory to {model_path}")
         except export.ExportError as e:
             print(f"note: no Hugging Face export: {e}")
-    trainer.logger.artifact(model_path, f"{run_dir.name}-model", "model")
+    if config.log.log_model == "end":
+        best = trainer.state.best_step == trainer.state.step
+        export.log_model(trainer.logger, run_dir, trainer.state.step, best, bool(config.lora.rank))
     if config.lora.rank:
         trainer.logger.artifact(trainer.adapter_path, f"{run_dir.name}-adapter", "lora-adapter")
 
@@ -571,6 +575,9 @@ class Trainer:
                 lora.save_adapter(
                     self.adapter_path, self.model, config.lora, config.init_from, self.state.step
                 )
+            if self.config.log.log_model == "checkpoint":
+                best, merge = self.state.best_step == self.state.step, bool(self.config.lora.rank)
+                export.log_model(self.logger, self.run_dir, self.state.step, best, merge)
         distributed.barrier()  # on return the files are in place, for every process
         return path
 

@@ -4,6 +4,7 @@ and that generates the same greedy tokens as MiniGPT; what GPT-2 cannot express 
 import copy
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,3 +199,97 @@ def test_cli_reports_a_truncated_checkpoint_and_a_bad_adapter_as_usage_errors(
     with pytest.raises(SystemExit) as exit_info:
         export.main([str(ckpt), "--out", str(tmp_path / "export")])
     assert exit_info.value.code == 2 and "truncated" in capsys.readouterr().err
+
+
+def test_the_exported_tokenizer_and_generation_config_fit_the_model(trained_run, tmp_path):
+    out = export_run(trained_run, tmp_path / "export")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert tokenizer.model_max_length == model.config.n_positions == 16
+    assert model.config.eos_token_id == model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert model.config.bos_token_id == tokenizer.bos_token_id
+    generation = model.generation_config
+    assert (generation.do_sample, generation.temperature, generation.top_k) == (True, 1.0, 0)
+    assert generation.max_length == 16
+
+
+def test_pipeline_generation_stops_at_the_context_and_refuses_a_prompt_that_fills_it(trained_run, tmp_path):
+    out = export_run(trained_run, tmp_path / "export")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    generate = pipeline("text-generation", model=str(out), device="cpu")
+    text = generate("The history of the", do_sample=False)[0]["generated_text"]
+    assert len(tokenizer(text)["input_ids"]) <= 16  # no index past the position embeddings
+    with pytest.raises(ValueError, match="Input length of input_ids is 17, but `max_length` is set to 16"):
+        generate(" word" * 17, do_sample=False)
+
+
+def test_the_model_card_carries_hub_metadata_and_no_local_paths(trained_run, tmp_path):
+    from huggingface_hub import ModelCard
+
+    record = export._run_record(trained_run)
+    record["config"]["init_from"] = "openai-community/gpt2"
+    record["config"]["data"] = {"dataset": "wikitext-2-raw-v1", "tokenizer": "gpt2"}
+    record["config"]["_run"]["command"] = [
+        "/usr/local/bin/python3.11",
+        str(export.REPO_ROOT / "run.py"),
+        f"--out_dir={export.REPO_ROOT}/runs",
+    ]
+    state = checkpoint.load_checkpoint(trained_run)
+    state["path"] = str(export.REPO_ROOT / "runs" / "tiny" / "ckpt-0000006.pt")
+    text = export.model_card(checkpoint.build_model(state), state, record)
+    assert str(export.REPO_ROOT) not in text and "`python run.py --out_dir=runs`" in text
+    assert "`runs/tiny/ckpt-0000006.pt`" in text
+    data = ModelCard(text).data
+    assert (data.license, data.language, data.library_name) == ("mit", "en", "transformers")
+    assert data.datasets == ["Salesforce/wikitext"] and data.base_model == "openai-community/gpt2"
+    summary = record["summary"]
+    perplexities = {(r.dataset_split, r.metric_name): r.metric_value for r in data.eval_results}
+    assert perplexities[("validation", "perplexity (validation)")] == round(summary["final_val/ppl"], 4)
+    assert perplexities[("test", "perplexity (test)")] == round(summary["final_test/ppl"], 4)
+
+
+@pytest.fixture
+def hub_stand_in(monkeypatch):
+    """A local port that accepts connections as the Hub's endpoint, and an ``HfApi`` that records uploads."""
+    import socket
+
+    import huggingface_hub
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    uploads = []
+
+    class FakeHfApi:
+        def __init__(self, endpoint):
+            self.endpoint = endpoint
+
+        def create_repo(self, repo_id, exist_ok):
+            uploads.append(("create", repo_id, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            uploads.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    yield uploads
+    listener.close()
+
+
+def test_push_to_hub_uploads_the_export_when_the_hub_answers(trained_run, tmp_path, hub_stand_in, capsys):
+    export.main([str(trained_run), "--out", str(tmp_path / "hf"), "--push-to-hub", "me/tiny"])
+    create, upload = hub_stand_in
+    assert create == ("create", "me/tiny", True)
+    assert upload[:2] == ("upload", "me/tiny") and {"model.safetensors", "README.md"} <= set(upload[2])
+    assert "uploaded to http://127.0.0.1:" in capsys.readouterr().out
+
+
+def test_push_to_hub_says_plainly_when_the_hub_is_unreachable(trained_run, tmp_path, monkeypatch, capsys):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(SystemExit) as stopped:
+        export.main([str(trained_run), "--out", str(tmp_path / "hf"), "--push-to-hub", "me/tiny"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "is not reachable from here" in err and "hf upload me/tiny" in err
+    assert (tmp_path / "hf" / "model.safetensors").is_file()  # the export itself is kept

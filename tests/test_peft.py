@@ -3,14 +3,16 @@ Hugging Face GPT-2 attaches to the converted model, and LoRA's backward pass equ
 
 import copy
 import dataclasses
+import json
 
+import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model
 from test_lora import randomise_adapters, tiny_base
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from minigpt import checkpoint, lora
-from minigpt.export import export_run
+from minigpt.export import export_run, main, share_adapter
 from minigpt.hf import from_hf, to_hf
 from minigpt.lora import LoRAConfig
 from minigpt.model import GPTConfig
@@ -120,3 +122,39 @@ def test_backward_pass_equals_peft_with_adapter_dropout():
     # The dropout masks matter: another seed gives other gradients, so the equality above is not vacuous.
     other = lora_gradients(ours, idx, seed=4, hf=False)
     assert not torch.allclose(other["transformer.h.0.attn.c_attn"][0], mine["transformer.h.0.attn.c_attn"][0])
+
+
+def test_a_shared_adapter_names_a_base_that_autopeft_loads(tmp_path, tokenizer_dir):
+    base = tiny_base(config=GPT2_VOCAB)
+    state = {
+        "step": 0,
+        "model": base.state_dict(),
+        "model_config": dataclasses.asdict(GPT2_VOCAB),
+        "config": {"data": {"tokenizer": str(tokenizer_dir)}},
+    }
+    checkpoint.save_checkpoint(tmp_path / "base", state)
+    ours = copy.deepcopy(base)
+    config = LoRAConfig(rank=2, alpha=4.0, targets="c_attn")
+    lora.apply_lora(ours, config)
+    randomise_adapters(ours)
+    lora.save_adapter(tmp_path / "adapter", ours, config, str(tmp_path / "base"), step=3)
+    args = [str(tmp_path / "base"), "--out", str(tmp_path / "hf"), "--adapter", str(tmp_path / "adapter")]
+    main([*args, "--adapter-out", str(tmp_path / "shared")])
+
+    theirs = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "shared")
+    idx = torch.randint(0, 50257, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(theirs.eval()(idx).logits, ours(idx)[0], atol=1e-5, rtol=0)
+    card = (tmp_path / "shared" / "README.md").read_text()
+    assert f"base_model: {(tmp_path / 'hf').resolve()}" in card and "library_name: peft" in card
+    # Once the base is on the Hub, its id goes in instead of the local folder.
+    share_adapter(tmp_path / "base", tmp_path / "adapter", "me/tiny-base", tmp_path / "hub")
+    assert json.loads((tmp_path / "hub" / "adapter_config.json").read_text())["base_model_name_or_path"] == (
+        "me/tiny-base"
+    )
+
+
+def test_adapter_out_without_an_adapter_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["runs/x", "--out", str(tmp_path / "hf"), "--adapter-out", str(tmp_path / "a")])
+    assert stopped.value.code == 2 and "--adapter-out shares an unmerged adapter" in capsys.readouterr().err

@@ -65,7 +65,9 @@ def test_hf_directory_without_a_tokenizer_asks_for_one(run_dir, tmp_path, tokeni
 
 def test_device_defaults_to_the_best_available(run_dir, monkeypatch):
     asked = []
-    monkeypatch.setattr(sample, "pick_device", lambda name: asked.append(name) or pick_device(name))
+    monkeypatch.setattr(
+        sample, "pick_device", lambda name, key="--device": asked.append(name) or pick_device(name, key)
+    )
     sample.main(["--checkpoint", str(run_dir), *GREEDY])
     assert asked == ["auto"]
     model, _ = sample.load_for_sampling(checkpoint=run_dir, device="auto")

@@ -1,6 +1,7 @@
 """Where metrics go: the run directory's files, torn lines, W&B modes, and W&B without a network."""
 
 import json
+import math
 import socket
 import threading
 import time
@@ -8,7 +9,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
+from helpers import tiny_config, write_experiment
 
+import run as run_script
 from minigpt import tracking
 from minigpt.tracking import (
     ConsoleLogger,
@@ -349,3 +353,62 @@ def test_after_a_lora_run_the_sample_command_names_the_adapter_folder(capsys):
     console.finish()
     err = " ".join(capsys.readouterr().err.split())
     assert "python -m minigpt.sample --checkpoint runs/base --adapter runs/ft-1/adapter --prompt" in err
+
+
+def test_a_diverged_run_says_how_to_go_on_past_the_bad_step(capsys):
+    console_started().finish("diverged")
+    err = capsys.readouterr().err
+    assert "diverged: run directory runs/tiny-1" in err
+    assert "python run.py --resume=runs/tiny-1 --skip_nonfinite=true" in err
+
+
+@pytest.mark.slow
+def test_a_diverged_run_exits_3_and_is_marked_diverged_while_a_mistyped_key_exits_2(
+    tiny_corpus, tmp_path, monkeypatch, capsys
+):
+    experiment = write_experiment(tmp_path / "experiment.py", tiny_config(tiny_corpus, tmp_path))
+    assert run_script.main([str(experiment), "--lrr=1e-3"]) == 2
+    assert not (tmp_path / "run").exists()
+    # Every gradient norm is infinite: the first step diverges.
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *_a, **_k: torch.tensor(math.inf))
+    assert run_script.main([str(experiment)]) == tracking.EXIT_CODES["diverged"] == 3
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+    err = capsys.readouterr().err
+    assert "diverged: non-finite gradient norm at step 1" in err and "Traceback" not in err
+
+
+FULL_SUMMARY = {
+    **{
+        f"final_{split}/{k}": v for split in ("val", "test") for k, v in {"loss": 4.5, "ppl": 90.0171}.items()
+    },
+    **{f"final_{split}/{k}": 1 for split in ("val", "test") for k in ("tokens", "context", "stride", "bpb")},
+    "final_val/describe": "ppl 90.02 (...)",
+    "final_val_sliding/ppl": 80.5,
+    "final_val_sliding/loss": 4.39,
+    "final_val_sliding/stride": 64,
+    "final_test_sliding/ppl": 81.25,
+    "val_before/ppl": 300.0,
+    "val_before/loss": 5.7,
+    "step": 500,
+    "tokens": 1_024_000,
+    "train_seconds": 750.0,
+    "tokens_per_sec": 1365.3,
+    "best_val_loss": 4.41,
+    "best_step": 450,
+    "skipped_steps": 0,
+    "run_dir": "runs/tiny-1",
+}
+
+
+def test_the_end_of_run_summary_is_a_few_lines_of_what_a_person_reads(capsys):
+    console_started().summary(FULL_SUMMARY)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-6:] == [
+        "final: validation ppl 90.02 (loss 4.5000), test ppl 90.02 (loss 4.5000)",
+        "sliding window (stride 64): validation ppl 80.50, test ppl 81.25",
+        "fine-tune: validation ppl 300.00 -> 90.02",
+        "best validation loss 4.4100 at step 450",
+        "1,024,000 tokens in 12m30s of training, 1,365 tokens/s",
+        "every figure: runs/tiny-1/summary.json",
+    ]
+    assert not any("describe" in line or "bpb" in line for line in lines)

@@ -333,7 +333,8 @@ def test_nonfinite_loss_stops_naming_the_step_and_the_last_good_checkpoint(
 ):
     monkeypatch.setattr(train, "GPT", nan_in_training_steps({5}, accum_steps=2))
     config = tiny_config(tiny_corpus, tmp_path, {"ckpt_interval": 2, "eval_interval": 0})
-    assert run_script.main([str(write_experiment(tmp_path / "experiment.py", config))]) == 2
+    # Exit status 3, diverged: not the 2 of a usage error.
+    assert run_script.main([str(write_experiment(tmp_path / "experiment.py", config))]) == 3
     run_dir = tmp_path / "run"
     err = capsys.readouterr().err
     assert "non-finite loss at step 5" in err
@@ -342,7 +343,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_the_last_good_checkpoint(
     assert [step for step, _ in checkpoint.list_checkpoints(run_dir)] == [2, 4]
     state = checkpoint.load_checkpoint(run_dir)
     assert state["step"] == 4 and all(torch.isfinite(t).all() for t in state["model"].values())
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
     assert max(train_losses(run_dir)) == 4
 
 

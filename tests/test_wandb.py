@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 import wandb
+import yaml
 from helpers import tiny_config
 
+from analysis import report
+from analysis.runs import load_wandb_runs
 from minigpt import train
-from minigpt.config import ConfigError
+from minigpt.config import ConfigError, LogConfig, flatten
 from minigpt.tracking import (
     ConsoleLogger,
     MultiLogger,
@@ -132,18 +135,25 @@ class FakeRun:
         self.dir = str(Path(kwargs["dir"]) / "wandb" / "offline-run-x" / "files")
         self.metrics: list[tuple] = []
         self.artifacts: list = []
+        self.aliases: list[list[str] | None] = []
+        self.used: list[str] = []
+        self.summary: dict = {}
 
     def define_metric(self, name, step_metric=None, summary=None) -> None:
         self.metrics.append((name, step_metric, summary))
 
-    def log_artifact(self, artifact) -> None:
+    def log_artifact(self, artifact, aliases=None) -> None:
         self.artifacts.append(artifact)
+        self.aliases.append(aliases)
+
+    def use_artifact(self, name) -> None:
+        self.used.append(name)
 
     def log(self, *_args, **_kwargs) -> None:
         pass
 
-    def finish(self, **_kwargs) -> None:
-        pass
+    def finish(self, exit_code=None) -> None:
+        self.exit_code = exit_code
 
 
 @pytest.fixture
@@ -190,14 +200,16 @@ def test_seeds_of_one_variant_share_a_group_and_other_variants_do_not(tmp_path):
     assert variant_group(base).startswith("tiny-test-")
 
 
-def test_job_type_tags_and_an_explicit_group(fake_wandb, tmp_path):
-    build_logger(config_dict(tmp_path, tags="a, b", sweep="abl-cpu"), tmp_path / "r1").start({}, 1)
+def test_job_type_tags_notes_and_an_explicit_group(fake_wandb, tmp_path):
+    config = config_dict(tmp_path, tags="a, b", sweep="abl-cpu", notes="does post-LN need warmup?")
+    build_logger(config, tmp_path / "r1").start({}, 1)
     finetune = config_dict(tmp_path, group="mine")
     finetune["init_from"] = "runs/base"
     build_logger(finetune, tmp_path / "r2").start({}, 1)
     trained, tuned = (run.init for run in fake_wandb)
     assert (trained["job_type"], tuned["job_type"]) == ("train", "finetune")
     assert trained["tags"] == ["a", "b", "abl-cpu"]
+    assert (trained["notes"], tuned["notes"]) == ("does post-LN need warmup?", None)
     assert tuned["group"] == "mine"
 
 
@@ -207,13 +219,44 @@ def test_a_disabled_run_has_no_wandb_logger(tmp_path):
     assert any(isinstance(x, ConsoleLogger) for x in logger.loggers)
 
 
-def test_an_online_resume_rewinds_the_wandb_run_to_the_checkpoint(fake_wandb, tmp_path, monkeypatch):
+def test_an_online_resume_continues_the_run_id_by_default_and_says_what_wandb_will_show(
+    fake_wandb, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr("minigpt.tracking.can_connect", lambda _url: True)
     config = config_dict(tmp_path, wandb="online")
     build_logger(config, tmp_path / "run", resume_id="abc123", first_step=40).start({}, 100, first_step=40)
     (run,) = fake_wandb
+    assert (run.init["id"], run.init["resume"]) == ("abc123", "allow") and "resume_from" not in run.init
+    err = capsys.readouterr().err
+    assert "W&B resume" in err and "after 40" in err and "--wandb_rewind=true" in err
+
+
+def test_an_online_resume_rewinds_the_wandb_run_to_the_checkpoint_when_asked(
+    fake_wandb, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("minigpt.tracking.can_connect", lambda _url: True)
+    config = config_dict(tmp_path, wandb="online", wandb_rewind=True)
+    build_logger(config, tmp_path / "run", resume_id="abc123", first_step=40).start({}, 100, first_step=40)
+    (run,) = fake_wandb
     assert run.init["resume_from"] == "abc123?_step=40"
     assert "id" not in run.init and "resume" not in run.init
+
+
+@pytest.mark.parametrize("rewind", [False, True])
+def test_a_resume_whose_server_refuses_it_continues_the_same_run_id_offline(
+    rewind, wandb_host, tmp_path, monkeypatch
+):
+    # The stand-in host refuses every request (as W&B refuses a rewind of a run it still thinks is running):
+    # either way the resumed part goes on offline under the same id, ready for `wandb sync`.
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    config = config_dict(tmp_path, wandb="online", wandb_rewind=rewind)
+    logger = build_logger(config, tmp_path / "run", resume_id="abc123", first_step=40)
+    with warnings_if(True):
+        logger.start({}, 100, first_step=40)
+    assert wandb_host.requests and logger.run_id == "abc123"
+    logger.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*-abc123"))
 
 
 def test_an_offline_resume_continues_the_run_id_and_says_what_wandb_will_show(fake_wandb, tmp_path, capsys):
@@ -222,7 +265,7 @@ def test_an_offline_resume_continues_the_run_id_and_says_what_wandb_will_show(fa
     (run,) = fake_wandb
     assert (run.init["id"], run.init["resume"]) == ("abc123", "allow")
     err = capsys.readouterr().err
-    assert "W&B offline resume" in err and "after 40" in err and "metrics.jsonl" in err
+    assert "W&B resume" in err and "after 40" in err and "metrics.jsonl" in err and "wandb sync" in err
 
 
 def test_an_offline_run_prints_the_exact_sync_command_at_start_and_end(fake_wandb, tmp_path, capsys):
@@ -301,3 +344,131 @@ def test_a_report_directory_is_logged_as_an_artifact_of_its_own_run(fake_wandb, 
     (artifact,) = run.artifacts
     assert (artifact.name, set(artifact.manifest.entries)) == ("abl-report", {"README.md"})
     assert not (report / "wandb").exists()
+
+
+SWEEP_FILES = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_every_sweep_file_names_the_project_its_runs_log_to(path):
+    # Under `wandb agent` the sweep's project wins over wandb.init(project=...): without it, agent runs would
+    # land in the default project, away from the local runs and from `analysis.report --wandb`.
+    assert yaml.safe_load(path.read_text()).get("project") == LogConfig().project
+
+
+@pytest.mark.parametrize(
+    "source, project, filters",
+    [
+        ("me/minigpt", "me/minigpt", {}),
+        ("me/minigpt/sweeps/ab12cd", "me/minigpt", {"sweep": "ab12cd"}),
+        ("https://wandb.ai/me/minigpt/groups/post-LN/", "me/minigpt", {"group": "post-LN"}),
+        ("me/minigpt/tags/abl-cpu", "me/minigpt", {"tags": {"$in": ["abl-cpu"]}}),
+    ],
+)
+def test_the_report_reads_only_the_runs_of_the_sweep_group_or_tag_it_names(
+    source, project, filters, monkeypatch
+):
+    asked = []
+
+    class FakeApi:
+        def runs(self, path, filters):
+            asked.append((path, filters))
+            return []
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    assert load_wandb_runs(source) == []
+    assert asked == [(project, filters)]
+
+
+def test_a_malformed_wandb_source_is_a_one_line_usage_error(capsys, tmp_path):
+    assert report.main(["--wandb", "me/minigpt/runs/x", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ENTITY/PROJECT/sweeps/ID" in err
+
+
+def test_an_online_run_prints_its_url_at_the_start_and_again_at_the_end(
+    fake_wandb, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr("minigpt.tracking.can_connect", lambda _url: True)
+    logger = build_logger(config_dict(tmp_path, wandb="online"), tmp_path / "run")
+    logger.start({}, 1)
+    assert capsys.readouterr().err.count(fake_wandb[0].url) == 1
+    logger.finish()
+    assert capsys.readouterr().err.count(fake_wandb[0].url) == 1
+
+
+def test_each_config_key_reaches_wandb_once_under_the_name_a_sweep_gives_it(fake_wandb, tmp_path):
+    config = config_dict(tmp_path)
+    build_logger(config, tmp_path / "run").start(config, 1)
+    logged = fake_wandb[0].init["config"]
+    assert logged == flatten(config)
+    assert not any(isinstance(v, dict) for v in logged.values())
+    swept = {key for path in SWEEP_FILES for key in yaml.safe_load(path.read_text())["parameters"]}
+    assert swept <= set(logged)
+
+
+@pytest.mark.parametrize("status", ["finished", "failed", "diverged", "interrupted"])
+def test_wandb_records_the_exit_code_run_py_gives_each_ending(status, fake_wandb, tmp_path):
+    logger = build_logger(config_dict(tmp_path), tmp_path / "run")
+    logger.start({}, 1)
+    logger.finish(status)
+    assert fake_wandb[0].exit_code == {"finished": 0, "failed": 1, "diverged": 3, "interrupted": 130}[status]
+
+
+def test_log_model_is_off_by_default_and_takes_only_its_three_settings():
+    assert LogConfig().log_model == "off"
+    with pytest.raises(ConfigError, match="log.log_model: must be one of 'off', 'end', 'checkpoint'"):
+        LogConfig(log_model="always")
+
+
+def model_artifacts(run: FakeRun) -> list[tuple]:
+    return [(a, aliases) for a, aliases in zip(run.artifacts, run.aliases, strict=True) if a.type == "model"]
+
+
+def trained_with(fake_wandb, tiny_corpus, tmp_path, **overrides) -> FakeRun:
+    config = tiny_config(tiny_corpus, tmp_path, {"log.wandb": "offline", "eval_interval": 0, **overrides})
+    train.run(config)
+    (run,) = fake_wandb
+    return run
+
+
+def test_log_model_end_logs_the_safetensors_weights_with_aliases_and_the_summary(
+    fake_wandb, tiny_corpus, tmp_path
+):
+    run = trained_with(fake_wandb, tiny_corpus, tmp_path, **{"log.log_model": "end"})
+    ((artifact, aliases),) = model_artifacts(run)
+    assert artifact.name == "run-model" and set(aliases) == {"latest", "step-6", "best"}
+    files = set(artifact.manifest.entries)
+    assert "model.safetensors" in files and not any(name.endswith(".pt") for name in files)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert artifact.metadata["final_val/loss"] == summary["final_val/loss"] and artifact.metadata["step"] == 6
+    assert not list((tmp_path / "run").glob("*/config.json"))  # staged where analysis finds no extra run
+
+
+def test_log_model_checkpoint_logs_a_version_at_every_checkpoint(fake_wandb, tiny_corpus, tmp_path):
+    run = trained_with(
+        fake_wandb, tiny_corpus, tmp_path, **{"log.log_model": "checkpoint", "ckpt_interval": 3}
+    )
+    steps = [alias for _, aliases in model_artifacts(run) for alias in aliases if alias.startswith("step-")]
+    assert steps == ["step-3", "step-6"]
+
+
+def test_log_model_off_logs_no_model(fake_wandb, tiny_corpus, tmp_path):
+    assert model_artifacts(trained_with(fake_wandb, tiny_corpus, tmp_path)) == []
+
+
+def test_a_model_gpt2_cannot_express_is_logged_as_its_checkpoint(fake_wandb, tiny_corpus, tmp_path, capsys):
+    run = trained_with(
+        fake_wandb, tiny_corpus, tmp_path, **{"log.log_model": "end", "model.norm_position": "post"}
+    )
+    ((artifact, _),) = model_artifacts(run)
+    assert set(artifact.manifest.entries) == {"ckpt-0000006.pt"}
+    assert "the W&B model artifact is the checkpoint" in capsys.readouterr().err
+
+
+def test_starting_from_an_artifact_records_it_as_used_for_lineage(fake_wandb, tmp_path, monkeypatch):
+    monkeypatch.setattr("minigpt.tracking.can_connect", lambda _url: True)
+    config = config_dict(tmp_path, wandb="online")
+    config["init_from"] = "wandb-artifact://me/minigpt/tiny-model:v0"
+    build_logger(config, tmp_path / "run").start({}, 1)
+    assert fake_wandb[0].used == ["me/minigpt/tiny-model:v0"]
