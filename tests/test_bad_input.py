@@ -553,7 +553,8 @@ def test_missing_split_with_an_unreachable_hub_tries_the_hub_once(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="found by counting connections: with local_files_only=True, huggingface_hub's user-agent detection "
+    reason="found by counting connections: with local_files_only=True, huggingface_hub's user-agent "
+    "detection "
     "still fetches its agent registry from HF_ENDPOINT, a second connection that a silent host holds ~6 s",
 )
 def test_a_hub_that_never_answers_costs_one_probe_timeout(tmp_path, hub_at, silent_host, monkeypatch):
