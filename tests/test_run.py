@@ -98,6 +98,7 @@ def step_clock(monkeypatch) -> None:
     monkeypatch.setattr(perf, "measure_matmul_flops", lambda *args, **kwargs: 1e12)  # it times a matmul
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("step_clock")
 def test_a_time_budget_stops_training_and_ends_the_schedule(tiny_corpus, tmp_path):
     config = tiny_config(
@@ -165,6 +166,7 @@ def test_the_cpu_hour_profile_keeps_the_seed_recipe_under_a_60_minute_budget():
     assert states + activations < 4 * 2**30  # trains on any laptop
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("step_clock")
 def test_the_cpu_hour_file_runs_and_its_schedule_ends_with_the_budget(tiny_corpus, tmp_path):
     profile = load_experiment(REPO_ROOT / "experiments" / "cpu_hour.py")
