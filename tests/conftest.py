@@ -38,6 +38,15 @@ def _isolated_token_cache(token_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.fixture(autouse=True)
+def _no_fast_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``precision="auto"`` resolves to fp32 on every CPU, so a test means the same with or without AVX-512
+    BF16; a test about bf16 asks for it explicitly (or patches ``cpu_has_fast_bf16`` itself)."""
+    from minigpt import perf
+
+    monkeypatch.setattr(perf, "cpu_has_fast_bf16", lambda: False)
+
+
+@pytest.fixture(autouse=True)
 def _seeded() -> None:
     torch.manual_seed(0)
 

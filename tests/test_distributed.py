@@ -251,3 +251,17 @@ def test_evaluation_shares_of_the_ranks_add_up_to_the_whole():
     assert sum(s.tokens for s in shares) == whole.tokens
     total_nll = sum(s.loss * s.tokens for s in shares)
     assert abs(total_nll / whole.tokens - whole.loss) < 1e-9
+
+
+@pytest.mark.slow
+def test_an_interrupted_two_process_run_with_dropout_resumes_exactly(setting, tmp_path):
+    """Each process draws its own dropout masks; a resume on as many processes restores each one's random
+    state, so the resumed steps equal the uninterrupted ones exactly."""
+    args = {**setting["args"](tmp_path / "runs"), "dropout": "0.2"}
+    torchrun(args, tmp_path / "logs")
+    original = only_run_dir(tmp_path / "runs")
+    resumed = interrupted_copy(original, CKPT_STEP, tmp_path / original.name)
+    torchrun({"resume": str(resumed)}, tmp_path / "resume-logs", experiment=None)
+    assert sorted(losses(resumed)) == list(range(1, STEPS + 1))
+    assert losses(resumed) == losses(original)
+    assert losses(resumed, "train/grad_norm") == losses(original, "train/grad_norm")

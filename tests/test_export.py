@@ -30,6 +30,7 @@ def trained_run(request, tiny_corpus, tmp_path_factory):
     return out / "run"
 
 
+@pytest.mark.slow
 def test_exported_run_generates_the_same_greedy_tokens_in_transformers(trained_run, tmp_path):
     out = export_run(trained_run, tmp_path / "export")
     names = {p.name for p in out.iterdir()}
@@ -62,6 +63,7 @@ def test_exported_run_generates_the_same_greedy_tokens_in_transformers(trained_r
     assert text == tokenizer.decode(expected[0])
 
 
+@pytest.mark.slow
 def test_model_card_states_what_was_trained_how_and_how_well(trained_run, tmp_path):
     card = (export_run(trained_run, tmp_path / "export") / "README.md").read_text()
     summary = json.loads((trained_run / "summary.json").read_text())
@@ -75,6 +77,7 @@ def test_model_card_states_what_was_trained_how_and_how_well(trained_run, tmp_pa
     assert f"`{recorded['git_commit'] or 'not recorded'}`" in card and "`run.py tiny`" in card
 
 
+@pytest.mark.slow
 def test_exporting_again_replaces_the_earlier_export_and_nothing_else(trained_run, tmp_path):
     out = export_run(trained_run, tmp_path / "export")
     (out / "stale.txt").write_text("from an earlier export")

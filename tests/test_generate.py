@@ -1,14 +1,21 @@
 """Sampling: filters on hand-made distributions, the KV cache against plain recomputation, EOS, the CLI."""
 
 import dataclasses
+import io
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from transformers import GPT2TokenizerFast
 
 from minigpt import sample
 from minigpt.checkpoint import save_checkpoint
 from minigpt.model import GPT, GPTConfig, top_k_filter, top_p_filter
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny_model(**overrides) -> GPT:
@@ -198,17 +205,6 @@ def test_the_stream_yields_each_token_before_computing_the_next():
     assert [t.tolist() for t in stream] == [[4, 4], [4, 4]] and fixed.calls == 4
 
 
-def test_sampling_respects_top_k_of_a_real_model():
-    model = tiny_model()
-    prompt = torch.randint(0, 61, (1, 3))
-    generator = torch.Generator().manual_seed(0)
-    steps = model.generate_stream(prompt.expand(64, 3), 1, top_k=3, generator=generator)
-    first = next(steps)
-    allowed = torch.topk(model(prompt)[0][0, -1], 3).indices
-    assert set(first.tolist()) <= set(allowed.tolist())
-    assert len(set(first.tolist())) > 1
-
-
 def test_eos_stops_finished_sequences():
     model = tiny_model()
     prompt = torch.randint(0, 61, (3, 4))
@@ -270,20 +266,73 @@ def test_load_model_for_sampling_from_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_sample_cli_streams_text(tmp_path, tokenizer_dir, capsys):
-    model = GPT(GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=8))
+def test_sample_cli_streams_text(tmp_path, tokenizer_dir, monkeypatch):
+    """The command prints the prompt, then each new token's text before the next token is computed, and the
+    text it prints is the greedy continuation, token for token; as a process it exits 0."""
+    model = GPT(GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=8)).eval()
     path = write_checkpoint(tmp_path, model)
     base = ["--checkpoint", str(path), "--tokenizer", str(tokenizer_dir)]
+    tokenizer = GPT2TokenizerFast.from_pretrained(tokenizer_dir)
+    prompt = tokenizer.encode("Hello world")
+    expected = tokenizer.decode(model.generate(torch.tensor([prompt]), 5, do_sample=False)[0])
+
+    events: list[str] = []
+    real_stream = GPT.generate_stream
+
+    def logged_stream(self, *args, **kwargs):
+        for token in real_stream(self, *args, **kwargs):
+            events.append("token")
+            yield token
+
+    monkeypatch.setattr(GPT, "generate_stream", logged_stream)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    real_write = sys.stdout.write
+    monkeypatch.setattr(sys.stdout, "write", lambda text: events.append("text") or real_write(text))
     texts = sample.main([*base, "--prompt", "Hello world", "--max-new-tokens", "5", "--greedy"])
-    assert len(texts) == 1 and texts[0].startswith("Hello world")
-    assert texts[0] in capsys.readouterr().out
+    assert texts == [expected] and sys.stdout.getvalue() == expected + "\n"
+    assert events[0] == "text"  # the prompt, before any token
+    assert events.count("token") == 5
+    for i, event in enumerate(events[:-1]):
+        if event == "token" and events[i + 1 :].count("token"):  # printed before the next token is drawn
+            assert events[i + 1] == "text", events
+    monkeypatch.undo()
+
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minigpt.sample",
+            *base,
+            "--prompt",
+            "Hello world",
+            "--max-new-tokens",
+            "5",
+            "--greedy",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == expected + "\n"
+
+
+@pytest.mark.slow
+def test_sample_cli_refuses_bad_prompts_and_options_as_usage_errors(tmp_path, tokenizer_dir, capsys):
+    model = GPT(GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    base = ["--checkpoint", str(write_checkpoint(tmp_path, model)), "--tokenizer", str(tokenizer_dir)]
     texts = sample.main(
         [*base, "--prompt", "Hi", "--max-new-tokens", "3", "--num-samples", "2", "--seed", "1"]
     )
-    assert len(texts) == 2
-    for prompt in ("", "word " * 20):  # empty, and longer than block_size=16
-        with pytest.raises(SystemExit):
-            sample.main([*base, "--prompt", prompt])
-    assert "prompt" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        sample.main([*base, "--prompt", "Hi", "--top-p", "2"])
+    assert len(texts) == 2 and all(text.startswith("Hi") for text in texts)
+    for argv in (
+        [*base, "--prompt", ""],
+        [*base, "--prompt", "word " * 20],
+        [*base, "--prompt", "Hi", "--top-p", "2"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            sample.main(argv)
+        assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "prompt" in err and "Traceback" not in err

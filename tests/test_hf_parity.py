@@ -137,7 +137,10 @@ def test_saved_model_loads_in_a_pipeline_and_from_pretrained(tmp_path, tokenizer
     GPT2TokenizerFast.from_pretrained(tokenizer_dir).save_pretrained(tmp_path)
     generator = pipeline("text-generation", model=str(tmp_path), device="cpu")
     out = generator("Hello", max_new_tokens=5, do_sample=False)
-    assert out[0]["generated_text"].startswith("Hello")
+    tokenizer = GPT2TokenizerFast.from_pretrained(tmp_path)
+    prompt = torch.tensor([tokenizer.encode("Hello")])
+    greedy = ours.generate(prompt, 5, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+    assert out[0]["generated_text"] == tokenizer.decode(greedy[0])  # the same greedy tokens, as text
 
     loaded = GPT.from_pretrained(str(tmp_path), attention="manual")
     assert loaded.config == dataclasses.replace(ours.config, attention="manual")

@@ -5,15 +5,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from minigpt import loss as loss_module
 from minigpt.loss import IGNORE_INDEX, linear_cross_entropy
 from minigpt.model import GPT, GPTConfig
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def small_chunks(monkeypatch):
-    """Five rows per chunk, so that every test crosses chunk boundaries and ends on a partial chunk."""
+    """Five rows per chunk, so that a test crosses chunk boundaries and ends on a partial chunk."""
     monkeypatch.setattr(loss_module, "_chunk_rows", lambda vocab_size: 5)
 
 
@@ -37,6 +39,7 @@ def loss_and_grads(fn, x, weight, targets):
     return value, grad_x, grad_w
 
 
+@pytest.mark.usefixtures("small_chunks")
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("ignore_every", [0, 3])
 def test_value_and_gradients_equal_plain_path(dtype, tol, ignore_every):
@@ -48,6 +51,7 @@ def test_value_and_gradients_equal_plain_path(dtype, tol, ignore_every):
         torch.testing.assert_close(ours, reference, rtol=tol, atol=tol)
 
 
+@pytest.mark.usefixtures("small_chunks")
 def test_batched_inputs_and_no_grad_path_match():
     x, weight, targets = inputs(torch.float64, n=24)
     x3, t2 = x.detach().view(4, 6, -1), targets.view(4, 6)
@@ -56,6 +60,7 @@ def test_batched_inputs_and_no_grad_path_match():
     torch.testing.assert_close(evaluated, plain_loss(x3, weight.detach(), t2))
 
 
+@pytest.mark.usefixtures("small_chunks")
 def test_all_targets_ignored_gives_zero_loss_and_gradients():
     x, weight, targets = inputs(torch.float32)
     targets[:] = IGNORE_INDEX
@@ -64,6 +69,7 @@ def test_all_targets_ignored_gives_zero_loss_and_gradients():
     assert not grad_x.any() and not grad_w.any()
 
 
+@pytest.mark.usefixtures("small_chunks")
 @pytest.mark.parametrize("tie_embeddings", [True, False])
 def test_the_model_fused_loss_equals_its_textbook_loss_in_value_and_every_gradient(tie_embeddings):
     """``GPT.forward`` with ``return_logits=True`` takes the plain path (full logits, F.cross_entropy);
@@ -84,46 +90,61 @@ def test_the_model_fused_loss_equals_its_textbook_loss_in_value_and_every_gradie
         torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
 
 
-def vocabulary_wide_saved_tensors(model: GPT, idx: torch.Tensor, targets: torch.Tensor, **kwargs) -> list:
-    """Shapes of the tensors that one training step's autograd graph saves for backward and that span the
-    vocabulary in some dimension."""
-    vocab_size, shapes = model.config.vocab_size, []
+class WidestLogits(TorchDispatchMode):
+    """Records the most rows of any tensor that every operation outputs with the vocabulary as its last
+    dimension: what is allocated, not only what autograd keeps."""
 
-    def record(tensor: torch.Tensor) -> torch.Tensor:
-        if vocab_size in tensor.shape:
-            shapes.append(tuple(tensor.shape))
-        return tensor
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.vocab_size, self.rows = vocab_size, 0
 
-    with torch.autograd.graph.saved_tensors_hooks(record, lambda tensor: tensor):
-        _, loss = model(idx, targets, **kwargs)
-    loss.backward()
-    return shapes
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.dim() >= 2 and tensor.shape[-1] == self.vocab_size:
+                self.rows = max(self.rows, math.prod(tensor.shape[:-1]))
+        return out
+
+
+GPT2_VOCAB = 50_257
+
+
+def gpt2_vocab_model(tie_embeddings: bool) -> GPT:
+    config = GPTConfig(
+        vocab_size=GPT2_VOCAB, block_size=256, n_layer=1, n_head=2, n_embd=8, tie_embeddings=tie_embeddings
+    )
+    return GPT(config)
 
 
 @pytest.mark.parametrize("tie_embeddings", [True, False])
-def test_a_training_step_never_saves_more_than_one_chunk_of_logits(tie_embeddings):
-    """The README's memory claim: the graph saves nothing vocabulary-wide beyond one chunk of rows, or the
-    head weight's own (V, C) shape (its gradient); the textbook path, for contrast, saves all B*T rows."""
-    vocab_size, n_embd = 257, 24  # odd sizes, so that no other dimension equals V by chance
-    rows_per_chunk = loss_module._chunk_rows(vocab_size)
-    config = GPTConfig(
-        vocab_size=vocab_size,
-        block_size=16,
-        n_layer=1,
-        n_head=2,
-        n_embd=n_embd,
-        tie_embeddings=tie_embeddings,
-    )
-    model = GPT(config)
-    idx, targets = torch.randint(0, vocab_size, (4, 16)), torch.randint(0, vocab_size, (4, 16))
-
-    fused = vocabulary_wide_saved_tensors(model, idx, targets)
-    too_big = [s for s in fused if s != (vocab_size, n_embd) and math.prod(s) > rows_per_chunk * vocab_size]
-    assert not too_big, f"saved for backward: {too_big}, more than {rows_per_chunk} rows of logits"
-    plain = vocabulary_wide_saved_tensors(model, idx, targets, return_logits=True)
-    assert (4 * 16, vocab_size) in plain or (4, 16, vocab_size) in plain
+def test_a_training_step_never_allocates_more_than_one_chunk_of_logits(tie_embeddings):
+    """The README's memory claim, on the real chunking rule at GPT-2's vocabulary: no operation of forward
+    or backward outputs vocabulary-wide rows beyond one chunk; the textbook path, for contrast, makes all
+    B*T rows at once."""
+    model = gpt2_vocab_model(tie_embeddings)
+    rows_per_chunk = loss_module._chunk_rows(GPT2_VOCAB)
+    idx, targets = torch.randint(0, GPT2_VOCAB, (3, 256)), torch.randint(0, GPT2_VOCAB, (3, 256))
+    with WidestLogits(GPT2_VOCAB) as fused:
+        _, loss = model(idx, targets)
+        loss.backward()
+    assert 0 < fused.rows < idx.numel(), f"the full {idx.numel()} rows of logits were made at once"
+    assert fused.rows <= rows_per_chunk, f"{fused.rows} rows of logits, the chunk is {rows_per_chunk}"
+    with WidestLogits(GPT2_VOCAB) as plain:
+        model(idx, targets, return_logits=True)
+    assert plain.rows == idx.numel()
 
 
+def test_evaluation_never_allocates_more_than_one_chunk_of_logits():
+    model = gpt2_vocab_model(tie_embeddings=True)
+    rows_per_chunk = loss_module._chunk_rows(GPT2_VOCAB)
+    idx, targets = torch.randint(0, GPT2_VOCAB, (3, 256)), torch.randint(0, GPT2_VOCAB, (3, 256))
+    with torch.no_grad(), WidestLogits(GPT2_VOCAB) as evaluation:
+        model(idx, targets)
+    assert 0 < evaluation.rows < idx.numel(), f"the full {idx.numel()} rows of logits were made at once"
+    assert evaluation.rows <= rows_per_chunk, f"{evaluation.rows} rows, the chunk is {rows_per_chunk}"
+
+
+@pytest.mark.usefixtures("small_chunks")
 def test_bf16_autocast_matches_plain_path_within_bf16_tolerance():
     x, weight, targets = inputs(torch.float32, n=16, c=16, v=32, ignore_every=4)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -81,3 +81,10 @@ def test_a_bf16_run_trains_finite_and_resumes_exactly(tiny_corpus, tmp_path):
     for key, tensor in reference["model"].items():
         assert torch.equal(final["model"][key], tensor), key
     assert json.loads((resumed / "summary.json").read_text())["final_val/loss"] == summary["final_val/loss"]
+
+
+def test_auto_precision_in_the_test_suite_is_fp32_whatever_the_cpu():
+    """conftest pins it, also on a CPU with hardware bf16 (as this project's machine has), so that no
+    other test's result depends on the machine."""
+    assert not perf.cpu_has_fast_bf16()
+    assert perf.pick_precision("auto", CPU) == "fp32"

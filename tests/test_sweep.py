@@ -294,13 +294,15 @@ def test_a_local_sweep_child_has_no_wandb_sweep_id_and_carries_the_sweep_name(tm
     assert "--log.sweep=sw" in json.loads((run_dir / "args.json").read_text())
 
 
-def test_each_run_records_the_load_average_at_its_start_and_end(tmp_path):
+def test_each_run_records_the_load_average_at_its_start_and_end(tmp_path, monkeypatch):
+    """Each record holds the one-minute load the system reported at that moment: a load that rises by one
+    at each reading shows up in the records in the order the runs started and ended."""
+    readings = iter((0.25, 1.25, 2.25, 3.25))
+    monkeypatch.setattr(sweep.os, "getloadavg", lambda: (next(readings), 9.0, 9.0))
     path = write_sweep(tmp_path, {"seed": {"values": [1, 2]}})
     assert run_main(tmp_path, path) == 0
     runs = json.loads((tmp_path / "runs" / "sw" / "sweep.json").read_text())["runs"]
-    for record in runs:
-        assert isinstance(record["load_start"], float) and isinstance(record["load_end"], float)
-        assert record["load_start"] >= 0 and record["load_end"] >= 0
+    assert [(record["load_start"], record["load_end"]) for record in runs] == [(0.25, 1.25), (2.25, 3.25)]
 
 
 @pytest.mark.parametrize("option, value", [("--parallel", "0"), ("--parallel", "-1"), ("--threads", "-2")])

@@ -54,6 +54,7 @@ def logged_keys(tmp_path_factory, tiny_corpus) -> set[str]:
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+@pytest.mark.slow
 def test_sweep_metric_is_a_key_the_run_logs(path, logged_keys):
     metric = sweep.load_sweep(path).metric
     assert metric.get("name") in logged_keys, f"{path.name} optimises {metric.get('name')!r}, never logged"
