@@ -20,14 +20,15 @@ import lzma
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from minigpt.config import WIKITEXT_DATASETS, DataConfig
+from minigpt.errors import check, check_choice
 from minigpt.storage import atomic_write_bytes, atomic_write_json, why_unwritable
 
 SPLITS = ("train", "val", "test")
@@ -245,27 +246,291 @@ class TextSource:
         return f"file:{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def resolve_source(config: DataConfig, split: str) -> TextSource:
-    """A split's text file (``text`` dataset, or a WikiText file under the asset root), else the Hub's."""
-    if config.dataset == "text":
-        path = _text_file(config, split)
-        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-        return TextSource(key=f"text-{path.stem}-{digest}", split=split, path=path)
+@dataclass(frozen=True)
+class DocumentSource:
+    """A split that is a table of documents, one per row in ``text_field``, loaded through ``datasets``.
+
+    The documents are tokenized one by one and separated by the tokenizer's end-of-text token, so no
+    document's last token predicts the next one's first.
+    """
+
+    key: str
+    split: str
+    description: str
+    """Says what it is in messages, e.g. ``train.jsonl`` or ``roneneldan/TinyStories on the Hub``."""
+    identity: str
+    """Everything that decides the rows (path and modification time, or Hub name, config and split)."""
+    load: Callable[[], object] = field(compare=False, repr=False)
+    """Returns the split's ``datasets.Dataset``."""
+    text_field: str = "text"
+
+    def __str__(self) -> str:
+        return self.description
+
+    def fingerprint(self) -> str:
+        return f"{self.identity}:field={self.text_field}"
+
+    def documents(self) -> Sequence[str]:
+        """The split's texts; a missing column is named together with the columns there are."""
+        table = self.load()
+        if self.text_field not in table.column_names:
+            raise DataError(
+                f"the {self.split} split of {self} has no field {self.text_field!r}; its fields are "
+                f"{', '.join(repr(c) for c in table.column_names)}: choose one with --text_field=FIELD"
+            )
+        if len(table) == 0:
+            raise DataError(f"the {self.split} split of {self} is empty (no rows)")
+        return table[self.text_field]
+
+
+# ----------------------------------------------------------------------------------------------- sources
+# Every data source is registered here, by the name ``--dataset`` gives (before any ``:``). A source checks
+# its config (at config time) and resolves a split to something with ``key``, ``fingerprint()`` and either
+# ``read()`` (one stream of text) or ``documents()`` (texts separated by the end-of-text token).
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    resolve: Callable[[DataConfig, str], TextSource | DocumentSource]
+    """The source of one split; raises DataError when the split cannot exist."""
+    check: Callable[[DataConfig], None]
+    """Config errors, raised as ConfigError when the config is made."""
+    has_split: Callable[[DataConfig, str], bool]
+    """Whether a split exists (the test split is optional)."""
+
+
+SOURCES: dict[str, SourceKind] = {}
+
+
+def register_source(
+    name: str,
+    check: Callable[[DataConfig], None] = lambda config: None,
+    has_split: Callable[[DataConfig, str], bool] = lambda config, split: True,
+) -> Callable:
+    """Register ``resolve(config, split)`` as the source ``--dataset=name`` (or ``name:ARGUMENT``)."""
+
+    def register(resolve: Callable[[DataConfig, str], TextSource | DocumentSource]) -> Callable:
+        SOURCES[name] = SourceKind(resolve, check, has_split)
+        return resolve
+
+    return register
+
+
+def source_kind(dataset: str) -> SourceKind:
+    return SOURCES[dataset.split(":", 1)[0]]
+
+
+def check_data_config(config: DataConfig) -> None:
+    """The ConfigError a dataset name or its settings deserve; called when a DataConfig is made."""
+    name = config.dataset.split(":", 1)[0]
+    check_choice(name, "data.dataset", tuple(SOURCES))
+    SOURCES[name].check(config)
+
+
+def resolve_source(config: DataConfig, split: str) -> TextSource | DocumentSource:
+    """Where a split's text comes from, as the registered source of ``config.dataset`` says."""
+    return source_kind(config.dataset).resolve(config, split)
+
+
+def has_split(config: DataConfig, split: str) -> bool:
+    """Whether the data set has this split at all; only the test split may be missing."""
+    return source_kind(config.dataset).has_split(config, split)
+
+
+def _resolve_wikitext(config: DataConfig, split: str) -> TextSource:
+    """A WikiText file under the asset root, else the Hub's copy."""
     for candidate in wikitext_candidates(config, split):
         if candidate.is_file():
             return TextSource(key=config.dataset, split=split, path=candidate)
     return TextSource(key=config.dataset, split=split, hub_name=config.dataset)
 
 
+for _name in WIKITEXT_DATASETS:
+    register_source(_name)(_resolve_wikitext)
+
+
+def _check_split_files(config: DataConfig) -> None:
+    check(bool(config.train_file), "data.train_file", f'is required with data.dataset="{config.dataset}"')
+
+
+def _has_split_file(config: DataConfig, split: str) -> bool:
+    return split != "test" or bool(config.test_file)
+
+
+@register_source("text", check=_check_split_files, has_split=_has_split_file)
+def _resolve_text(config: DataConfig, split: str) -> TextSource:
+    """One plain UTF-8 file per split."""
+    path = _text_file(config, split)
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    return TextSource(key=f"text-{path.stem}-{digest}", split=split, path=path)
+
+
+def _file_source(builder: str) -> Callable[[DataConfig, str], DocumentSource]:
+    """A source of one local ``builder`` file (``json`` lines or ``parquet``) per split."""
+
+    def resolve(config: DataConfig, split: str) -> DocumentSource:
+        path = _text_file(config, split)
+        stat = path.stat()
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+
+        def load():
+            from datasets import load_dataset
+
+            try:
+                return load_dataset(builder, data_files=str(path), split="train")
+            except Exception as e:  # a malformed file fails with whatever its parser raises
+                raise DataError(
+                    f"{path} is not a readable {config.dataset} file ({_first_line(e)})"
+                ) from None
+
+        return DocumentSource(
+            key=f"{config.dataset}-{path.stem}-{digest}",
+            split=split,
+            description=str(path),
+            identity=f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}",
+            load=load,
+            text_field=config.text_field,
+        )
+
+    return resolve
+
+
+register_source("jsonl", check=_check_split_files, has_split=_has_split_file)(_file_source("json"))
+register_source("parquet", check=_check_split_files, has_split=_has_split_file)(_file_source("parquet"))
+
+
+# A data set's names for our splits, in the order they are tried.
+_HF_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val"), "test": ("test",)}
+
+
+def _hf_name_and_config(dataset: str) -> tuple[str, str | None]:
+    """``hf:NAME_OR_PATH[:CONFIG]`` split into its name or path and its config (None when absent)."""
+    name, _, config_name = dataset.removeprefix("hf:").partition(":")
+    return name, config_name or None
+
+
+def _check_hf(config: DataConfig) -> None:
+    name, _ = _hf_name_and_config(config.dataset)
+    check(bool(name), "data.dataset", "hf: needs a data set: --dataset=hf:NAME_OR_PATH[:CONFIG]")
+    check(0 < config.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {config.val_fraction}")
+
+
+def _is_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+
+
+@functools.cache
+def _hf_splits(name: str, config_name: str | None) -> tuple[str, ...]:
+    """The split names a Hub data set or a ``save_to_disk`` folder has."""
+    if _is_local(name):
+        return tuple(_hf_local(name, config_name).keys())
+    unavailable = hub_unavailable(DATASETS_OFFLINE_VARIABLES)
+    if unavailable:
+        raise DataError(
+            f"data set {name!r} is no local folder and the Hugging Face Hub cannot be used: {unavailable}. "
+            "Point --dataset=hf:PATH at a folder written by save_to_disk, or go online"
+        )
+    from datasets import get_dataset_split_names
+
+    try:
+        return tuple(get_dataset_split_names(name, config_name))
+    except Exception as e:  # unknown names and configs fail with a variety of datasets' own errors
+        raise DataError(
+            f"data set {name!r} (config {config_name!r}) cannot be loaded: {_first_line(e)}"
+        ) from None
+
+
+def _hf_local(name: str, config_name: str | None):  # -> datasets.DatasetDict
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise DataError(
+            f"data set folder {path} does not exist; --dataset=hf:PATH names a save_to_disk folder"
+        )
+    if config_name is not None:
+        raise DataError(f"{path} is a save_to_disk folder, which has no configs; drop ':{config_name}'")
+    try:
+        loaded = load_from_disk(str(path))
+    except Exception as e:  # not a save_to_disk folder, or a damaged one
+        raise DataError(
+            f"{path} is not a folder written by datasets' save_to_disk ({_first_line(e)})"
+        ) from None
+    return DatasetDict({"train": loaded}) if isinstance(loaded, Dataset) else loaded
+
+
+def _has_hf_split(config: DataConfig, split: str) -> bool:
+    names = _hf_splits(*_hf_name_and_config(config.dataset))
+    return split in ("train", "val") or any(n in names for n in _HF_SPLIT_NAMES[split])
+
+
+@register_source("hf", check=_check_hf, has_split=_has_hf_split)
+def _resolve_hf(config: DataConfig, split: str) -> DocumentSource:
+    """A split of a Hub data set or ``save_to_disk`` folder; without a validation split, ``val_fraction`` of
+    train (drawn with ``split_seed``) is the validation split and the rest is train."""
+    name, config_name = _hf_name_and_config(config.dataset)
+    available = _hf_splits(name, config_name)
+    if "train" not in available:
+        raise DataError(f"data set {name!r} has no train split; its splits are {', '.join(available)}")
+    own = next((n for n in _HF_SPLIT_NAMES[split] if n in available), None)
+    if own is None and split == "test":
+        raise DataError(f"data set {name!r} has no test split; its splits are {', '.join(available)}")
+    carve = own is None or (split == "train" and not any(n in available for n in _HF_SPLIT_NAMES["val"]))
+    local = _is_local(name)
+    if local:
+        files = sorted(p for p in Path(name).expanduser().rglob("*") if p.is_file())
+        version = hashlib.sha256(
+            "".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files).encode()
+        ).hexdigest()[:16]
+        identity = f"disk:{Path(name).expanduser().resolve()}:{version}"
+    else:
+        identity = f"hub:{name}:{config_name}"
+    part = f"{own or 'train'}" + (f"[carved {config.val_fraction}@{config.split_seed}]" if carve else "")
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{name}-{config_name or ''}")
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    where = ("folder" if local else "Hugging Face Hub") + (f", config {config_name}" if config_name else "")
+
+    def load():
+        if local:
+            table = _hf_local(name, config_name)[own or "train"]
+        else:
+            from datasets import load_dataset
+
+            try:
+                table = load_dataset(name, config_name, split=own or "train")
+            except Exception as e:  # connection lost, or a data set that fails to build
+                raise DataError(
+                    f"could not load the {own or 'train'} split of {name!r}: {_first_line(e)}"
+                ) from None
+        if not carve:
+            return table
+        if len(table) < 2:
+            raise DataError(
+                f"the train split of {name!r} has {len(table)} row(s), too few to carve a validation split"
+            )
+        halves = table.train_test_split(test_size=config.val_fraction, seed=config.split_seed, shuffle=True)
+        return halves["test" if split == "val" else "train"]
+
+    return DocumentSource(
+        key=f"hf-{slug.strip('-')[-60:]}-{digest}",
+        split=split,
+        description=f"{name} ({where})",
+        identity=f"{identity}:{part}",
+        load=load,
+        text_field=config.text_field,
+    )
+
+
 def _text_file(config: DataConfig, split: str) -> Path:
     name = {"train": config.train_file, "val": config.val_file, "test": config.test_file}[split]
     if not name:
-        raise DataError(f"no {split} file: set --data.{split}_file=PATH (dataset 'text')")
+        raise DataError(f"no {split} file: set --data.{split}_file=PATH (dataset {config.dataset!r})")
     path = Path(name).expanduser()
+    kind = "text" if config.dataset == "text" else config.dataset
     if not path.exists():
-        raise DataError(f"{split} text file {path} does not exist (data.{split}_file)")
+        raise DataError(f"{split} {kind} file {path} does not exist (data.{split}_file)")
     if not path.is_file():
-        raise DataError(f"{split} text file {path} is a directory; data.{split}_file names a text file")
+        raise DataError(f"{split} {kind} file {path} is a directory; data.{split}_file names a {kind} file")
     return path
 
 
@@ -321,24 +586,63 @@ def _safe_chunks(text: str, target_size: int = 1 << 16) -> list[str]:
     return chunks
 
 
+def token_dtype(tokenizer) -> np.dtype:
+    """``uint16`` when every id fits in it (half the disk and memory), else ``uint32``."""
+    return np.dtype(np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32)
+
+
+def _progress(show: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(*columns, transient=True, disable=not show)
+
+
 def tokenize(text: str, tokenizer, show_progress: bool = True) -> np.ndarray:
-    """Encode a whole stream of text into ``uint16`` ids, in parallel batches of safe chunks."""
-    if len(tokenizer) > np.iinfo(np.uint16).max + 1:
-        raise DataError(f"tokenizer has {len(tokenizer)} tokens; the uint16 token cache holds at most 65536")
+    """Encode a whole stream of text into ids, in parallel batches of safe chunks."""
+    dtype = token_dtype(tokenizer)
     chunks = _safe_chunks(text)
     batch = 64
     parts: list[np.ndarray] = []
-    from rich.progress import Progress
-
-    with Progress(transient=True, disable=not show_progress) as progress:
+    with _progress(show_progress) as progress:
         task = progress.add_task("tokenizing", total=len(chunks))
         for i in range(0, len(chunks), batch):
             # verbose=False: the warning about sequences longer than the model's context is meant for model
             # inputs, not for a corpus that is cut into blocks later.
             encoded = tokenizer(chunks[i : i + batch], add_special_tokens=False, verbose=False)["input_ids"]
-            parts.extend(np.asarray(ids, dtype=np.uint16) for ids in encoded)
+            parts.extend(np.asarray(ids, dtype=dtype) for ids in encoded)
             progress.advance(task, len(encoded))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
+def end_of_text_id(tokenizer) -> int:
+    """The id that separates documents; a tokenizer without one cannot keep documents apart."""
+    if tokenizer.eos_token_id is None:
+        raise DataError(
+            "the tokenizer has no end-of-text token (eos_token), which separates documents: choose a "
+            "tokenizer that has one, or set its eos_token in tokenizer_config.json"
+        )
+    return int(tokenizer.eos_token_id)
+
+
+def tokenize_documents(
+    documents: Sequence[str], tokenizer, show_progress: bool = True, batch: int = 1024
+) -> tuple[np.ndarray, int]:
+    """Documents encoded in batches, each followed by the end-of-text id; and their UTF-8 size in bytes."""
+    eos = end_of_text_id(tokenizer)
+    dtype = token_dtype(tokenizer)
+    parts: list[np.ndarray] = []
+    num_bytes = 0
+    with _progress(show_progress) as progress:
+        task = progress.add_task("tokenizing documents", total=len(documents))
+        for i in range(0, len(documents), batch):
+            texts = list(documents[i : i + batch])
+            encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+            for ids in encoded:
+                parts.append(np.asarray([*ids, eos], dtype=dtype))
+            num_bytes += sum(len(text.encode("utf-8")) for text in texts)
+            progress.advance(task, len(texts))
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)), num_bytes
 
 
 @dataclass
@@ -364,7 +668,7 @@ def load_split(config: DataConfig, split: str, tokenizer, show_progress: bool = 
         cached = _cached_split(bin_path, meta_path, fingerprint, source)
         if cached is not None:
             return _scorable(cached, split)
-    if source.hub_name is not None:
+    if getattr(source, "hub_name", None) is not None:
         unavailable = hub_unavailable(DATASETS_OFFLINE_VARIABLES)
         if unavailable:
             raise _split_not_found(config, split, unavailable, bin_path)
@@ -373,15 +677,23 @@ def load_split(config: DataConfig, split: str, tokenizer, show_progress: bool = 
         raise DataError(
             f"token cache: {unwritable}; set --cache_dir or MINIGPT_CACHE_DIR to a writable folder"
         )
-    text = source.read()
-    if not text.strip():
-        raise DataError(f"the {split} split ({source}) is empty or only whitespace")
-    tokens = tokenize(text, tokenizer, show_progress)
+    if isinstance(source, DocumentSource):
+        end_of_text_id(tokenizer)  # before loading documents it could not separate
+        documents = source.documents()
+        tokens, num_bytes = tokenize_documents(documents, tokenizer, show_progress)
+        if num_bytes == 0:
+            raise DataError(f"the {split} split ({source}) has only empty documents")
+    else:
+        text = source.read()
+        if not text.strip():
+            raise DataError(f"the {split} split ({source}) is empty or only whitespace")
+        tokens, num_bytes = tokenize(text, tokenizer, show_progress), len(text.encode("utf-8"))
     meta = {
         "tokenizer": fingerprint,
         "source": source.fingerprint(),
         "num_tokens": int(len(tokens)),
-        "num_bytes": len(text.encode("utf-8")),
+        "num_bytes": num_bytes,
+        "dtype": tokens.dtype.name,
     }
     try:
         atomic_write_bytes(bin_path, tokens.tobytes())
@@ -392,11 +704,13 @@ def load_split(config: DataConfig, split: str, tokenizer, show_progress: bool = 
             "MINIGPT_CACHE_DIR to another folder"
         ) from None
     return _scorable(
-        TokenSplit(np.memmap(bin_path, dtype=np.uint16, mode="r"), meta["num_bytes"], source.key), split
+        TokenSplit(np.memmap(bin_path, dtype=tokens.dtype, mode="r"), meta["num_bytes"], source.key), split
     )
 
 
-def _cached_split(bin_path: Path, meta_path: Path, fingerprint: str, source: TextSource) -> TokenSplit | None:
+def _cached_split(
+    bin_path: Path, meta_path: Path, fingerprint: str, source: TextSource | DocumentSource
+) -> TokenSplit | None:
     """The cached tokens of ``source``, or None when the cache holds an older version of its text."""
     try:
         meta = json.loads(meta_path.read_text())
@@ -411,9 +725,10 @@ def _cached_split(bin_path: Path, meta_path: Path, fingerprint: str, source: Tex
         )
     if meta.get("source") != source.fingerprint():
         return None
-    if bin_path.stat().st_size != 2 * meta["num_tokens"]:
+    dtype = np.dtype(meta.get("dtype", "uint16"))  # caches written before uint32 existed say nothing
+    if bin_path.stat().st_size != dtype.itemsize * meta["num_tokens"]:
         raise DataError(f"token cache {bin_path} is truncated; delete it to rebuild")
-    tokens = np.memmap(bin_path, dtype=np.uint16, mode="r") if meta["num_tokens"] else np.zeros(0, np.uint16)
+    tokens = np.memmap(bin_path, dtype=dtype, mode="r") if meta["num_tokens"] else np.zeros(0, dtype)
     return TokenSplit(tokens, meta["num_bytes"], source.key)
 
 

@@ -173,7 +173,7 @@ class Splits:
 def load_splits(config: ExperimentConfig, tokenizer) -> Splits:
     load = lambda split: data.load_split(config.data, split, tokenizer)  # noqa: E731
     train, val = load("train"), load("val")  # train first: a missing dataset is reported by its train split
-    test = load("test") if config.data.dataset != "text" or config.data.test_file else None
+    test = load("test") if data.has_split(config.data, "test") else None
     return Splits(train=train, val=val, test=test)
 
 
