@@ -376,6 +376,8 @@ def _file_source(builder: str) -> Callable[[DataConfig, str], DocumentSource]:
         def load():
             from datasets import load_dataset
 
+            if _has_no_rows(builder, path):  # datasets' own error for an empty file names no file
+                raise DataError(f"the {split} split of {path} is empty (no rows)")
             try:
                 return load_dataset(builder, data_files=str(path), split="train")
             except Exception as e:  # a malformed file fails with whatever its parser raises
@@ -393,6 +395,19 @@ def _file_source(builder: str) -> Callable[[DataConfig, str], DocumentSource]:
         )
 
     return resolve
+
+
+def _has_no_rows(builder: str, path: Path) -> bool:
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(path).metadata.num_rows == 0
+        except Exception:  # not Parquet at all: datasets says what is wrong with it
+            return False
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    return len(head) < 1 << 20 and not head.strip()
 
 
 register_source("jsonl", check=_check_split_files, has_split=_has_split_file)(_file_source("json"))
