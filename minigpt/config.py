@@ -54,6 +54,9 @@ class DataConfig:
     """With ``hf:`` data that has no validation split: the fraction of train rows held out for it."""
     split_seed: int = 0
     """Seeds which train rows are held out as validation (fixed, so every run holds out the same rows)."""
+    shard_tokens: int = 100_000_000
+    """Token ids per cache file for ``jsonl``, ``parquet`` and ``hf:`` data, which are cached in shards so
+    no corpus has to fit in memory or in one file (a shard of ``uint16`` ids is twice this in bytes)."""
     tokenizer: str = "gpt2"
     """A tokenizer directory or a Hub name; ``gpt2`` is found as ``<data_dir>/gpt2-tokenizer`` if present."""
     cache_dir: str = ""

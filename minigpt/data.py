@@ -322,6 +322,7 @@ def source_kind(dataset: str) -> SourceKind:
 
 def check_data_config(config: DataConfig) -> None:
     """The ConfigError a dataset name or its settings deserve; called when a DataConfig is made."""
+    check(config.shard_tokens > 0, "data.shard_tokens", f"must be positive, got {config.shard_tokens}")
     name = config.dataset.split(":", 1)[0]
     check_choice(name, "data.dataset", tuple(SOURCES))
     SOURCES[name].check(config)
@@ -642,29 +643,89 @@ def end_of_text_id(tokenizer) -> int:
 
 def tokenize_documents(
     documents: Sequence[str], tokenizer, show_progress: bool = True, batch: int = 1024
-) -> tuple[np.ndarray, int]:
-    """Documents encoded in batches, each followed by the end-of-text id; and their UTF-8 size in bytes."""
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Batches of documents encoded by the fast tokenizer in one call each (it spreads a batch over the
+    cores), each document followed by the end-of-text id; with the batch's UTF-8 size in bytes."""
     eos = end_of_text_id(tokenizer)
     dtype = token_dtype(tokenizer)
-    parts: list[np.ndarray] = []
-    num_bytes = 0
     with _progress(show_progress) as progress:
         task = progress.add_task("tokenizing documents", total=len(documents))
         for i in range(0, len(documents), batch):
             texts = list(documents[i : i + batch])
             encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-            for ids in encoded:
-                parts.append(np.asarray([*ids, eos], dtype=dtype))
-            num_bytes += sum(len(text.encode("utf-8")) for text in texts)
+            ids = np.fromiter((t for doc in encoded for t in (*doc, eos)), dtype=dtype)
+            yield ids, sum(len(text.encode("utf-8")) for text in texts)
             progress.advance(task, len(texts))
-    return (np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)), num_bytes
+
+
+def write_shards(
+    batches: Iterator[tuple[np.ndarray, int]], directory: Path, stem: str, shard_tokens: int
+) -> tuple[list[dict[str, int | str]], int]:
+    """Token batches written as files of ``shard_tokens`` ids (the last one shorter), each complete or absent;
+    the shards' names and sizes, and the bytes of text they came from. Memory holds about one shard."""
+    shards: list[dict[str, int | str]] = []
+    pending: list[np.ndarray] = []
+    num_pending = num_bytes = 0
+
+    def write(ids: np.ndarray) -> None:
+        name = f"{stem}.{len(shards):05d}.bin"
+        atomic_write_bytes(directory / name, ids.tobytes())
+        shards.append({"file": name, "num_tokens": int(len(ids))})
+
+    for ids, size in batches:
+        pending.append(ids)
+        num_pending += len(ids)
+        num_bytes += size
+        if num_pending >= shard_tokens:
+            joined = np.concatenate(pending)
+            full = len(joined) // shard_tokens * shard_tokens
+            for start in range(0, full, shard_tokens):
+                write(joined[start : start + shard_tokens])
+            pending, num_pending = [joined[full:]], len(joined) - full
+    if num_pending:
+        write(np.concatenate(pending))
+    return shards, num_bytes
+
+
+class ShardedTokens:
+    """Token ids kept in several memory-mapped shard files, sliced as if they were one array."""
+
+    def __init__(self, paths: Sequence[Path], dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self.shards = [np.memmap(path, dtype=self.dtype, mode="r") for path in paths]
+        self.ends = np.cumsum([len(shard) for shard in self.shards], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self[:], dtype=dtype)
+
+    def __iter__(self) -> Iterator[int]:
+        for shard in self.shards:
+            yield from shard.tolist()
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, step = index.indices(len(self))
+        if step != 1:
+            raise ValueError("sharded tokens are read in contiguous slices")
+        parts = []
+        shard = int(np.searchsorted(self.ends, start, side="right"))
+        while start < stop:
+            begin = int(self.ends[shard - 1]) if shard else 0
+            end = min(stop, int(self.ends[shard]))
+            parts.append(self.shards[shard][start - begin : end - begin])
+            start, shard = end, shard + 1
+        if not parts:
+            return np.zeros(0, self.dtype)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 @dataclass
 class TokenSplit:
     """One split as token ids (a read-only memory map) and the UTF-8 size of its text, for bits per byte."""
 
-    tokens: np.ndarray
+    tokens: np.ndarray | ShardedTokens
     num_bytes: int
     source: str
 
@@ -679,7 +740,7 @@ def load_split(config: DataConfig, split: str, tokenizer, show_progress: bool = 
     directory = cache_root(config) / source.key
     stem = f"{split}.{fingerprint}"
     bin_path, meta_path = directory / f"{stem}.bin", directory / f"{stem}.json"
-    if meta_path.is_file() and bin_path.is_file():
+    if meta_path.is_file() and (bin_path.is_file() or isinstance(source, DocumentSource)):
         cached = _cached_split(bin_path, meta_path, fingerprint, source)
         if cached is not None:
             return _scorable(cached, split)
@@ -692,34 +753,57 @@ def load_split(config: DataConfig, split: str, tokenizer, show_progress: bool = 
         raise DataError(
             f"token cache: {unwritable}; set --cache_dir or MINIGPT_CACHE_DIR to a writable folder"
         )
-    if isinstance(source, DocumentSource):
-        end_of_text_id(tokenizer)  # before loading documents it could not separate
-        documents = source.documents()
-        tokens, num_bytes = tokenize_documents(documents, tokenizer, show_progress)
-        if num_bytes == 0:
-            raise DataError(f"the {split} split ({source}) has only empty documents")
-    else:
+    try:
+        if isinstance(source, DocumentSource):
+            return _scorable(_tokenize_to_shards(config, source, tokenizer, meta_path, show_progress), split)
         text = source.read()
         if not text.strip():
             raise DataError(f"the {split} split ({source}) is empty or only whitespace")
-        tokens, num_bytes = tokenize(text, tokenizer, show_progress), len(text.encode("utf-8"))
-    meta = {
-        "tokenizer": fingerprint,
-        "source": source.fingerprint(),
-        "num_tokens": int(len(tokens)),
-        "num_bytes": num_bytes,
-        "dtype": tokens.dtype.name,
-    }
-    try:
+        tokens = tokenize(text, tokenizer, show_progress)
+        meta = {
+            "tokenizer": fingerprint,
+            "source": source.fingerprint(),
+            "num_tokens": int(len(tokens)),
+            "num_bytes": len(text.encode("utf-8")),
+            "dtype": tokens.dtype.name,
+        }
         atomic_write_bytes(bin_path, tokens.tobytes())
         atomic_write_json(meta_path, meta)
     except OSError as e:
         raise DataError(
-            f"cannot write the token cache {bin_path} ({e.strerror}); free some space or set --cache_dir or "
-            "MINIGPT_CACHE_DIR to another folder"
+            f"cannot write the token cache in {directory} ({e.strerror}); free some space or set --cache_dir "
+            "or MINIGPT_CACHE_DIR to another folder"
         ) from None
     return _scorable(
         TokenSplit(np.memmap(bin_path, dtype=tokens.dtype, mode="r"), meta["num_bytes"], source.key), split
+    )
+
+
+def _tokenize_to_shards(
+    config: DataConfig, source: DocumentSource, tokenizer, index_path: Path, show_progress: bool
+) -> TokenSplit:
+    """A document source tokenized into shard files, then the index that lists them: the index is written
+    last, so an interrupted run leaves no cache that looks complete and the next run starts over."""
+    end_of_text_id(tokenizer)  # before loading documents it could not separate
+    index_path.unlink(missing_ok=True)  # an index of an older version must never list the new shards
+    documents = source.documents()
+    stem = index_path.name.removesuffix(".json")
+    batches = tokenize_documents(documents, tokenizer, show_progress)
+    shards, num_bytes = write_shards(batches, index_path.parent, stem, config.shard_tokens)
+    if num_bytes == 0:
+        raise DataError(f"the {source.split} split ({source}) has only empty documents")
+    dtype = token_dtype(tokenizer)
+    index = {
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "source": source.fingerprint(),
+        "num_tokens": sum(int(shard["num_tokens"]) for shard in shards),
+        "num_bytes": num_bytes,
+        "dtype": dtype.name,
+        "shards": shards,
+    }
+    atomic_write_json(index_path, index)
+    return TokenSplit(
+        ShardedTokens([index_path.parent / s["file"] for s in shards], dtype), num_bytes, source.key
     )
 
 
@@ -741,6 +825,12 @@ def _cached_split(
     if meta.get("source") != source.fingerprint():
         return None
     dtype = np.dtype(meta.get("dtype", "uint16"))  # caches written before uint32 existed say nothing
+    if "shards" in meta:
+        paths = [meta_path.parent / shard["file"] for shard in meta["shards"]]
+        for path, shard in zip(paths, meta["shards"], strict=True):
+            if not path.is_file() or path.stat().st_size != dtype.itemsize * shard["num_tokens"]:
+                raise DataError(f"token shard {path} is missing or truncated; delete {meta_path} to rebuild")
+        return TokenSplit(ShardedTokens(paths, dtype), meta["num_bytes"], source.key)
     if bin_path.stat().st_size != dtype.itemsize * meta["num_tokens"]:
         raise DataError(f"token cache {bin_path} is truncated; delete it to rebuild")
     tokens = np.memmap(bin_path, dtype=dtype, mode="r") if meta["num_tokens"] else np.zeros(0, dtype)
@@ -768,7 +858,7 @@ class BlockSampler:
     but the counter changes, resuming needs only the step number, and processes can take disjoint slices.
     """
 
-    def __init__(self, tokens: np.ndarray, block_size: int, seed: int) -> None:
+    def __init__(self, tokens: np.ndarray | ShardedTokens, block_size: int, seed: int) -> None:
         if len(tokens) < block_size + 1:
             raise DataError(
                 f"the train split has {len(tokens):,} tokens, fewer than one training window of the context "
@@ -808,7 +898,7 @@ class BlockSampler:
 
 
 def eval_windows(
-    tokens: np.ndarray, block_size: int, stride: int | None = None
+    tokens: np.ndarray | ShardedTokens, block_size: int, stride: int | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Every token of a split scored once: ``(inputs, targets)`` windows of at most ``block_size``.
 
