@@ -1,6 +1,7 @@
 """Sharded token caches: written in pieces with an index last, read through memory maps, resumed exactly."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,37 @@ def test_resume_across_a_shard_boundary_is_exact(tmp_path, data_root, tokenizer_
 
     assert len(train_losses(run_dir)) == 8
     assert train_losses(resumed) == train_losses(run_dir)
+
+
+def test_the_prepare_command_tokenizes_every_split_once(
+    tmp_path, data_root, tokenizer_dir, monkeypatch, capsys
+):
+    from minigpt.data.__main__ import main as prepare
+
+    corpus = jsonl_corpus(tmp_path / "corpus", wiki_valid_text(data_root)[:6_000], 500, tokenizer_dir)
+    experiment = write_experiment(tmp_path / "experiment.py", tiny_config(corpus, tmp_path / "runs"))
+    assert prepare([str(experiment)]) == 0
+    printed = [
+        line for line in capsys.readouterr().out.splitlines() if line.strip()
+    ]  # less the progress bars
+    assert len(printed) == 3
+    assert re.match(r"train: [\d,]+ tokens in [3-9] file\(s\), [\d.]+ MiB under .*jsonl-train-", printed[0])
+    assert re.match(r"val: [\d,]+ tokens in 1 file\(s\)", printed[1])
+    assert re.match(r"test: [\d,]+ tokens in 1 file\(s\)", printed[2])
+    monkeypatch.setattr(data, "tokenize_documents", lambda *args, **kwargs: pytest.fail("tokenized again"))
+    assert prepare([str(experiment)]) == 0
+    assert capsys.readouterr().out.splitlines() == printed
+
+
+def test_the_prepare_command_reports_bad_data_in_one_line(tmp_path, data_root, tokenizer_dir, capsys):
+    from minigpt.data.__main__ import main as prepare
+
+    corpus = jsonl_corpus(tmp_path / "corpus", wiki_valid_text(data_root)[:3_000], 500, tokenizer_dir)
+    experiment = write_experiment(tmp_path / "experiment.py", tiny_config(corpus, tmp_path / "runs"))
+    assert prepare([str(experiment), "--text_field=body"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: the train split of ") and "has no field 'body'; its fields are 'text'" in err
+    )
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "corpus" / "cache").exists()

@@ -13,6 +13,7 @@ looked, instead of after the Hub clients' retries.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -366,6 +367,21 @@ def _resolve_text(config: DataConfig, split: str) -> TextSource:
     return TextSource(key=f"text-{path.stem}-{digest}", split=split, path=path)
 
 
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bars from ``datasets`` while it reads a local file in seconds: they would precede, on the
+    same stream, an error meant to be one line."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
 def _file_source(builder: str) -> Callable[[DataConfig, str], DocumentSource]:
     """A source of one local ``builder`` file (``json`` lines or ``parquet``) per split."""
 
@@ -380,7 +396,8 @@ def _file_source(builder: str) -> Callable[[DataConfig, str], DocumentSource]:
             if _has_no_rows(builder, path):  # datasets' own error for an empty file names no file
                 raise DataError(f"the {split} split of {path} is empty (no rows)")
             try:
-                return load_dataset(builder, data_files=str(path), split="train")
+                with _quiet_datasets():
+                    return load_dataset(builder, data_files=str(path), split="train")
             except Exception as e:  # a malformed file fails with whatever its parser raises
                 raise DataError(
                     f"{path} is not a readable {config.dataset} file ({_first_line(e)})"
@@ -467,7 +484,8 @@ def _hf_local(name: str, config_name: str | None):  # -> datasets.DatasetDict
     if config_name is not None:
         raise DataError(f"{path} is a save_to_disk folder, which has no configs; drop ':{config_name}'")
     try:
-        loaded = load_from_disk(str(path))
+        with _quiet_datasets():
+            loaded = load_from_disk(str(path))
     except Exception as e:  # not a save_to_disk folder, or a damaged one
         raise DataError(
             f"{path} is not a folder written by datasets' save_to_disk ({_first_line(e)})"
