@@ -1,9 +1,11 @@
 """Text in, token ids out: tokenizer and corpus loading, a token cache, and training/evaluation batches.
 
-Each split is one continuous stream of text, tokenized once and cached as a ``uint16`` memory-mapped file
-keyed by the source, the split and the tokenizer. Training draws windows of ``block_size + 1`` tokens in an
-order that is a pure function of the seed and a sample counter, so it resumes exactly and splits across
-processes without coordination.
+Every data source is registered in the "sources" section below. A split is either one continuous stream of
+text (WikiText, plain files) or a table of documents (JSONL, Parquet, Hugging Face data sets), tokenized
+once and cached as memory-mapped ``uint16`` ids (``uint32`` for vocabularies beyond 65,536), keyed by the
+source, the split and the tokenizer; documents go to shard files listed by an index written last. Training
+draws windows of ``block_size + 1`` tokens in an order that is a pure function of the seed and a sample
+counter, so it resumes exactly and splits across processes without coordination.
 
 Assets are looked for in a fixed order (``tokenizer_candidates``, ``wikitext_candidates``): the local asset
 root, then the token cache, then the Hugging Face Hub. The Hub is skipped when an offline variable is set
