@@ -231,3 +231,32 @@ def test_a_vocabulary_beyond_uint16_is_cached_as_uint32(tmp_path):
 def test_a_small_vocabulary_keeps_the_uint16_cache(tmp_path):
     folder = word_tokenizer(tmp_path / "small", 1000)
     assert data.token_dtype(load_tokenizer(DataConfig(tokenizer=str(folder)))) == np.uint16
+
+
+def test_a_hub_data_set_is_loaded_by_split_and_stays_usable_offline(tmp_path, tokenizer, monkeypatch):
+    import datasets
+
+    hub = {"train": stories(6), "validation": stories(2, 50), "test": stories(2, 90)}
+    asked: list[tuple] = []
+
+    def load_dataset(name, config_name, split):
+        asked.append((name, config_name, split))
+        return datasets.Dataset.from_list(hub[split])
+
+    offline_check = data.hub_unavailable
+    monkeypatch.setattr(data, "hub_unavailable", lambda variables: None)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda name, config_name: list(hub))
+    data._hf_splits.cache_clear()
+    config = DataConfig(dataset="hf:someone/stories:clean", text_field="story", cache_dir=str(tmp_path))
+    online = {split: load_split(config, split, tokenizer, show_progress=False) for split in data.SPLITS}
+    assert asked == [("someone/stories", "clean", name) for name in ("train", "validation", "test")]
+    assert list(online["val"].tokens) == expected_ids(tokenizer, [row["story"] for row in hub["validation"]])
+
+    monkeypatch.setattr(data, "hub_unavailable", offline_check)  # offline again (conftest) ...
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: pytest.fail("loaded the Hub"))
+    data._hf_splits.cache_clear()  # ... and the Hub's answers forgotten
+    assert data.has_split(config, "test")
+    for split, tokens in online.items():
+        np.testing.assert_array_equal(load_split(config, split, tokenizer).tokens[:], tokens.tokens[:])
+    data._hf_splits.cache_clear()

@@ -496,48 +496,74 @@ def _hf_local(name: str, config_name: str | None):  # -> datasets.DatasetDict
 
 
 def _has_hf_split(config: DataConfig, split: str) -> bool:
-    names = _hf_splits(*_hf_name_and_config(config.dataset))
-    return split in ("train", "val") or any(n in names for n in _HF_SPLIT_NAMES[split])
-
-
-@register_source("hf", check=_check_hf, has_split=_has_hf_split)
-def _resolve_hf(config: DataConfig, split: str) -> DocumentSource:
-    """A split of a Hub data set or ``save_to_disk`` folder; without a validation split, ``val_fraction`` of
-    train (drawn with ``split_seed``) is the validation split and the rest is train."""
+    if split in ("train", "val"):
+        return True
     name, config_name = _hf_name_and_config(config.dataset)
+    if not _is_local(name) and hub_unavailable(DATASETS_OFFLINE_VARIABLES):
+        # A Hub data set tokenized before stays usable offline: its token cache says which splits it had.
+        return any((cache_root(config) / _hf_source_key(config)).glob(f"{split}.*.json"))
+    return any(n in _hf_splits(name, config_name) for n in _HF_SPLIT_NAMES[split])
+
+
+def _hf_identity(config: DataConfig) -> str:
+    """What decides a ``hf:`` data set's rows: a folder's files as they are now, or a Hub name and config."""
+    name, config_name = _hf_name_and_config(config.dataset)
+    if not _is_local(name):
+        return f"hub:{name}:{config_name}"
+    files = sorted(p for p in Path(name).expanduser().rglob("*") if p.is_file())
+    version = hashlib.sha256(
+        "".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files).encode()
+    ).hexdigest()[:16]
+    return f"disk:{Path(name).expanduser().resolve()}:{version}"
+
+
+def _hf_source_key(config: DataConfig) -> str:
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in config.dataset.removeprefix("hf:"))
+    return f"hf-{slug.strip('-')[-60:]}-{hashlib.sha256(_hf_identity(config).encode()).hexdigest()[:12]}"
+
+
+def _hf_split_plan(name: str, config_name: str | None, split: str) -> tuple[str, bool]:
+    """Which of the data set's splits holds ours, and whether ours is carved out of it (val) or is what
+    remains after carving (train)."""
     available = _hf_splits(name, config_name)
     if "train" not in available:
         raise DataError(f"data set {name!r} has no train split; its splits are {', '.join(available)}")
     own = next((n for n in _HF_SPLIT_NAMES[split] if n in available), None)
     if own is None and split == "test":
         raise DataError(f"data set {name!r} has no test split; its splits are {', '.join(available)}")
-    carve = own is None or (split == "train" and not any(n in available for n in _HF_SPLIT_NAMES["val"]))
+    has_val = any(n in available for n in _HF_SPLIT_NAMES["val"])
+    return own or "train", own is None or (split == "train" and not has_val)
+
+
+@register_source("hf", check=_check_hf, has_split=_has_hf_split)
+def _resolve_hf(config: DataConfig, split: str) -> DocumentSource:
+    """A split of a Hub data set or ``save_to_disk`` folder; without a validation split, ``val_fraction`` of
+    train (drawn with ``split_seed``) is the validation split and the rest is train.
+
+    The Hub is asked for the split names only when the rows are needed, so a split tokenized before is read
+    from the token cache offline. Its cache is therefore keyed by the carving settings even where nothing is
+    carved."""
+    name, config_name = _hf_name_and_config(config.dataset)
     local = _is_local(name)
-    if local:
-        files = sorted(p for p in Path(name).expanduser().rglob("*") if p.is_file())
-        version = hashlib.sha256(
-            "".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files).encode()
-        ).hexdigest()[:16]
-        identity = f"disk:{Path(name).expanduser().resolve()}:{version}"
+    carving = f"{config.val_fraction}@{config.split_seed}"
+    if local:  # a folder answers at once, so its cache is keyed by exactly the rows it holds
+        own, carve = _hf_split_plan(name, config_name, split)
+        part = f"{own}" + (f"[carved {carving}]" if carve else "")
     else:
-        identity = f"hub:{name}:{config_name}"
-    part = f"{own or 'train'}" + (f"[carved {config.val_fraction}@{config.split_seed}]" if carve else "")
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{name}-{config_name or ''}")
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+        part = f"{split}[carved {carving} if no validation split]"
     where = ("folder" if local else "Hugging Face Hub") + (f", config {config_name}" if config_name else "")
 
     def load():
+        own, carve = _hf_split_plan(name, config_name, split)
         if local:
-            table = _hf_local(name, config_name)[own or "train"]
+            table = _hf_local(name, config_name)[own]
         else:
             from datasets import load_dataset
 
             try:
-                table = load_dataset(name, config_name, split=own or "train")
+                table = load_dataset(name, config_name, split=own)
             except Exception as e:  # connection lost, or a data set that fails to build
-                raise DataError(
-                    f"could not load the {own or 'train'} split of {name!r}: {_first_line(e)}"
-                ) from None
+                raise DataError(f"could not load the {own} split of {name!r}: {_first_line(e)}") from None
         if not carve:
             return table
         if len(table) < 2:
@@ -548,10 +574,10 @@ def _resolve_hf(config: DataConfig, split: str) -> DocumentSource:
         return halves["test" if split == "val" else "train"]
 
     return DocumentSource(
-        key=f"hf-{slug.strip('-')[-60:]}-{digest}",
+        key=_hf_source_key(config),
         split=split,
         description=f"{name} ({where})",
-        identity=f"{identity}:{part}",
+        identity=f"{_hf_identity(config)}:{part}",
         load=load,
         text_field=config.text_field,
     )
