@@ -38,7 +38,7 @@ class DataConfig:
     """A WikiText config name (``wikitext-2-raw-v1``, ``wikitext-2-v1``, ``wikitext-103-raw-v1``,
     ``wikitext-103-v1``); ``text``, ``jsonl`` or ``parquet`` for the split files named below; or
     ``hf:NAME_OR_PATH[:CONFIG]`` for a Hugging Face data set on the Hub or a ``save_to_disk`` folder. The
-    sources are registered in ``minigpt/data.py``."""
+    sources are registered in ``minigpt/data/__init__.py``."""
     data_dir: str = ""
     """Local asset root holding ``<dataset>/`` and ``gpt2-tokenizer/``; empty means ``$MINIGPT_DATA_DIR``,
     and without either the Hugging Face Hub is used."""

@@ -210,7 +210,8 @@ def settle_config(
     if saved is not None:
         if config.init_from:
             config = adopt_base_architecture(config, GPTConfig(**saved["model_config"]))
-        check_resume_compatible(saved["config"], config.to_dict())
+        # Read through the config class, so fields added since the checkpoint count as their defaults.
+        check_resume_compatible(ExperimentConfig.from_dict(saved["config"]).to_dict(), config.to_dict())
     elif config.init_from:
         downloads = data.cache_root(config.data) / "artifacts"
         base_config, base_weights = load_base(config.init_from, config.log.wandb, downloads)

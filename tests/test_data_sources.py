@@ -260,3 +260,20 @@ def test_a_hub_data_set_is_loaded_by_split_and_stays_usable_offline(tmp_path, to
     for split, tokens in online.items():
         np.testing.assert_array_equal(load_split(config, split, tokenizer).tokens[:], tokens.tokens[:])
     data._hf_splits.cache_clear()
+
+
+def test_a_run_saved_before_the_new_data_fields_still_resumes(tiny_corpus, tmp_path):
+    import torch
+    from helpers import tiny_config
+
+    from minigpt import train
+
+    config = tiny_config(tiny_corpus, tmp_path)
+    saved = config.to_dict()
+    for key in ("text_field", "val_fraction", "split_seed", "shard_tokens"):
+        del saved["data"][key]
+    settled, _ = train.settle_config(config, {"config": saved}, torch.device("cpu"))
+    assert settled == config
+    saved["data"]["text_field"] = "body"  # a field the checkpoint does have is still compared
+    with pytest.raises(ConfigError, match="data.text_field is 'body' in the checkpoint but 'text' now"):
+        train.settle_config(config, {"config": saved}, torch.device("cpu"))
