@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import lzma
 import os
@@ -699,7 +700,9 @@ def tokenize_documents(
         for i in range(0, len(documents), batch):
             texts = list(documents[i : i + batch])
             encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-            ids = np.fromiter((t for doc in encoded for t in (*doc, eos)), dtype=dtype)
+            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+            flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=int(lengths.sum()))
+            ids = np.insert(flat, np.cumsum(lengths), eos)  # the end-of-text id after each document
             yield ids, sum(len(text.encode("utf-8")) for text in texts)
             progress.advance(task, len(texts))
 
