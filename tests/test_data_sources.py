@@ -277,3 +277,22 @@ def test_a_run_saved_before_the_new_data_fields_still_resumes(tiny_corpus, tmp_p
     saved["data"]["text_field"] = "body"  # a field the checkpoint does have is still compared
     with pytest.raises(ConfigError, match="data.text_field is 'body' in the checkpoint but 'text' now"):
         train.settle_config(config, {"config": saved}, torch.device("cpu"))
+
+
+def test_an_unknown_hub_config_is_named_with_what_the_hub_says(tmp_path, tokenizer, monkeypatch):
+    import datasets
+
+    def split_names(name, config_name):
+        raise ValueError(f"BuilderConfig '{config_name}' not found. Available: ['default']")
+
+    monkeypatch.setattr(data, "hub_unavailable", lambda variables: None)
+    monkeypatch.setattr(datasets, "get_dataset_split_names", split_names)
+    data._hf_splits.cache_clear()
+    config = DataConfig(dataset="hf:someone/stories:nope", cache_dir=str(tmp_path))
+    with pytest.raises(
+        DataError,
+        match=r"data set 'someone/stories' \(config 'nope'\) cannot be loaded: "
+        r"BuilderConfig 'nope' not found. Available: \['default'\]",
+    ):
+        load_split(config, "train", tokenizer, show_progress=False)
+    assert not list(tmp_path.rglob("*.json"))
