@@ -60,7 +60,9 @@ class DataConfig:
 
     dataset: str = "wikitext-2-raw-v1"
     """A WikiText config name (``wikitext-2-raw-v1``, ``wikitext-2-v1``, ``wikitext-103-raw-v1``,
-    ``wikitext-103-v1``) or ``text`` for the plain files named below."""
+    ``wikitext-103-v1``); ``text``, ``jsonl`` or ``parquet`` for the split files named below; or
+    ``hf:NAME_OR_PATH[:CONFIG]`` for a Hugging Face data set on the Hub or a ``save_to_disk`` folder. The
+    sources are registered in ``minigpt/data/__init__.py``."""
     data_dir: str = role(EXECUTION, "")
     """Local asset root holding ``<dataset>/`` and ``gpt2-tokenizer/``; empty means ``$MINIGPT_DATA_DIR``,
     and without either the Hugging Face Hub is used."""
@@ -70,15 +72,24 @@ class DataConfig:
     """With ``dataset="text"``: the validation text file."""
     test_file: str = ""
     """With ``dataset="text"``: the test text file (optional; without it there is no test evaluation)."""
+    text_field: str = "text"
+    """With ``jsonl``, ``parquet`` and ``hf:`` data: the column that holds each document's text."""
+    val_fraction: float = 0.005
+    """With ``hf:`` data that has no validation split: the fraction of train rows held out for it."""
+    split_seed: int = 0
+    """Seeds which train rows are held out as validation (fixed, so every run holds out the same rows)."""
+    shard_tokens: int = role(EXECUTION, 100_000_000)
+    """Token ids per cache file for ``jsonl``, ``parquet`` and ``hf:`` data, which are cached in shards so
+    no corpus has to fit in memory or in one file (a shard of ``uint16`` ids is twice this in bytes)."""
     tokenizer: str = "gpt2"
     """A tokenizer directory or a Hub name; ``gpt2`` is found as ``<data_dir>/gpt2-tokenizer`` if present."""
     cache_dir: str = role(EXECUTION, "")
     """Where token caches live; empty means ``$MINIGPT_CACHE_DIR``, else ``~/.cache/minigpt``."""
 
     def __post_init__(self) -> None:
-        check_choice(self.dataset, "data.dataset", (*WIKITEXT_DATASETS, "text"))
-        if self.dataset == "text":
-            check(bool(self.train_file), "data.train_file", 'is required with data.dataset="text"')
+        from minigpt.data import check_data_config  # each source checks its own settings, where it lives
+
+        check_data_config(self)
 
 
 @dataclass

@@ -164,7 +164,7 @@ class Splits:
 def load_splits(config: ExperimentConfig, tokenizer) -> Splits:
     load = lambda split: data.load_split(config.data, split, tokenizer)  # noqa: E731
     train, val = load("train"), load("val")  # train first: a missing dataset is reported by its train split
-    test = load("test") if config.data.dataset != "text" or config.data.test_file else None
+    test = load("test") if data.has_split(config.data, "test") else None
     return Splits(train=train, val=val, test=test)
 
 
@@ -202,7 +202,8 @@ def settle_config(
     if saved is not None:
         if config.init_from:
             config = adopt_base_architecture(config, GPTConfig(**saved["model_config"]))
-        check_resume_compatible(saved["config"], config.to_dict())
+        # Read through the config class, so fields added since the checkpoint count as their defaults.
+        check_resume_compatible(ExperimentConfig.from_dict(saved["config"]).to_dict(), config.to_dict())
     else:
         check_can_create(Path(config.log.out_dir))  # a fresh run, also a fine-tune: before any weights load
     if saved is None and config.init_from:
