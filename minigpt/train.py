@@ -412,7 +412,8 @@ def publish(trainer: Trainer) -> None:
         except export.ExportError as e:
             print(f"note: no Hugging Face export: {e}")
     if config.log.log_model == "end":
-        best = trainer.state.best_step == trainer.state.step
+        # Without periodic estimates the final model is the only one scored, so it is the best known.
+        best = trainer.state.best_step in (None, trainer.state.step)
         export.log_model(trainer.logger, run_dir, trainer.state.step, best, bool(config.lora.rank))
     if config.lora.rank:
         trainer.logger.artifact(trainer.adapter_path, f"{run_dir.name}-adapter", "lora-adapter")
