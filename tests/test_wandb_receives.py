@@ -36,16 +36,18 @@ class RecordedRun:
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.logged.append((step, dict(metrics)))
 
-    def log_artifact(self, artifact: "RecordedArtifact") -> None:
-        self.artifacts.append({"name": artifact.name, "type": artifact.type, "paths": artifact.paths})
+    def log_artifact(self, artifact: "RecordedArtifact", aliases: list[str] | None = None) -> None:
+        self.artifacts.append(
+            {"name": artifact.name, "type": artifact.type, "paths": artifact.paths, "aliases": aliases}
+        )
 
     def finish(self, exit_code: int = 0) -> None:
         self.exit_codes.append(exit_code)
 
 
 class RecordedArtifact:
-    def __init__(self, name: str, type: str) -> None:
-        self.name, self.type, self.paths = name, type, []
+    def __init__(self, name: str, type: str, metadata: dict[str, Any] | None = None) -> None:
+        self.name, self.type, self.paths, self.metadata = name, type, [], metadata
 
     def add_dir(self, path: str) -> None:
         self.paths.append(Path(path))
@@ -77,7 +79,7 @@ def finished_run(tiny_corpus, tmp_path_factory) -> tuple[RecordedRun, Path, floa
     """A two-layer run that logs per-layer gradient norms and exports to Hugging Face format, with the
     process's peak memory just before and just after it; trained once for the tests that read it."""
     out_dir = tmp_path_factory.mktemp("finished")
-    overrides = {"n_layer": 2, "log_layer_grad_norms": True, "export_hf": True}
+    overrides = {"n_layer": 2, "log_layer_grad_norms": True, "export_hf": True, "log.log_model": "end"}
     with pytest.MonkeyPatch.context() as monkeypatch:
         runs = record_wandb(monkeypatch, out_dir / "wandb-files")
         before = perf.peak_memory_mb(perf.pick_device("cpu"))
@@ -108,7 +110,9 @@ def test_wandb_is_told_the_token_axis_and_receives_the_sweep_metric(finished_run
 @pytest.mark.slow
 def test_a_finished_run_hands_wandb_its_export_and_closes_with_exit_code_0(finished_run):
     run, run_dir, _, _ = finished_run
-    assert run.artifacts == [{"name": "run-model", "type": "model", "paths": [run_dir / "hf"]}]
+    # log.log_model=end: the weights-only export is handed to W&B (nothing is uploaded by default)
+    ((artifact),) = run.artifacts
+    assert (artifact["name"], artifact["type"]) == ("run-model", "model") and "latest" in artifact["aliases"]
     assert (run_dir / "hf" / "config.json").is_file()
     assert run.exit_codes == [0]
 
