@@ -90,3 +90,24 @@ def interrupted_copy(run_dir: Path, step: int, destination: Path) -> Path:
     metrics.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
     (destination / "summary.json").unlink()
     return destination
+
+
+def execute_notebook(notebook_path: Path, workdir: Path, tmp_path: Path, monkeypatch) -> list[dict]:
+    """Run a notebook in this interpreter (through a kernelspec named python3 found first on JUPYTER_PATH,
+    whatever other python3 kernels the machine has), from ``workdir``; return its code cells' outputs."""
+    import sys
+
+    import nbclient
+    import nbformat
+
+    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec_dir / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"})
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    notebook = nbformat.read(notebook_path, as_version=4)
+    resources = {"metadata": {"path": str(workdir)}}
+    nbclient.NotebookClient(notebook, kernel_name="python3", timeout=120, resources=resources).execute()
+    return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]

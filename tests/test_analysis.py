@@ -8,8 +8,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import nbclient
-import nbformat
 import numpy as np
 import pytest
 from scipy import stats
@@ -18,6 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # `pip install -e .` installs analysis/, but an environment installed before it was a package has only
 # minigpt; the checkout's analysis/ is what is under test either way.
 sys.path.insert(0, str(REPO_ROOT))
+
+from helpers import execute_notebook  # noqa: E402
 
 from analysis import plots, report  # noqa: E402
 from analysis.records import copy_records  # noqa: E402
@@ -375,21 +375,10 @@ def test_the_ablation_sweeps_plan_24_runs_of_8_variants_baseline_once(tmp_path):
 
 @pytest.mark.slow
 def test_notebook_executes_from_the_analysis_folder(suite, tmp_path, monkeypatch):
-    # A kernelspec named python3 that runs this interpreter, found first through JUPYTER_PATH, so the
-    # notebook runs in this environment whatever other python3 kernels the machine has.
-    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
-    spec_dir.mkdir(parents=True)
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec_dir / "kernel.json").write_text(
-        json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"})
-    )
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("MINIGPT_REPORT_RUNS", str(suite))
     monkeypatch.setenv("MINIGPT_REPORT_OUT", str(tmp_path / "nb"))
-    notebook = nbformat.read(REPO_ROOT / "analysis" / "report.ipynb", as_version=4)
-    path = {"metadata": {"path": str(REPO_ROOT / "analysis")}}
-    nbclient.NotebookClient(notebook, kernel_name="python3", timeout=120, resources=path).execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    analysis_dir = REPO_ROOT / "analysis"
+    outputs = execute_notebook(analysis_dir / "report.ipynb", analysis_dir, tmp_path, monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert (tmp_path / "nb" / "final_ppl.png").is_file()

@@ -325,22 +325,11 @@ def test_committed_study_reports_regenerate_from_their_committed_records(committ
 
 @pytest.mark.slow
 def test_the_study_notebook_executes_on_the_committed_records(tmp_path, monkeypatch):
-    import nbclient
-    import nbformat
+    from helpers import execute_notebook
 
-    # A kernelspec named python3 that runs this interpreter, found first through JUPYTER_PATH.
-    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
-    spec_dir.mkdir(parents=True)
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec_dir / "kernel.json").write_text(
-        json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"})
-    )
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("MINIGPT_STUDY_OUT", str(tmp_path / "nb"))
-    notebook = nbformat.read(REPO_ROOT / "analysis" / "study.ipynb", as_version=4)
-    path = {"metadata": {"path": str(REPO_ROOT / "analysis")}}
-    nbclient.NotebookClient(notebook, kernel_name="python3", timeout=120, resources=path).execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    analysis_dir = REPO_ROOT / "analysis"
+    outputs = execute_notebook(analysis_dir / "study.ipynb", analysis_dir, tmp_path, monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4
     assert (tmp_path / "nb" / "lr_sensitivity.png").is_file()
