@@ -118,8 +118,14 @@ class Study:
     def variant(self, label: str) -> Variant:
         return next(v for v in self.variants if v.label == label)
 
+    _configs: dict[str, ExperimentConfig] = field(default_factory=dict, repr=False, compare=False)
+
     def config_of(self, variant: Variant) -> ExperimentConfig:
-        return apply_overrides(load_experiment(self.base), {**self.overrides, **variant.overrides})
+        """The variant's resolved config (the base file is executed once per variant, not per run)."""
+        if variant.label not in self._configs:
+            overrides = {**self.overrides, **variant.overrides}
+            self._configs[variant.label] = apply_overrides(load_experiment(self.base), overrides)
+        return self._configs[variant.label]
 
 
 # ------------------------------------------------------------------------------------------ the study file
