@@ -14,6 +14,8 @@ A sweep runs a grid; a study runs the protocol a reviewer expects of an ablation
 2. **Seeds.** Each variant at its chosen rate (or, with ``lr_from``, at another variant's), for every one of
    ``seeds``: the same seeds for all variants, so runs with the same seed see the same batches and the
    comparisons are paired. Phase-1 runs at the chosen rate and whole budget count as seeds already.
+   With ``test_metric: whole_<split>/loss`` each seed run's final checkpoint is then scored on that whole
+   split (``python -m minigpt.evaluate``), with a bootstrap interval over blocks, into its summary.
 3. **Report.** ``--report-out`` writes the tests each question asks for with ``analysis.study_report``.
 
 Re-running the command continues where it stopped: a run whose ``summary.json`` says ``finished`` is never
@@ -57,7 +59,7 @@ STUDY_KEYS = {
     "selection_seeds": "seeds of phase 1 (the learning-rate choice)",
     "seeds": "seeds of phase 2, the same for every variant",
     "select_metric": "what phase 1 minimises",
-    "test_metric": "what the report tests",
+    "test_metric": "what the report tests (whole_<split>/loss: that split scored whole after training)",
     "variants": "list of {label, overrides, lr_from}",
     "questions": "list of {name, title, kind, baseline, variants, margin, rule}",
 }
@@ -634,6 +636,63 @@ def seed_runs(study: Study, ex: Executor, chosen: dict[str, float]) -> None:
     ex.run_batch(specs)
 
 
+def whole_split(study: Study) -> str | None:
+    """The split the test metric scores whole after training (``whole_<split>/loss``), if it is one."""
+    m = re.fullmatch(r"whole_(\w+)/loss", study.test_metric)
+    return m.group(1) if m else None
+
+
+def score_whole(study: Study, ex: Executor) -> None:
+    """Phase 2b: score each finished seed run's final checkpoint on the whole split the test metric names,
+    ``parallel`` at a time (``python -m minigpt.evaluate ... --into-summary``); runs already scored are
+    skipped, so this resumes too."""
+    split = whole_split(study)
+    if split is None or ex.wandb is not None:
+        return
+    names = [
+        name
+        for name, r in ex.records.items()
+        if r.get("phase") == "seeds"
+        and ex.summary(name).get("status") == "finished"
+        and study.test_metric not in ex.summary(name)
+    ]
+    log_dir = ex.study_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(ex.threads), "MKL_NUM_THREADS": str(ex.threads)}
+    queue, active = list(names), {}
+    while queue or active:
+        while queue and len(active) < ex.parallel:
+            name = queue.pop(0)
+            command = [sys.executable, "-m", "minigpt.evaluate", str(ex.runs_dir / name), "--split", split]
+            command += ["--into-summary", f"--threads={ex.threads}"]
+            log = open(log_dir / f"score-{name}.log", "w")  # noqa: SIM115 (closed when the scoring ends)
+            print(f"[study] score {name} on the whole {split} split", flush=True)
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            active[name] = (proc, time.monotonic(), log, load_average())
+        time.sleep(0.2)
+        for name, (proc, started, log, load_start) in list(active.items()):
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == 0:
+                continue
+            log.close()
+            del active[name]
+            returncode = os.waitstatus_to_exitcode(status)
+            ex.records[name].update(
+                {
+                    "score_returncode": returncode,
+                    "score_seconds": round(time.monotonic() - started, 1),
+                    "score_cpu_user_s": round(usage.ru_utime, 1),
+                    "score_cpu_sys_s": round(usage.ru_stime, 1),
+                    "score_load_start": load_start,
+                    "score_load_end": load_average(),
+                }
+            )
+            if returncode != 0:
+                ex.records[name]["status"] = "failed"
+                print(f"[study] scoring {name} failed (rc {returncode}); see {log_dir}", file=sys.stderr)
+            ex.save()
+
+
 def unigram_loss(study: Study) -> float:
     """Entropy (nats) of the training split's unigram distribution: the loss of a model that ignores context,
     the level below which a run has learnt something beyond token frequencies."""
@@ -822,6 +881,7 @@ def main(argv: list[str] | None = None) -> int:
             "[study] chosen learning rates: " + ", ".join(f"{k} {v:g}" for k, v in chosen.items()), flush=True
         )
         seed_runs(study, ex, chosen)
+        score_whole(study, ex)
     except Pending as e:
         print(f"[study] {e}")
         return 0

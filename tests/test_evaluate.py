@@ -11,7 +11,7 @@ from helpers import wiki_valid_text
 
 from minigpt.config import DataConfig
 from minigpt.data import BlockSampler, load_tokenizer
-from minigpt.evaluate import EvalResult, evaluate
+from minigpt.evaluate import EvalResult, bootstrap_interval, evaluate
 from minigpt.model import GPT, GPTConfig
 
 
@@ -124,3 +124,36 @@ def test_sliding_window_perplexity_is_lower_on_real_text(data_root, tokenizer_di
     sliding = evaluate(model, text, block_size=16, batch_size=256, stride=4)
     assert blocks.tokens == sliding.tokens == len(text) - 1
     assert sliding.ppl < 0.97 * blocks.ppl
+
+
+def test_blocks_are_the_batches_and_add_up_to_the_whole_score():
+    model = tiny_model().eval()
+    tokens = random_tokens(161)  # 10 windows of 16: batches of 3, 3, 3 and 1
+    result = evaluate(model, tokens, block_size=16, batch_size=3)
+    assert result.block_tokens.tolist() == [48, 48, 48, 16]
+    assert result.block_nll.sum() / result.block_tokens.sum() == pytest.approx(result.loss, rel=1e-12)
+    # each block's sum is that batch's windows scored on their own
+    first = evaluate(model, tokens[:49], block_size=16, batch_size=3)
+    assert result.block_nll[0] == pytest.approx(first.loss * first.tokens, rel=1e-6)
+
+
+def test_bootstrap_interval_brackets_the_score_and_narrows_with_more_blocks():
+    rng = np.random.default_rng(0)
+
+    def result_of(n_blocks: int) -> EvalResult:
+        tokens = np.full(n_blocks, 100)
+        nll = rng.normal(5.0, 0.3, n_blocks) * tokens
+        return EvalResult(
+            float(nll.sum() / tokens.sum()), int(tokens.sum()), None, 16, 16, block_nll=nll, block_tokens=tokens
+        )
+
+    few, many = result_of(20), result_of(2000)
+    low, high = bootstrap_interval(few, samples=4000)
+    assert low < few.loss < high
+    # the interval of a mean of n blocks is about 2 x 1.96 x 0.3 / sqrt(n) wide
+    assert high - low == pytest.approx(2 * 1.96 * 0.3 / math.sqrt(20), rel=0.25)
+    low_many, high_many = bootstrap_interval(many, samples=4000)
+    assert high_many - low_many == pytest.approx(2 * 1.96 * 0.3 / math.sqrt(2000), rel=0.25)
+    assert bootstrap_interval(few, seed=1) != bootstrap_interval(few, seed=2)
+    with pytest.raises(ValueError, match="at least two scored blocks"):
+        bootstrap_interval(result_of(1))

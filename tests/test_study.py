@@ -248,3 +248,40 @@ def test_an_agent_run_trains_the_run_its_name_stands_for(tmp_path, base_file, mo
     assert "--train.lr=0.004" in command and "--train.seed=3" in command and "--model.n_head=1" in command
     assert f"--log.out_dir={tmp_path / 'o' / 's' / 'runs'}" in command
     assert main([str(path), "--run-one", "--study.run=zzz_lr-1_seed-1_steps-6"]) == 2
+
+
+@pytest.mark.slow
+def test_a_whole_split_test_metric_scores_every_seed_run_once_with_a_bootstrap_interval(
+    tmp_path, base_file, monkeypatch
+):
+    monkeypatch.chdir(REPO_ROOT)
+    text = """lr_grid: [0.003, 0.01]
+rungs: [1.0]
+max_extend: 0
+selection_seeds: [1]
+seeds: [1, 2]
+test_metric: whole_test/loss
+variants:
+  - label: a
+  - label: b
+    overrides: {model.n_head: 1}
+    lr_from: a
+questions:
+  - {name: q, kind: difference, baseline: a, variants: [b]}
+"""
+    path = write_study(tmp_path, base_file, text)
+    out = tmp_path / "studies"
+    assert main([str(path), "--out-dir", str(out), "--parallel", "2", "--threads", "1"]) == 0
+    state = json.loads((out / "s" / "study.json").read_text())
+    scored = [r for r in state["runs"] if r["phase"] == "seeds"]
+    assert len(scored) == 4 and all(r["score_returncode"] == 0 for r in scored)
+    for record in scored:
+        summary = json.loads((out / "s" / "runs" / record["name"] / "summary.json").read_text())
+        assert summary["status"] == "finished"
+        assert summary["whole_test/loss_low"] < summary["whole_test/loss"] < summary["whole_test/loss_high"]
+        # the whole split, not the prefix the run's own final evaluation was limited to
+        assert summary["whole_test/tokens"] >= summary["final_test/tokens"]
+        assert summary["whole_test/step"] == summary["step"]
+    mtimes = {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")}
+    assert main([str(path), "--out-dir", str(out), "--parallel", "2", "--threads", "1"]) == 0
+    assert {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")} == mtimes
