@@ -144,7 +144,13 @@ def test_bootstrap_interval_brackets_the_score_and_narrows_with_more_blocks():
         tokens = np.full(n_blocks, 100)
         nll = rng.normal(5.0, 0.3, n_blocks) * tokens
         return EvalResult(
-            float(nll.sum() / tokens.sum()), int(tokens.sum()), None, 16, 16, block_nll=nll, block_tokens=tokens
+            float(nll.sum() / tokens.sum()),
+            int(tokens.sum()),
+            None,
+            16,
+            16,
+            block_nll=nll,
+            block_tokens=tokens,
         )
 
     few, many = result_of(20), result_of(2000)
