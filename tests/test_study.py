@@ -118,10 +118,7 @@ def test_successive_halving_keeps_the_best_third_and_runs_the_winner_with_every_
     assert {c.split("_")[1] for c in calls if c.endswith("_steps-2")} == {"lr-0.004", "lr-0.002"}
 
 
-@pytest.mark.slow
-def test_the_whole_protocol_runs_resumes_and_never_repeats_a_run(tmp_path, base_file, monkeypatch, capsys):
-    monkeypatch.chdir(REPO_ROOT)
-    text = """lr_grid: [0.003, 0.01]
+SMALL = """lr_grid: [0.003, 0.01]
 rungs: [0.5, 1.0]
 keep: 0.5
 max_extend: 0
@@ -135,7 +132,13 @@ variants:
 questions:
   - {name: q, kind: difference, baseline: a, variants: [b]}
 """
-    path = write_study(tmp_path, base_file, text)
+"""Two rates at half the budget, then the better at the whole budget; two seeds; ``b`` at ``a``'s rate."""
+
+
+@pytest.mark.slow
+def test_the_whole_protocol_runs_resumes_and_never_repeats_a_run(tmp_path, base_file, monkeypatch, capsys):
+    monkeypatch.chdir(REPO_ROOT)
+    path = write_study(tmp_path, base_file, SMALL)
     out = tmp_path / "studies"
     assert main([str(path), "--out-dir", str(out), "--parallel", "2", "--threads", "1"]) == 0
     state = json.loads((out / "s" / "study.json").read_text())
@@ -255,21 +258,7 @@ def test_a_whole_split_test_metric_scores_every_seed_run_once_with_a_bootstrap_i
     tmp_path, base_file, monkeypatch
 ):
     monkeypatch.chdir(REPO_ROOT)
-    text = """lr_grid: [0.003, 0.01]
-rungs: [1.0]
-max_extend: 0
-selection_seeds: [1]
-seeds: [1, 2]
-test_metric: whole_test/loss
-variants:
-  - label: a
-  - label: b
-    overrides: {model.n_head: 1}
-    lr_from: a
-questions:
-  - {name: q, kind: difference, baseline: a, variants: [b]}
-"""
-    path = write_study(tmp_path, base_file, text)
+    path = write_study(tmp_path, base_file, SMALL + "test_metric: whole_test/loss\n")
     out = tmp_path / "studies"
     assert main([str(path), "--out-dir", str(out), "--parallel", "2", "--threads", "1"]) == 0
     state = json.loads((out / "s" / "study.json").read_text())
