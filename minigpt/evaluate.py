@@ -188,6 +188,8 @@ def score_run(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from minigpt.checkpoint import CheckpointError
+    from minigpt.data import DataError
     from minigpt.storage import atomic_write_json
 
     parser = argparse.ArgumentParser(prog="python -m minigpt.evaluate", description=__doc__.split("\n")[0])
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         "--into-summary", action="store_true", help="add the figures to the run's summary.json as well"
     )
     args = parser.parse_args(argv)
+    if args.bootstrap < 1:
+        parser.error(f"--bootstrap must be >= 1, got {args.bootstrap}")
     if args.threads:
         torch.set_num_threads(args.threads)
     from minigpt import perf
@@ -207,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     perf.keep_freed_memory()  # as training does: without it a third of the time goes to page faults
     try:
         figures = score_run(args.run_dir, args.split, args.bootstrap, args.batch_size)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     prefix = f"whole_{args.split}"

@@ -643,54 +643,39 @@ def whole_split(study: Study) -> str | None:
 
 
 def score_whole(study: Study, ex: Executor) -> None:
-    """Phase 2b: score each finished seed run's final checkpoint on the whole split the test metric names,
-    ``parallel`` at a time (``python -m minigpt.evaluate ... --into-summary``); runs already scored are
+    """Phase 2b: score each finished seed run's final checkpoint on the whole split the test metric names
+    (``python -m minigpt.evaluate ... --into-summary``), through the sweep runner; runs already scored are
     skipped, so this resumes too."""
     split = whole_split(study)
     if split is None or ex.wandb is not None:
         return
-    names = [
-        name
+    prefix = "score-"
+    jobs = [
+        PlannedRun(
+            prefix + name,
+            [sys.executable, "-m", "minigpt.evaluate", str(ex.runs_dir / name), "--split", split]
+            + ["--into-summary", f"--threads={ex.threads}"],
+        )
         for name, r in ex.records.items()
-        if r.get("phase") == "seeds"
-        and ex.summary(name).get("status") == "finished"
-        and study.test_metric not in ex.summary(name)
+        if r.get("phase") == "seeds" and ex.summary(name).get("status") == "finished"
     ]
-    log_dir = ex.study_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(ex.threads), "MKL_NUM_THREADS": str(ex.threads)}
-    queue, active = list(names), {}
-    while queue or active:
-        while queue and len(active) < ex.parallel:
-            name = queue.pop(0)
-            command = [sys.executable, "-m", "minigpt.evaluate", str(ex.runs_dir / name), "--split", split]
-            command += ["--into-summary", f"--threads={ex.threads}"]
-            log = open(log_dir / f"score-{name}.log", "w")  # noqa: SIM115 (closed when the scoring ends)
-            print(f"[study] score {name} on the whole {split} split", flush=True)
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            active[name] = (proc, time.monotonic(), log, load_average())
-        time.sleep(0.2)
-        for name, (proc, started, log, load_start) in list(active.items()):
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid == 0:
-                continue
-            log.close()
-            del active[name]
-            returncode = os.waitstatus_to_exitcode(status)
-            ex.records[name].update(
-                {
-                    "score_returncode": returncode,
-                    "score_seconds": round(time.monotonic() - started, 1),
-                    "score_cpu_user_s": round(usage.ru_utime, 1),
-                    "score_cpu_sys_s": round(usage.ru_stime, 1),
-                    "score_load_start": load_start,
-                    "score_load_end": load_average(),
-                }
-            )
-            if returncode != 0:
-                ex.records[name]["status"] = "failed"
-                print(f"[study] scoring {name} failed (rc {returncode}); see {log_dir}", file=sys.stderr)
-            ex.save()
+
+    def scored(job: str) -> bool:
+        return study.test_metric in ex.summary(job.removeprefix(prefix))
+
+    todo = [job for job in jobs if not scored(job.name)]
+    if not todo:
+        return
+    SweepRunner(todo, ex.runs_dir, ex.parallel, ex.threads, finished=scored).run()
+    for job in todo:
+        record = ex.records[job.name.removeprefix(prefix)]
+        record.update(
+            {f"score_{k}": getattr(job, k) for k in ("returncode", "seconds", "load_start", "load_end")}
+        )
+        record.update({"score_cpu_user_s": job.cpu_user_s, "score_cpu_sys_s": job.cpu_sys_s})
+        if job.status != "finished":
+            record["status"] = "failed"
+    ex.save()
 
 
 def unigram_loss(study: Study) -> float:

@@ -42,6 +42,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -422,8 +423,17 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 class SweepRunner:
     """Keeps up to ``parallel`` runs going, records each outcome in ``sweep.json`` as it happens."""
 
-    def __init__(self, runs: list[PlannedRun], sweep_dir: Path, parallel: int, threads: int) -> None:
+    def __init__(
+        self,
+        runs: list[PlannedRun],
+        sweep_dir: Path,
+        parallel: int,
+        threads: int,
+        finished: Callable[[str], bool] | None = None,
+    ) -> None:
         self.runs, self.sweep_dir, self.parallel, self.threads = runs, sweep_dir, parallel, threads
+        self.finished = finished or (lambda name: is_finished(sweep_dir / name))
+        """Whether the job of that name has done its work (default: its run directory says finished)."""
         self.state_path = sweep_dir / "sweep.json"
 
     def save_state(self) -> None:
@@ -442,7 +452,7 @@ class SweepRunner:
 
     def run(self) -> list[PlannedRun]:
         for r in self.runs:
-            if is_finished(self.sweep_dir / r.name):
+            if self.finished(r.name):
                 r.status = "finished"
                 print(f"[sweep] skip {r.name}: already finished")
         queue = [r for r in self.runs if r.status != "finished"]
@@ -474,7 +484,7 @@ class SweepRunner:
                     log.close()
                     r.returncode, r.seconds = proc.returncode, round(time.monotonic() - started, 1)
                     r.load_end = load_average()
-                    ok = proc.returncode == 0 and is_finished(self.sweep_dir / r.name)
+                    ok = proc.returncode == 0 and self.finished(r.name)
                     r.status = "finished" if ok else "failed"
                     print(f"[sweep] {r.status} {r.name} (rc {r.returncode}, {r.seconds}s)", flush=True)
                     del active[name]

@@ -163,3 +163,12 @@ def test_bootstrap_interval_brackets_the_score_and_narrows_with_more_blocks():
     assert bootstrap_interval(few, seed=1) != bootstrap_interval(few, seed=2)
     with pytest.raises(ValueError, match="at least two scored blocks"):
         bootstrap_interval(result_of(1))
+
+
+def test_scoring_a_folder_without_a_checkpoint_exits_2_with_one_line(tmp_path, capsys):
+    from minigpt.evaluate import main
+
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "holds no checkpoint" in err and err.count("\n") == 1
+    assert not (tmp_path / "summary.json").exists()
