@@ -28,7 +28,7 @@ from scipy import stats
 
 from analysis import plots
 from analysis.records import copy_records
-from analysis.report import display_path, fmt_p, ppl_interval
+from analysis.report import add_artifact_option, display_path, fmt_p, log_report_artifact, ppl_interval
 from analysis.runs import Run, RunsError, load_runs
 from analysis.stats import (
     MAX_EXACT,
@@ -457,7 +457,11 @@ def setup_lines(study: Study) -> list[str]:
     rungs = sorted({float(e.get("fraction", 1.0)) for e in in_grid})
     cpu = sum(e.get("cpu_user_s", 0.0) + e.get("cpu_sys_s", 0.0) for e in finished)
     wall = sum(e.get("seconds", 0.0) for e in finished)
-    loads = [e[k] for e in entries for k in ("load_start", "load_end") if isinstance(e.get(k), int | float)]
+    scored = [e for e in finished if "score_seconds" in e]
+    score_cpu = sum(e.get("score_cpu_user_s", 0.0) + e.get("score_cpu_sys_s", 0.0) for e in scored)
+    score_wall = sum(e["score_seconds"] for e in scored)
+    load_keys = ("load_start", "load_end", "score_load_start", "score_load_end")
+    loads = [e[k] for e in entries for k in load_keys if isinstance(e.get(k), int | float)]
     load = f"{min(loads):.2f} to {max(loads):.2f}" if loads else "not recorded"
     phases = {
         "lr": sum(e.get("phase") == "lr" or bool(e.get("in_grid")) for e in finished),
@@ -475,7 +479,13 @@ def setup_lines(study: Study) -> list[str]:
         f"- Runs: {len(entries)} planned, {len(finished)} finished ({phases['lr']} in the lr grid, "
         f"{phases['seeds']} at the chosen lr); total CPU time (user + sys) {cpu / 3600:.2f} h "
         f"({cpu:,.0f} s), wall time summed over runs {wall / 3600:.2f} h; 1-minute load average at the runs' "
-        f"starts and ends: {load}.",
+        f"starts and ends: {load}."
+        + (
+            f" Scoring {len(scored)} seed runs on the whole split after training took {score_cpu / 3600:.2f} "
+            f"CPU-hours more ({score_wall / 3600:.2f} h of wall time summed over runs)."
+            if scored
+            else ""
+        ),
         "- Unigram level (loss of the training split's token frequencies on validation): "
         + (
             f"{unigram:.3f} nats (ppl {math.exp(unigram):,.0f})."
@@ -497,6 +507,41 @@ def setup_lines(study: Study) -> list[str]:
             f"| {v['label']} | {overrides} | {grid} | {fmt_lr(v.get('chosen_lr'))} | {n_lr} | {n_seeds} |"
         )
     return lines
+
+
+def single_run_lines(study: Study) -> list[str]:
+    """Per variant, how wide one run's bootstrap interval over the scored split is, beside how far its seeds
+    spread: the two sources of uncertainty a single-run comparison would mix."""
+    test = study.spec["test_metric"]
+    low, high = test.replace("/loss", "/loss_low"), test.replace("/loss", "/loss_high")
+    rows = []
+    for v in study.variants:
+        runs = [r.summary for r in study.phase2(v["label"]).values() if high in r.summary]
+        if not runs:
+            continue
+        half = [(r[high] - r[low]) / 2 for r in runs]
+        losses = [r[test] for r in runs]
+        spread = f"{stats.tstd(losses):.4f}" if len(losses) > 1 else "n/a"
+        rows.append(
+            f"| {v['label']} | {len(runs)} | {sum(losses) / len(losses):.4f} | "
+            f"{sum(half) / len(half):.4f} [{min(half):.4f}, {max(half):.4f}] | {spread} |"
+        )
+    if not rows:
+        return []
+    blocks = {r.summary.get(test.replace("/loss", "/blocks")) for r in study.runs.values()} - {None}
+    return [
+        f"Each seed run's `{test}` is its final checkpoint scored on the whole split"
+        + (f" ({', '.join(map(str, sorted(blocks)))} blocks of contiguous text)" if blocks else "")
+        + ", with a 95% percentile bootstrap over blocks: how far the score would move on another text "
+        "of the same size. It leaves out seed-to-seed variation, which the last column shows. The paired "
+        "comparisons above score every variant on the same text, so that variation is shared and mostly "
+        "cancels in their differences; their intervals are over seeds only.",
+        "",
+        "| variant | seeds | mean test loss | 95% bootstrap half-width of one run, mean [min, max] "
+        "| SD over seeds |",
+        "| --- | --- | --- | --- | --- |",
+        *rows,
+    ]
 
 
 def unfinished_lines(study: Study) -> list[str]:
@@ -683,6 +728,9 @@ def render(study: Study, out: Path, command: str) -> str:
     lines += ["## Questions", "", STATS_TEXT, ""]
     for q in study.spec["questions"]:
         lines += question_lines(study, q)
+    single = single_run_lines(study)
+    if single:
+        lines += ["## One run's interval against the spread over seeds", "", *single, ""]
     lines += ["## Plots", ""]
     for caption, path in write_figures(study, out):
         if path is not None:
@@ -729,6 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--records", default="", help="first copy the study's records here, then report from them"
     )
+    add_artifact_option(parser)
     args = parser.parse_args(argv)
     try:
         path = write_study_report(
@@ -744,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     print(f"wrote {path}")
+    if args.log_artifact:
+        log_report_artifact(args.out, args.log_artifact)
     return 0
 
 

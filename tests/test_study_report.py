@@ -269,6 +269,29 @@ def test_report_holds_setup_questions_and_plots(study_dir, tmp_path):
     assert "layer_grad_norms_heads.png" not in text  # only questions that move the LayerNorm
 
 
+def test_whole_split_scores_give_each_variant_its_bootstrap_width_beside_its_seed_spread(study_dir, tmp_path):
+    spec = json.loads((study_dir / "study.json").read_text())
+    spec["test_metric"] = "whole_test/loss"
+    for e in spec["runs"]:
+        if e["phase"] == "seeds":
+            e.update(score_seconds=20.0, score_cpu_user_s=35.0, score_cpu_sys_s=1.0)
+            path = study_dir / "runs" / e["name"] / "summary.json"
+            summary = json.loads(path.read_text())
+            loss = summary["final_test/loss"]
+            half = 0.05 if e["variant"] == "pre-LN" else 0.1 * e["seed"]
+            summary.update({"whole_test/loss": loss, "whole_test/blocks": 74})
+            summary.update({"whole_test/loss_low": loss - half, "whole_test/loss_high": loss + half})
+            path.write_text(json.dumps(summary))
+    (study_dir / "study.json").write_text(json.dumps(spec))
+    text = study_report.write_study_report(study_dir, tmp_path / "out").read_text()
+    assert "Scoring 25 seed runs on the whole split after training took 0.25 CPU-hours more" in text
+    assert "(74 blocks of contiguous text)" in text
+    pre_ln = [BASE[i] + OFFSETS["pre-LN"][i] for i in range(5)]
+    mean, sd = sum(pre_ln) / 5, math.sqrt(sum((x - sum(pre_ln) / 5) ** 2 for x in pre_ln) / 4)
+    assert f"| pre-LN | 5 | {mean:.4f} | 0.0500 [0.0500, 0.0500] | {sd:.4f} |" in text
+    assert "| post-LN | 5 | " in text and "| 0.3000 [0.1000, 0.5000] |" in text
+
+
 def test_a_folder_without_study_json_is_a_usage_error(tmp_path, capsys):
     assert study_report.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
@@ -307,6 +330,7 @@ def test_the_cpu_study_report_is_committed():
     assert REPO_ROOT / "reports" / "ablations-cpu" / "report.md" in COMMITTED_STUDIES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("committed", COMMITTED_STUDIES, ids=[p.parent.name for p in COMMITTED_STUDIES])
 def test_committed_study_reports_regenerate_from_their_committed_records(committed, tmp_path, monkeypatch):
     import shlex
