@@ -41,6 +41,7 @@ def minor_faults(mode: str) -> int:
     return int(out.split()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_keeping_freed_memory_stops_page_faults_in_training_steps():
     # A step of this model frees and reallocates about 50 MiB (the embedding's gradient and Adam's

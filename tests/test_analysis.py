@@ -234,6 +234,7 @@ def test_p_values_below_a_thousandth_read_as_an_inequality():
     assert report.fmt_p(1e-7) == "< 0.001" and report.fmt_p(0.0123) == "0.012"
 
 
+@pytest.mark.slow
 def test_throughput_is_left_out_when_the_machine_was_busy_or_unmeasured(tmp_path):
     for loads in [(4.5, 5.0), None]:
         root = write_suite(tmp_path / f"suite-{loads}", loads=loads)
@@ -309,6 +310,7 @@ def test_bad_input_is_a_message_not_a_traceback(suite, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------- records
 
 
+@pytest.mark.slow
 def test_records_keep_only_the_compact_files_and_give_the_same_report(suite, tmp_path):
     records = tmp_path / "committed" / "runs"
     from_source, from_records = tmp_path / "a", tmp_path / "b"
@@ -335,6 +337,7 @@ COMMITTED = sorted(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("committed", COMMITTED, ids=[p.parent.name for p in COMMITTED])
 def test_committed_reports_regenerate_from_their_committed_records(committed, tmp_path, monkeypatch):
     text = committed.read_text()

@@ -3,7 +3,9 @@ and its ratios are computed from the two sides (ours over Hugging Face's)."""
 
 import pytest
 
+from benchmarks import data_prep as data_prep_benchmark
 from benchmarks import evaluate as evaluate_benchmark
+from benchmarks import generate as generate_benchmark
 from benchmarks import matmul as matmul_benchmark
 from benchmarks import train_step as train_step_benchmark
 from benchmarks.common import ratio_cell
@@ -63,3 +65,35 @@ def test_the_matmul_benchmark_has_a_row_per_dtype_and_size(monkeypatch):
     shape = [(r["dtype"], r["size"]) for r in result["rows"]]
     assert shape == [("float32", 16), ("float32", 32), ("bfloat16", 16), ("bfloat16", 32)]
     assert all(r["gflops"] > 0 for r in result["rows"])
+
+
+@pytest.mark.slow
+def test_the_generation_benchmark_measures_both_sides_per_batch_and_their_greedy_tokens_agree(
+    monkeypatch, capsys
+):
+    monkeypatch.setattr(generate_benchmark, "time_alternating", fixed_timings(0.2, 0.8))
+    argv = ["--config", "smoke", "--batch-sizes", "1", "3", "--prompt-len", "4", "--new-tokens", "5"]
+    result = generate_benchmark.main([*argv, "--reps", "1", "--threads", "1"])
+    assert [row["batch_size"] for row in result["rows"]] == [1, 3]
+    for row in result["rows"]:
+        tokens = row["batch_size"] * 5
+        assert row["ours_tokens_per_s"]["median"] == tokens / 0.2
+        assert row["hf_tokens_per_s"]["median"] == tokens / 0.8
+        assert row["speedup"] == 4.0 and row["same_tokens"] is True
+    assert capsys.readouterr().out.count("4.00x") == 2
+
+
+@pytest.mark.slow
+def test_the_data_preparation_benchmark_tokenizes_the_whole_split_into_its_known_count(data_root, capsys):
+    result = data_prep_benchmark.main(["--split", "val", "--reps", "1", "--data-dir", str(data_root)])
+    assert result["tokens"] == data_prep_benchmark.EXPECTED_TOKENS[("wikitext-2-v1", "val")]
+    assert result["prepare_s"]["median"] > 0 and result["read_s"]["median"] > 0
+    assert f"{result['tokens']:,}" in capsys.readouterr().out
+
+
+def test_the_data_preparation_benchmark_stops_when_the_token_count_is_not_the_known_one(
+    data_root, monkeypatch
+):
+    monkeypatch.setitem(data_prep_benchmark.EXPECTED_TOKENS, ("wikitext-2-v1", "test"), 1)
+    with pytest.raises(SystemExit, match="differs from the whole-stream count 1"):
+        data_prep_benchmark.main(["--split", "test", "--reps", "1", "--data-dir", str(data_root)])

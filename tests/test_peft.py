@@ -12,7 +12,7 @@ from test_lora import randomise_adapters, tiny_base
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from minigpt import checkpoint, lora
-from minigpt.export import export_run, main, share_adapter
+from minigpt.export import main, share_adapter
 from minigpt.hf import from_hf, to_hf
 from minigpt.lora import LoRAConfig
 from minigpt.model import GPTConfig
@@ -27,33 +27,6 @@ def peft_factors(peft_model) -> dict[str, torch.nn.Module]:
         for name, module in peft_model.named_modules()
         if "default" in getattr(module, "lora_A", {})
     }
-
-
-def test_minigpt_adapter_loads_in_peft_on_the_exported_base(tmp_path, tokenizer_dir):
-    base = tiny_base(config=GPT2_VOCAB)
-    checkpoint.save_checkpoint(
-        tmp_path / "base",
-        {
-            "step": 0,
-            "model": base.state_dict(),
-            "model_config": dataclasses.asdict(GPT2_VOCAB),
-            "config": {"data": {"tokenizer": str(tokenizer_dir)}},
-        },
-    )
-    exported = export_run(tmp_path / "base", tmp_path / "hf")
-    ours = copy.deepcopy(base)
-    config = LoRAConfig(rank=3, alpha=5.0, targets="c_attn,mlp.c_proj")
-    lora.apply_lora(ours, config)
-    randomise_adapters(ours)
-    lora.save_adapter(tmp_path / "adapter", ours, config, str(tmp_path / "base"), step=7)
-
-    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(exported), tmp_path / "adapter")
-    assert sorted(peft_factors(theirs)) == sorted(lora.lora_layers(ours))
-    idx = torch.randint(0, 50257, (2, 16))
-    with torch.no_grad():
-        expected = theirs.eval()(idx).logits
-        assert not torch.allclose(expected, base(idx)[0], atol=1e-3)  # the adapter does change the output
-        assert torch.allclose(ours(idx)[0], expected, atol=1e-5, rtol=0)
 
 
 def test_peft_adapter_trained_on_hf_gpt2_attaches_to_the_converted_model(tmp_path):
@@ -124,7 +97,9 @@ def test_backward_pass_equals_peft_with_adapter_dropout():
     assert not torch.allclose(other["transformer.h.0.attn.c_attn"][0], mine["transformer.h.0.attn.c_attn"][0])
 
 
-def test_a_shared_adapter_names_a_base_that_autopeft_loads(tmp_path, tokenizer_dir):
+def test_a_minigpt_adapter_loads_in_peft_on_the_exported_base_and_autopeft_finds_that_base(
+    tmp_path, tokenizer_dir
+):
     base = tiny_base(config=GPT2_VOCAB)
     state = {
         "step": 0,
@@ -141,10 +116,16 @@ def test_a_shared_adapter_names_a_base_that_autopeft_loads(tmp_path, tokenizer_d
     args = [str(tmp_path / "base"), "--out", str(tmp_path / "hf"), "--adapter", str(tmp_path / "adapter")]
     main([*args, "--adapter-out", str(tmp_path / "shared")])
 
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    loaded = PeftModel.from_pretrained(exported, tmp_path / "adapter")
+    assert sorted(peft_factors(loaded)) == sorted(lora.lora_layers(ours))
     theirs = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "shared")
     idx = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():
-        assert torch.allclose(theirs.eval()(idx).logits, ours(idx)[0], atol=1e-5, rtol=0)
+        expected = theirs.eval()(idx).logits
+        assert not torch.allclose(expected, base(idx)[0], atol=1e-3)  # the adapter does change the output
+        assert torch.allclose(ours(idx)[0], expected, atol=1e-5, rtol=0)
+        assert torch.allclose(loaded.eval()(idx).logits, expected, atol=1e-6, rtol=0)
     card = (tmp_path / "shared" / "README.md").read_text()
     assert f"base_model: {(tmp_path / 'hf').resolve()}" in card and "library_name: peft" in card
     # Once the base is on the Hub, its id goes in instead of the local folder.
