@@ -24,6 +24,7 @@ from minigpt.config import (
     describe_keys,
     load_experiment,
     parse_overrides,
+    variant_label,
 )
 
 
@@ -48,14 +49,16 @@ def main(argv: list[str]) -> int:
         resume = overrides.pop("resume", None)
         saved = load_checkpoint(resume) if resume is not None else None
         if experiment is not None:
-            config = load_experiment(experiment)
+            base = load_experiment(experiment)
+            config = apply_overrides(base, overrides)
+            if not config.log.group:  # W&B's group: the variant, named by what the command line changes
+                config = apply_overrides(config, {"log.group": variant_label(base, config)})
         elif saved is not None:
-            config = ExperimentConfig.from_dict(saved["config"])
+            config = apply_overrides(ExperimentConfig.from_dict(saved["config"]), overrides)
         else:
             raise ConfigError(
                 "name an experiment file (python run.py experiments/tiny.py) or --resume=RUN_DIR"
             )
-        config = apply_overrides(config, overrides)
         run(config, resume=saved, command=[sys.executable, *sys.argv])
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

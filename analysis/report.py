@@ -392,6 +392,25 @@ def display_path(path: str | Path) -> str:
     return str(path) if relative.startswith("..") else relative
 
 
+def add_artifact_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-artifact",
+        metavar="PROJECT",
+        default="",
+        help="also log the report folder as a W&B artifact (type report) of a short run in this project; "
+        "W&B's usual mode rules apply (offline without credentials, then `wandb sync`)",
+    )
+
+
+def log_report_artifact(out: str | Path, project: str) -> None:
+    """The report folder as a W&B artifact named after it, so a team's reports live beside their runs."""
+    from minigpt.tracking import log_artifact_run
+
+    name = f"{Path(out).resolve().name}-report"
+    where = log_artifact_run(Path(out), name, "report", project)
+    print(f"logged {display_path(out)} as the W&B artifact {name}: {where}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
     parser.add_argument("run_dirs", nargs="*", help="folders holding run directories (e.g. a sweep folder)")
@@ -411,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quiet-load", type=float, default=QUIET_LOAD, help="highest load average called quiet"
     )
+    add_artifact_option(parser)
     args = parser.parse_args(argv)
     if not args.run_dirs and not args.wandb:
         parser.error("give run folders or --wandb ENTITY/PROJECT")
@@ -439,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {write_report(analysis, args.out, args.title, text, args.quiet_load)}")
     for note in analysis.notes:
         print(f"note: {note}")
+    if args.log_artifact:
+        log_report_artifact(args.out, args.log_artifact)
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import hashlib
 import inspect
 import io
 import runpy
@@ -207,8 +208,9 @@ class LogConfig:
     """``auto`` (``$WANDB_MODE`` if set; else online under ``wandb agent`` or with W&B credentials, offline
     without), ``offline``, ``online`` or ``disabled``."""
     group: str = role(RECORD, "")
-    """The W&B group; empty means the variant (the config without seed and run-specific keys), so that the
-    seeds of one variant are averaged together in W&B."""
+    """The W&B group. Empty means the variant: ``run.py`` names it by what the command line changes in the
+    experiment file (``cpu-study: norm_position=post, lr=0.004``; seeds and run-specific keys left out), so
+    the seeds of one variant are averaged together in W&B; a config built in code gets its name and a hash."""
     tags: str = role(RECORD, "")
     """Comma-separated W&B tags (the sweep's name is added as one)."""
     notes: str = role(RECORD, "")
@@ -223,6 +225,13 @@ class LogConfig:
     Trainer's ``WANDB_LOG_MODEL`` does: ``off``; ``end`` (the final model); ``checkpoint`` (at every
     checkpoint). Versions carry the aliases ``latest``, ``step-N`` and ``best``, and the summary as
     metadata."""
+    sample_tokens: int = role(RECORD, 32)
+    """At each periodic validation estimate, continue ``sample_prompt`` by this many tokens and record the
+    text (``samples.jsonl`` in the run directory, and a W&B table of step, tokens seen, prompt and text).
+    Temperature 0.8, top-k 50 and the same random draws every time, so the samples of different steps
+    differ only by the weights. 0: no samples."""
+    sample_prompt: str = role(RECORD, "The history of")
+    """The prompt the periodic samples continue."""
     wandb_rewind: bool = role(RECORD, False)
     """On ``--resume``, rewind the W&B run to the checkpoint's step (W&B's ``resume_from``, a preview feature
     that fails while the interrupted run is not yet marked finished on the server) so the steps logged again
@@ -231,6 +240,11 @@ class LogConfig:
     def __post_init__(self) -> None:
         check_choice(self.wandb, "log.wandb", ("auto", "offline", "online", "disabled"))
         check_choice(self.log_model, "log.log_model", ("off", "end", "checkpoint"))
+        check(
+            self.sample_tokens >= 0,
+            "log.sample_tokens",
+            f"must be 0 (no samples) or more, got {self.sample_tokens}",
+        )
 
 
 @dataclass
@@ -328,6 +342,31 @@ def non_variant_keys() -> frozenset[str]:
     """Keys whose values may differ between the runs of one variant: the seed, and how a run is carried out
     and recorded. Every other key (what is trained, how it is scored) defines the variant."""
     return frozenset(key for key, kind in key_roles().items() if kind in (REPLICATE, EXECUTION, RECORD))
+
+
+MAX_GROUP_CHARS = 128
+"""W&B refuses longer group names."""
+
+
+def variant_label(base: ExperimentConfig, config: ExperimentConfig) -> str:
+    """A readable name for the variant ``config`` is of ``base`` (the experiment file it came from): the
+    experiment's name and each key that defines the variant and differs from the file, e.g.
+    ``cpu-study: norm_position=post, lr=0.004``. Seeds and how a run is carried out or recorded are left
+    out, so every seed of one variant gets the same label; W&B's group defaults to it."""
+    flat_base, flat, skip = flatten(base.to_dict()), flatten(config.to_dict()), non_variant_keys()
+    changes = []
+    for key in sorted(k for k in flat if k in all_keys() and k not in skip and flat[k] != flat_base.get(k)):
+        bare = key.rsplit(".", 1)[-1]
+        try:
+            name = bare if resolve_key(bare) == key else key
+        except ConfigError:  # a bare name two sections share
+            name = key
+        changes.append(f"{name}={flat[key]}")
+    label = f"{config.name}: {', '.join(changes)}" if changes else config.name
+    if len(label) <= MAX_GROUP_CHARS:
+        return label
+    digest = hashlib.sha1(label.encode()).hexdigest()[:8]
+    return f"{label[: MAX_GROUP_CHARS - 10]}… {digest}"
 
 
 def _key_metadata() -> dict[str, types.MappingProxyType]:

@@ -25,6 +25,7 @@ from typing import Any
 from minigpt import checkpoint, data
 from minigpt.checkpoint import CheckpointError
 from minigpt.data import DataError
+from minigpt.errors import first_line
 from minigpt.hf import to_hf
 from minigpt.lora import (
     CONFIG_NAME,
@@ -142,8 +143,7 @@ def push_to_hub(folder: Path, repo_id: str) -> str:
         api.create_repo(repo_id, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload from MiniGPT")
     except Exception as e:  # noqa: BLE001 - every Hub failure (login, rights, network) ends the same way
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ExportError(f"--push-to-hub {repo_id}: the Hub refused the upload: {first}") from None
+        raise ExportError(f"--push-to-hub {repo_id}: the Hub refused the upload: {first_line(e)}") from None
     return f"{endpoint}/{repo_id}"
 
 

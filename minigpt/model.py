@@ -311,18 +311,19 @@ class GPT(nn.Module):
         return x
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = False
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, textbook_loss: bool = False
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Token ids (B, T) -> ``(logits, loss)``.
 
         Without targets: logits (B, T, vocab_size) and loss None. With targets (B, T), already shifted
         by the caller so that ``targets[b, t]`` is the token after ``idx[b, t]`` (``-100`` = ignore): the
-        mean cross-entropy, in float32, and the logits only if ``return_logits``.
+        mean cross-entropy, in float32, and no logits: the head is fused into a chunked loss. With
+        ``textbook_loss`` the same loss is computed the plain way, from the full logits, which it returns.
         """
         x = self._hidden_states(idx)
         if targets is None:
             return self.lm_head(x), None
-        if return_logits:
+        if textbook_loss:
             # The textbook loss: all (B, T, vocab_size) logits, then cross-entropy over them (autocast runs
             # it in float32).
             logits = self.lm_head(x)

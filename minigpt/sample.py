@@ -23,6 +23,7 @@ from minigpt import data
 from minigpt.checkpoint import CheckpointError
 from minigpt.config import ConfigError, DataConfig
 from minigpt.data import DataError
+from minigpt.errors import first_line
 from minigpt.lora import AdapterError, attach_adapter, load_adapter, merge_lora
 from minigpt.model import GPT
 from minigpt.perf import pick_device
@@ -100,7 +101,7 @@ def _load_hf(hf: str | Path, need_tokenizer: bool) -> tuple[GPT, DataConfig]:
     except (OSError, ValueError) as e:
         raise CheckpointError(
             f"{hf} is not a loadable Hugging Face GPT-2 (a directory with config.json and model weights, "
-            f"or a Hub name): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            f"or a Hub name): {first_line(e)}"
         ) from None
     if (
         need_tokenizer

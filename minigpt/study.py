@@ -371,6 +371,9 @@ def command_for(study: Study, spec: RunSpec, runs_dir: Path, threads: int) -> li
         )
     args = [f"--{k}={v}" for k, v in overrides.items()]
     args += [f"--log.out_dir={runs_dir}", f"--log.run_name={spec.name(study)}", f"--log.sweep={study.name}"]
+    # W&B averages a group: the seeds of one variant at one learning rate and budget, under its study label
+    group = f"{variant.label}, lr {spec.lr:g}" + ("" if spec.steps == steps else f", {spec.steps} steps")
+    args.append(f"--log.group={group}")
     if threads:
         args.append(f"--train.threads={threads}")
     return [sys.executable, str(RUN_SCRIPT), study.base, *args]

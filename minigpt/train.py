@@ -118,7 +118,8 @@ def adopt_base_architecture(config: ExperimentConfig, base: GPTConfig) -> Experi
         if getattr(ours, f.name) != getattr(model, f.name)
     ]
     if replaced and distributed.is_main():
-        print(f"init_from: the architecture comes from the base; replaced model.{', model.'.join(replaced)}")
+        keys = ", model.".join(replaced)
+        tracking.say(f"init_from: the architecture comes from the base; replaced model.{keys}")
     return dataclasses.replace(config, model=model)
 
 
@@ -159,13 +160,15 @@ class Splits:
     train: data.TokenSplit
     val: data.TokenSplit
     test: data.TokenSplit | None
+    tokenizer: Any = None
+    """The tokenizer that made the splits: it turns periodic samples back into text."""
 
 
 def load_splits(config: ExperimentConfig, tokenizer) -> Splits:
     load = lambda split: data.load_split(config.data, split, tokenizer)  # noqa: E731
     train, val = load("train"), load("val")  # train first: a missing dataset is reported by its train split
     test = load("test") if data.has_split(config.data, "test") else None
-    return Splits(train=train, val=val, test=test)
+    return Splits(train=train, val=val, test=test, tokenizer=tokenizer)
 
 
 def run(
@@ -242,7 +245,7 @@ def prepare(
     run_dir = Path(saved["path"]).parent if saved else open_run_dir(config)
     if distributed.is_main():
         resume_id, first_step = (saved["wandb_run_id"], saved["step"]) if saved else (None, 0)
-        logger = tracking.build_logger(config.to_dict(), run_dir, resume_id, first_step)
+        logger = tracking.build_logger(config, run_dir, resume_id, first_step)
     else:
         logger = tracking.Logger()
     peak_flops = job_peak_flops(device, precision)
@@ -281,7 +284,7 @@ def build_model(
     if config.init_from and distributed.is_main():
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = model.num_params()
-        print(
+        tracking.say(
             f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%), "
             f"starting from {config.init_from}"
         )
@@ -370,7 +373,7 @@ def score_starting_weights(trainer: Trainer) -> None:
     trainer.state.val_before = {**result.as_metrics("val_before"), "val_before/describe": result.describe()}
     trainer.logger.log({**result.as_metrics("val_before"), "train/tokens": 0}, step=trainer.state.step)
     if distributed.is_main():
-        print(f"before training: val {result.describe()}")
+        tracking.say(f"before training: val {result.describe()}")
 
 
 def final_evaluation(trainer: Trainer) -> dict[str, Any]:
@@ -408,9 +411,9 @@ def publish(trainer: Trainer) -> None:
     if config.log.export_hf:
         try:
             model_path = export.export_run(run_dir, run_dir / "hf", merge_adapter=bool(config.lora.rank))
-            print(f"exported a Hugging Face model directory to {model_path}")
+            tracking.say(f"exported a Hugging Face model directory to {model_path}")
         except export.ExportError as e:
-            print(f"note: no Hugging Face export: {e}")
+            tracking.say(f"note: no Hugging Face export: {e}")
     if config.log.log_model == "end":
         # Without periodic estimates the final model is the only one scored, so it is the best known.
         best = trainer.state.best_step in (None, trainer.state.step)
@@ -684,6 +687,7 @@ class Trainer:
                         "train/lr": lr,
                         "train/grad_norm": grad_norm,
                         "train/tokens": self.tokens_seen,
+                        "train/seconds": self.state.train_seconds,
                         "perf/tokens_per_sec": tokens_per_sec,
                         "perf/step_ms": 1000 * elapsed / window_steps,
                         "perf/mfu": tokens_per_sec * self.flops_per_token / self.peak_flops,
@@ -731,3 +735,20 @@ class Trainer:
         result = self.score(self.splits.val, max_batches=self.config.train.eval_batches)
         self.state.note_val_estimate(result.loss)
         self.logger.log({**result.as_metrics("val"), "train/tokens": self.tokens_seen}, step=self.state.step)
+        if self.config.log.sample_tokens and self.splits.tokenizer is not None and distributed.is_main():
+            self.logger.sample(
+                self.config.log.sample_prompt, self.sample_text(), self.tokens_seen, self.state.step
+            )
+
+    def sample_text(self) -> str:
+        """The model's continuation of ``log.sample_prompt``: temperature 0.8, top-k 50, a generator seeded
+        the same way every time, so that samples from different steps differ only by the weights."""
+        log, tokenizer = self.config.log, self.splits.tokenizer
+        prompt = tokenizer.encode(log.sample_prompt)[-self.block_size :] or [tokenizer.eos_token_id or 0]
+        idx = torch.tensor([prompt], device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        top_k = min(50, self.model.config.vocab_size)
+        self.model.eval()
+        out = self.model.generate(idx, log.sample_tokens, temperature=0.8, top_k=top_k, generator=generator)
+        self.model.train()
+        return tokenizer.decode(out[0, len(prompt) :].tolist())

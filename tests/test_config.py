@@ -339,3 +339,29 @@ def test_first_line_of_an_error_drops_the_libraries_explanation_or_names_the_typ
 
     assert first_line(OSError("no such file\n\nsee the docs for more")) == "no such file"
     assert first_line(ValueError()) == "ValueError"
+
+
+def test_the_variant_label_names_what_differs_from_the_experiment_and_leaves_out_seeds():
+    base = ExperimentConfig(name="abl")
+    variant = apply_overrides(base, {"model.norm_position": "post", "train.lr": 0.004, "train.seed": 3})
+    assert config_module.variant_label(base, variant) == "abl: norm_position=post, lr=0.004"
+    executed_elsewhere = apply_overrides(variant, {"train.threads": 1, "log.out_dir": "x", "train.seed": 9})
+    assert config_module.variant_label(base, executed_elsewhere) == "abl: norm_position=post, lr=0.004"
+    assert config_module.variant_label(base, base) == "abl"
+    long = apply_overrides(base, {"data.dataset": "hf:" + "d" * 200})
+    label = config_module.variant_label(base, long)
+    assert len(label) == config_module.MAX_GROUP_CHARS and label.startswith("abl: dataset=hf:ddd")
+    other_long = apply_overrides(base, {"data.dataset": "hf:" + "d" * 199 + "e"})
+    assert config_module.variant_label(base, other_long) != label  # the cut keeps a digest of the whole
+
+
+def test_run_py_groups_a_runs_seeds_in_wandb_by_what_its_command_line_changes(tmp_path, monkeypatch):
+    from minigpt import train
+
+    experiment = write_experiment(tmp_path / "abl.py", ExperimentConfig(name="abl"))
+    started = []
+    monkeypatch.setattr(train, "run", lambda config, **_kwargs: started.append(config))
+    for seed in (1, 2):
+        assert run_script.main([str(experiment), "--norm_position=post", "--lr=0.004", f"--seed={seed}"]) == 0
+    assert run_script.main([str(experiment), "--lr=0.004", "--group=mine"]) == 0
+    assert [c.log.group for c in started] == ["abl: norm_position=post, lr=0.004"] * 2 + ["mine"]

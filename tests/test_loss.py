@@ -72,7 +72,7 @@ def test_all_targets_ignored_gives_zero_loss_and_gradients():
 @pytest.mark.usefixtures("small_chunks")
 @pytest.mark.parametrize("tie_embeddings", [True, False])
 def test_the_model_fused_loss_equals_its_textbook_loss_in_value_and_every_gradient(tie_embeddings):
-    """``GPT.forward`` with ``return_logits=True`` takes the plain path (full logits, F.cross_entropy);
+    """``GPT.forward`` with ``textbook_loss=True`` takes the plain path (full logits, F.cross_entropy);
     without it, the fused path. A tied head's shared matrix gets the sum of both uses' gradients."""
     config = GPTConfig(
         vocab_size=41, block_size=12, n_layer=1, n_head=2, n_embd=8, tie_embeddings=tie_embeddings
@@ -82,7 +82,7 @@ def test_the_model_fused_loss_equals_its_textbook_loss_in_value_and_every_gradie
     targets[0, :4] = IGNORE_INDEX
     no_logits, fused = model(idx, targets)
     fused_grads = torch.autograd.grad(fused, list(model.parameters()))
-    logits, plain = model(idx, targets, return_logits=True)
+    logits, plain = model(idx, targets, textbook_loss=True)
     plain_grads = torch.autograd.grad(plain, list(model.parameters()))
     assert no_logits is None and logits.shape == (3, 12, 41)
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
@@ -130,7 +130,7 @@ def test_a_training_step_never_allocates_more_than_one_chunk_of_logits(tie_embed
     assert 0 < fused.rows < idx.numel(), f"the full {idx.numel()} rows of logits were made at once"
     assert fused.rows <= rows_per_chunk, f"{fused.rows} rows of logits, the chunk is {rows_per_chunk}"
     with WidestLogits(GPT2_VOCAB) as plain:
-        model(idx, targets, return_logits=True)
+        model(idx, targets, textbook_loss=True)
     assert plain.rows == idx.numel()
 
 

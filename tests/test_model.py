@@ -66,7 +66,7 @@ def test_forward_shapes_and_loss():
     targets = torch.randint(0, 97, (3, 10))
     logits, loss = model(idx, targets)
     assert logits is None and loss.dtype == torch.float32
-    full, plain_loss = model(idx, targets, return_logits=True)
+    full, plain_loss = model(idx, targets, textbook_loss=True)
     assert torch.equal(full, model(idx)[0])
     assert torch.allclose(plain_loss, F.cross_entropy(full.flatten(0, 1), targets.flatten()))
     assert torch.allclose(loss, plain_loss, atol=1e-6)

@@ -274,3 +274,12 @@ def test_a_whole_split_test_metric_scores_every_seed_run_once_with_a_bootstrap_i
     mtimes = {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")}
     assert main([str(path), "--out-dir", str(out), "--parallel", "2", "--threads", "1"]) == 0
     assert {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")} == mtimes
+
+
+def test_each_run_is_grouped_in_wandb_by_its_variant_label_rate_and_budget(tmp_path, base_file):
+    study = load_study(write_study(tmp_path, base_file, GOOD))
+    steps = study_mod.budget(study, study.variant("b"))[0]
+    full = study_mod.command_for(study, RunSpec("b", 0.004, 3, steps, "seeds"), tmp_path, threads=1)
+    short = study_mod.command_for(study, RunSpec("b", 0.004, 1, 2, "lr"), tmp_path, threads=1)
+    assert "--log.group=b, lr 0.004" in full  # every seed of one variant at its rate: one group
+    assert "--log.group=b, lr 0.004, 2 steps" in short

@@ -85,6 +85,23 @@ def test_resume_drops_lines_after_the_checkpoint_and_torn_ones(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == {"status": "finished", "val/ppl": 9.0}
 
 
+def test_samples_are_kept_one_per_line_and_a_resume_drops_those_after_the_checkpoint(tmp_path):
+    logger = RunDirLogger(tmp_path)
+    logger.start({}, total_steps=10)
+    for step in (0, 3, 6):
+        logger.sample("The history of", f" text at {step}", tokens=step * 64, step=step)
+    logger.finish("interrupted")
+    resumed = RunDirLogger(tmp_path)
+    resumed.start({}, total_steps=10, first_step=3)
+    resumed.sample("The history of", " text again at 6", tokens=384, step=6)
+    resumed.finish()
+    assert read_metrics(tmp_path / "samples.jsonl") == [
+        {"step": 0, "train/tokens": 0, "prompt": "The history of", "text": " text at 0"},
+        {"step": 3, "train/tokens": 192, "prompt": "The history of", "text": " text at 3"},
+        {"step": 6, "train/tokens": 384, "prompt": "The history of", "text": " text again at 6"},
+    ]
+
+
 def test_a_fresh_start_clears_the_lines_of_a_run_that_crashed_before_its_first_checkpoint(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train/loss": 10.0}\n{"step": 2, "tr')
     logger = RunDirLogger(tmp_path)
@@ -144,7 +161,7 @@ def test_connection_probe_answers_for_open_closed_and_stalled_hosts(monkeypatch)
         released.wait()
         raise OSError("timed out")
 
-    monkeypatch.setattr(tracking.socket, "create_connection", stall)
+    monkeypatch.setattr(tracking.wandb.socket, "create_connection", stall)
     assert not can_connect("https://api.example.invalid", timeout=0.2)
     # The probe answered while the connection attempt was still stalled: it did not wait for it.
     assert not released.is_set()
@@ -227,7 +244,7 @@ class FrozenClock:
 
 
 def test_runs_started_in_the_same_second_get_their_own_directories_and_metrics(tmp_path, monkeypatch):
-    monkeypatch.setattr(tracking, "datetime", FrozenClock)
+    monkeypatch.setattr(tracking.rundir, "datetime", FrozenClock)
     monkeypatch.setenv("WANDB_RUN_ID", "agentid1")  # the same id twice: the second must still get its own
     first, second = new_run_dir(tmp_path, "tiny"), new_run_dir(tmp_path, "tiny")
     assert first.name == "tiny-20260102-030405-agentid1"
@@ -247,7 +264,7 @@ def test_runs_started_in_the_same_second_get_their_own_directories_and_metrics(t
 
 def test_without_an_agent_the_suffix_is_random(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_RUN_ID", raising=False)
-    monkeypatch.setattr(tracking, "datetime", FrozenClock)
+    monkeypatch.setattr(tracking.rundir, "datetime", FrozenClock)
     names = {new_run_dir(tmp_path, "x").name for _ in range(5)}
     assert len(names) == 5 and all(name.startswith("x-20260102-030405-") for name in names)
 
@@ -286,54 +303,45 @@ def test_the_start_line_says_where_and_how_the_run_goes(capsys):
     assert "153,600 tokens planned over 150 steps" in " ".join(capsys.readouterr().err.split())
 
 
-def test_a_time_budget_says_where_it_will_end_once_the_pace_is_known(capsys, monkeypatch):
-    clock = SteppedClock()
-    monkeypatch.setattr(tracking.time, "monotonic", clock.monotonic)
+def test_a_time_budget_says_where_it_will_end_once_the_pace_is_known(capsys):
     console = console_started(total_steps=100_000, tokens_planned=409_600_000, max_minutes=60)
-    for step in (10, 20, 30):
-        console.log({"train/loss": 5.0}, step=step)
-        clock.now += 2  # 10 steps in 2 s: 18,000 steps in the hour
+    for step in (10, 20, 30):  # a quarter second a step on the Trainer's clock: 14,400 steps in the hour
+        console.log({"train/loss": 5.0, "train/seconds": step * 0.25}, step=step)
     err = " ".join(capsys.readouterr().err.split())
     assert err.count("budget ends") == 1
-    assert "the 60-minute budget ends near step 18,010, about 73,768,960 tokens" in err
+    assert "the 60-minute budget ends near step 14,400, about 58,982,400 tokens" in err
 
 
-class SteppedClock:
-    """``time.monotonic`` that advances only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
-def test_eta_follows_the_pace_and_the_time_budget(capsys, monkeypatch):
-    clock = SteppedClock()
-    monkeypatch.setattr(tracking.time, "monotonic", clock.monotonic)
+def test_eta_follows_the_pace_and_the_time_budget():
     console = console_started(total_steps=100)
-    assert console.eta_seconds(10) is None  # the first logged step only starts the clock
-    clock.now += 20  # 10 steps in 20 s
-    assert console.eta_seconds(20) == pytest.approx(80 * 2.0)
+    assert console.eta_seconds(10, 20.0) is None  # the first logged step only starts the clock
+    assert console.eta_seconds(20, 40.0) == pytest.approx(80 * 2.0)  # 10 steps in 20 s
     console = console_started(total_steps=100, max_minutes=1)
-    console.eta_seconds(10)
-    clock.now += 20
-    assert console.eta_seconds(20) == pytest.approx(40)  # the budget ends first
+    console.eta_seconds(10, 0.0)
+    assert console.eta_seconds(20, 20.0) == pytest.approx(40)  # the budget ends first
 
 
-def test_a_many_hour_cpu_run_suggests_the_cpu_profile_once(capsys, monkeypatch):
-    clock = SteppedClock()
-    monkeypatch.setattr(tracking.time, "monotonic", clock.monotonic)
+def test_a_resumed_timed_run_forecasts_from_the_budget_its_trainer_has_left(capsys):
+    # 50 of the 60 minutes were spent before the interruption; the console starts at the resumed step
+    console = ConsoleLogger()
+    run = {**RUN_METADATA, "max_minutes": 60, "tokens_planned": 409_600_000}
+    console.start({"name": "tiny", "_run": run}, total_steps=100_000, first_step=15_000)
+    console.log({"train/loss": 5.0, "train/seconds": 3000.0}, step=15_010)
+    console.log({"train/loss": 5.0, "train/seconds": 3002.5}, step=15_020)
+    assert console.eta_seconds(15_030, 3005.0) == pytest.approx(595.0)  # not the hour's 3,595 s
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the 60-minute budget ends near step 17,410" in err  # 597.5 s left at 0.25 s a step
+
+
+def test_a_many_hour_cpu_run_suggests_the_cpu_profile_once(capsys):
     console = console_started(total_steps=100_000)
     for step in (10, 20, 30):
-        console.log({"train/loss": 5.0}, step=step)
-        clock.now += 10
+        console.log({"train/loss": 5.0, "train/seconds": step * 1.0}, step=step)
     err = " ".join(capsys.readouterr().err.split())
     assert err.count("experiments/cpu_hour.py") == 1 and "--train.max_minutes=60" in err
     gpu = console_started(total_steps=100_000, device="cuda:0")
     for step in (10, 20, 30):
-        gpu.log({"train/loss": 5.0}, step=step)
-        clock.now += 10
+        gpu.log({"train/loss": 5.0, "train/seconds": step * 1.0}, step=step)
     assert "experiments/tiny.py" not in capsys.readouterr().err
 
 

@@ -77,6 +77,17 @@ def test_tiny_model_overfits_a_single_batch():
 
 
 @pytest.mark.slow
+def test_each_periodic_estimate_records_a_sample_of_the_prompt(finished_run):
+    config, run_dir, _ = finished_run
+    samples = read_metrics(run_dir / "samples.jsonl")
+    estimates = [row for row in read_metrics(run_dir / "metrics.jsonl") if "val/loss" in row]
+    assert [(s["step"], s["train/tokens"]) for s in samples] == [
+        (row["step"], row["train/tokens"]) for row in estimates
+    ]
+    assert all(s["prompt"] == config.log.sample_prompt == "The history of" and s["text"] for s in samples)
+
+
+@pytest.mark.slow
 def test_run_directory_records_config_metrics_and_summary(finished_run):
     config, run_dir, summary = finished_run
     saved = json.loads((run_dir / "config.json").read_text())

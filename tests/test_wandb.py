@@ -3,21 +3,22 @@ artifacts, resuming, and what it says. A local HTTP server on 127.0.0.1 stands i
 nothing here needs a network."""
 
 import contextlib
+import dataclasses
 import http.server
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import wandb
 import yaml
 from helpers import tiny_config
+from test_study_report import write_study
 
-from analysis import report
+from analysis import report, study_report
 from analysis.runs import load_wandb_runs
 from minigpt import train
-from minigpt.config import ConfigError, LogConfig, flatten
+from minigpt.config import ConfigError, ExperimentConfig, LogConfig, flatten
 from minigpt.tracking import (
     ConsoleLogger,
     MultiLogger,
@@ -137,6 +138,7 @@ class FakeRun:
         self.artifacts: list = []
         self.aliases: list[list[str] | None] = []
         self.used: list[str] = []
+        self.logged: list[tuple] = []
         self.summary: dict = {}
 
     def define_metric(self, name, step_metric=None, summary=None) -> None:
@@ -149,8 +151,8 @@ class FakeRun:
     def use_artifact(self, name) -> None:
         self.used.append(name)
 
-    def log(self, *_args, **_kwargs) -> None:
-        pass
+    def log(self, row, step=None) -> None:
+        self.logged.append((row, step))
 
     def finish(self, exit_code=None) -> None:
         self.exit_code = exit_code
@@ -172,14 +174,14 @@ def wandb_logger(logger: MultiLogger) -> WandbLogger:
     return next(x for x in logger.loggers if isinstance(x, WandbLogger))
 
 
-def config_dict(tmp_path, **log) -> dict:
-    config = tiny_config({"dataset": "wikitext-2-v1"}, tmp_path).to_dict()
-    config["log"].update({"wandb": "offline", **log})
-    return config
+def experiment(tmp_path, init_from: str = "", **log) -> ExperimentConfig:
+    config = tiny_config({"dataset": "wikitext-2-v1"}, tmp_path)
+    log = dataclasses.replace(config.log, **{"wandb": "offline", **log})
+    return dataclasses.replace(config, log=log, init_from=init_from)
 
 
 def test_every_series_is_plotted_against_tokens_and_val_loss_summarises_to_its_minimum(fake_wandb, tmp_path):
-    logger = build_logger(config_dict(tmp_path), tmp_path / "run")
+    logger = build_logger(experiment(tmp_path), tmp_path / "run")
     logger.start({}, total_steps=1)
     (run,) = fake_wandb
     assert ("train/tokens", None, None) in run.metrics
@@ -188,7 +190,7 @@ def test_every_series_is_plotted_against_tokens_and_val_loss_summarises_to_its_m
 
 
 def test_seeds_of_one_variant_share_a_group_and_other_variants_do_not(tmp_path):
-    base = config_dict(tmp_path)
+    base = experiment(tmp_path).to_dict()
     other_seed = json.loads(json.dumps(base))
     other_seed["train"]["seed"] += 1
     other_seed["log"].update(run_name="elsewhere", out_dir="other", sweep="s1")
@@ -201,10 +203,9 @@ def test_seeds_of_one_variant_share_a_group_and_other_variants_do_not(tmp_path):
 
 
 def test_job_type_tags_notes_and_an_explicit_group(fake_wandb, tmp_path):
-    config = config_dict(tmp_path, tags="a, b", sweep="abl-cpu", notes="does post-LN need warmup?")
+    config = experiment(tmp_path, tags="a, b", sweep="abl-cpu", notes="does post-LN need warmup?")
     build_logger(config, tmp_path / "r1").start({}, 1)
-    finetune = config_dict(tmp_path, group="mine")
-    finetune["init_from"] = "runs/base"
+    finetune = experiment(tmp_path, init_from="runs/base", group="mine")
     build_logger(finetune, tmp_path / "r2").start({}, 1)
     trained, tuned = (run.init for run in fake_wandb)
     assert (trained["job_type"], tuned["job_type"]) == ("train", "finetune")
@@ -214,7 +215,7 @@ def test_job_type_tags_notes_and_an_explicit_group(fake_wandb, tmp_path):
 
 
 def test_a_disabled_run_has_no_wandb_logger(tmp_path):
-    logger = build_logger(config_dict(tmp_path, wandb="disabled"), tmp_path / "run")
+    logger = build_logger(experiment(tmp_path, wandb="disabled"), tmp_path / "run")
     assert not any(isinstance(x, WandbLogger) for x in logger.loggers)
     assert any(isinstance(x, ConsoleLogger) for x in logger.loggers)
 
@@ -222,8 +223,8 @@ def test_a_disabled_run_has_no_wandb_logger(tmp_path):
 def test_an_online_resume_continues_the_run_id_by_default_and_says_what_wandb_will_show(
     fake_wandb, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr("minigpt.tracking.can_connect", lambda _url: True)
-    config = config_dict(tmp_path, wandb="online")
+    monkeypatch.setattr("minigpt.tracking.wandb.can_connect", lambda _url: True)
+    config = experiment(tmp_path, wandb="online")
     build_logger(config, tmp_path / "run", resume_id="abc123", first_step=40).start({}, 100, first_step=40)
     (run,) = fake_wandb
     assert (run.init["id"], run.init["resume"]) == ("abc123", "allow") and "resume_from" not in run.init
@@ -234,8 +235,8 @@ def test_an_online_resume_continues_the_run_id_by_default_and_says_what_wandb_wi
 def test_an_online_resume_rewinds_the_wandb_run_to_the_checkpoint_when_asked(
     fake_wandb, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr("minigpt.tracking.can_connect", lambda _url: True)
-    config = config_dict(tmp_path, wandb="online", wandb_rewind=True)
+    monkeypatch.setattr("minigpt.tracking.wandb.can_connect", lambda _url: True)
+    config = experiment(tmp_path, wandb="online", wandb_rewind=True)
     build_logger(config, tmp_path / "run", resume_id="abc123", first_step=40).start({}, 100, first_step=40)
     (run,) = fake_wandb
     assert run.init["resume_from"] == "abc123?_step=40"
@@ -250,7 +251,7 @@ def test_a_resume_whose_server_refuses_it_continues_the_same_run_id_offline(
     # either way the resumed part goes on offline under the same id, ready for `wandb sync`.
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    config = config_dict(tmp_path, wandb="online", wandb_rewind=rewind)
+    config = experiment(tmp_path, wandb="online", wandb_rewind=rewind)
     logger = build_logger(config, tmp_path / "run", resume_id="abc123", first_step=40)
     with warnings_if(True):
         logger.start({}, 100, first_step=40)
@@ -260,7 +261,7 @@ def test_a_resume_whose_server_refuses_it_continues_the_same_run_id_offline(
 
 
 def test_an_offline_resume_continues_the_run_id_and_says_what_wandb_will_show(fake_wandb, tmp_path, capsys):
-    logger = build_logger(config_dict(tmp_path), tmp_path / "run", resume_id="abc123", first_step=40)
+    logger = build_logger(experiment(tmp_path), tmp_path / "run", resume_id="abc123", first_step=40)
     logger.start({}, 100, first_step=40)
     (run,) = fake_wandb
     assert (run.init["id"], run.init["resume"]) == ("abc123", "allow")
@@ -269,11 +270,23 @@ def test_an_offline_resume_continues_the_run_id_and_says_what_wandb_will_show(fa
 
 
 def test_an_offline_run_prints_the_exact_sync_command_at_start_and_end(fake_wandb, tmp_path, capsys):
-    logger = build_logger(config_dict(tmp_path), tmp_path / "run")
+    logger = build_logger(experiment(tmp_path), tmp_path / "run")
     logger.start({}, 1)
     logger.finish()
     folder = Path(fake_wandb[0].dir).parent
     assert capsys.readouterr().err.count(f"wandb sync {folder}") == 2
+
+
+def test_periodic_samples_grow_one_incremental_wandb_table(fake_wandb, tmp_path):
+    logger = build_logger(experiment(tmp_path), tmp_path / "run")
+    logger.start({}, total_steps=10)
+    logger.sample("The history of", " the city", tokens=0, step=0)
+    logger.sample("The history of", " the county", tokens=640, step=5)
+    (run,) = fake_wandb
+    (first_step, first), (second_step, second) = [(step, row["samples"]) for row, step in run.logged]
+    assert (first_step, second_step) == (0, 5) and first is second  # one table, rows added
+    assert second.log_mode == "INCREMENTAL" and second.columns == ["step", "tokens", "prompt", "text"]
+    assert second.data == [[0, 0, "The history of", " the city"], [5, 640, "The history of", " the county"]]
 
 
 def test_artifacts_are_logged_with_their_files(fake_wandb, tmp_path):
@@ -281,7 +294,7 @@ def test_artifacts_are_logged_with_their_files(fake_wandb, tmp_path):
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
     (tmp_path / "adapter.pt").write_bytes(b"adapter")
-    logger = build_logger(config_dict(tmp_path), tmp_path / "run")
+    logger = build_logger(experiment(tmp_path), tmp_path / "run")
     logger.start({}, 1)
     logger.artifact(model_dir, "tiny test/model", "model")
     logger.artifact(tmp_path / "adapter.pt", "tiny-adapter", "lora-adapter")
@@ -297,12 +310,10 @@ def test_an_offline_artifact_is_kept_with_the_run_for_wandb_sync(tmp_path, monke
     logger.start({}, total_steps=1)
     logger.artifact(tmp_path / "ckpt.pt", "final-checkpoint", "model")
     logger.finish()
+    # wandb's service may still be writing the run's record when finish() returns; shutting the service
+    # down waits for it, however busy the machine is, so no deadline is needed.
+    wandb.teardown()
     (record,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    # wandb's service may still be writing the run's record when finish() returns: wait for it (a wide
-    # deadline, as the shared test machine can be slow; it takes well under a second when idle).
-    deadline = time.monotonic() + 60
-    while b"final-checkpoint" not in record.read_bytes() and time.monotonic() < deadline:
-        time.sleep(0.1)
     assert b"final-checkpoint" in record.read_bytes()
 
 
@@ -344,6 +355,17 @@ def test_a_report_directory_is_logged_as_an_artifact_of_its_own_run(fake_wandb, 
     (artifact,) = run.artifacts
     assert (artifact.name, set(artifact.manifest.entries)) == ("abl-report", {"README.md"})
     assert not (report / "wandb").exists()
+
+
+def test_a_study_report_is_logged_as_an_artifact_when_asked(fake_wandb, tmp_path, capsys):
+    study = write_study(tmp_path / "study")
+    out = tmp_path / "ablations"
+    assert study_report.main([str(study), "--out", str(out), "--log-artifact", "minigpt-test"]) == 0
+    (run,) = fake_wandb
+    assert (run.init["project"], run.init["job_type"]) == ("minigpt-test", "report")
+    (artifact,) = run.artifacts
+    assert artifact.name == "ablations-report" and "report.md" in artifact.manifest.entries
+    assert "as the W&B artifact ablations-report: W&B (offline)" in capsys.readouterr().out
 
 
 SWEEP_FILES = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
@@ -389,8 +411,8 @@ def test_a_malformed_wandb_source_is_a_one_line_usage_error(capsys, tmp_path):
 def test_an_online_run_prints_its_url_at_the_start_and_again_at_the_end(
     fake_wandb, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr("minigpt.tracking.can_connect", lambda _url: True)
-    logger = build_logger(config_dict(tmp_path, wandb="online"), tmp_path / "run")
+    monkeypatch.setattr("minigpt.tracking.wandb.can_connect", lambda _url: True)
+    logger = build_logger(experiment(tmp_path, wandb="online"), tmp_path / "run")
     logger.start({}, 1)
     assert capsys.readouterr().err.count(fake_wandb[0].url) == 1
     logger.finish()
@@ -398,10 +420,10 @@ def test_an_online_run_prints_its_url_at_the_start_and_again_at_the_end(
 
 
 def test_each_config_key_reaches_wandb_once_under_the_name_a_sweep_gives_it(fake_wandb, tmp_path):
-    config = config_dict(tmp_path)
-    build_logger(config, tmp_path / "run").start(config, 1)
+    config = experiment(tmp_path)
+    build_logger(config, tmp_path / "run").start(config.to_dict(), 1)
     logged = fake_wandb[0].init["config"]
-    assert logged == flatten(config)
+    assert logged == flatten(config.to_dict())
     assert not any(isinstance(v, dict) for v in logged.values())
     swept = {key for path in SWEEP_FILES for key in yaml.safe_load(path.read_text())["parameters"]}
     assert swept <= set(logged)
@@ -409,7 +431,7 @@ def test_each_config_key_reaches_wandb_once_under_the_name_a_sweep_gives_it(fake
 
 @pytest.mark.parametrize("status", ["finished", "failed", "diverged", "interrupted"])
 def test_wandb_records_the_exit_code_run_py_gives_each_ending(status, fake_wandb, tmp_path):
-    logger = build_logger(config_dict(tmp_path), tmp_path / "run")
+    logger = build_logger(experiment(tmp_path), tmp_path / "run")
     logger.start({}, 1)
     logger.finish(status)
     assert fake_wandb[0].exit_code == {"finished": 0, "failed": 1, "diverged": 3, "interrupted": 130}[status]
@@ -467,8 +489,7 @@ def test_a_model_gpt2_cannot_express_is_logged_as_its_checkpoint(fake_wandb, tin
 
 
 def test_starting_from_an_artifact_records_it_as_used_for_lineage(fake_wandb, tmp_path, monkeypatch):
-    monkeypatch.setattr("minigpt.tracking.can_connect", lambda _url: True)
-    config = config_dict(tmp_path, wandb="online")
-    config["init_from"] = "wandb-artifact://me/minigpt/tiny-model:v0"
+    monkeypatch.setattr("minigpt.tracking.wandb.can_connect", lambda _url: True)
+    config = experiment(tmp_path, init_from="wandb-artifact://me/minigpt/tiny-model:v0", wandb="online")
     build_logger(config, tmp_path / "run").start({}, 1)
     assert fake_wandb[0].used == ["me/minigpt/tiny-model:v0"]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from minigpt.config import WIKITEXT_DATASETS, DataConfig
-from minigpt.errors import check, check_choice
+from minigpt.errors import check, check_choice, first_line
 from minigpt.storage import atomic_write_bytes, atomic_write_json, why_unwritable
 
 SPLITS = ("train", "val", "test")
@@ -162,7 +162,7 @@ def _tokenizer_from_dir(path: Path):
     except Exception as e:  # a broken tokenizer file fails with whatever its parser raises
         raise DataError(
             f"tokenizer directory {path} holds no loadable tokenizer ({type(e).__name__}: "
-            f"{_first_line(e)}); it needs {_TOKENIZER_FILES}"
+            f"{first_line(e)}); it needs {_TOKENIZER_FILES}"
         ) from None
 
 
@@ -174,17 +174,13 @@ def _tokenizer_from_hub(name: str, looked: list[Path]):
     try:  # without the Hub, the Hugging Face cache may still hold it
         return AutoTokenizer.from_pretrained(name, local_files_only=unavailable is not None)
     except (OSError, ValueError) as e:
-        hub = f"the Hugging Face Hub: {unavailable or _first_line(e)}"
+        hub = f"the Hugging Face Hub: {unavailable or first_line(e)}"
         places = [*(looked or [_NO_ASSET_ROOT]), f"the Hugging Face cache {constants.HF_HUB_CACHE}", hub]
         raise DataError(
             f"tokenizer {name!r} not found. Looked in:{_places(places)}\n"
             f"Point --tokenizer at a tokenizer directory, or set MINIGPT_DATA_DIR to an asset root holding "
             f"{name}-tokenizer/."
         ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -221,7 +217,7 @@ class TextSource:
         except OSError as e:
             raise DataError(f"cannot read the {self.split} text file {self.path} ({e.strerror})") from None
         except (lzma.LZMAError, EOFError) as e:
-            raise DataError(f"{self.path} is not a complete .xz file ({_first_line(e)})") from None
+            raise DataError(f"{self.path} is not a complete .xz file ({first_line(e)})") from None
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -239,7 +235,7 @@ class TextSource:
         try:
             rows = load_dataset("wikitext", self.hub_name, split=_WIKITEXT_SPLIT_NAMES[self.split])["text"]
         except OSError as e:  # connection lost, or no such dataset
-            raise DataError(f"could not load the {self.split} split of {self}: {_first_line(e)}") from None
+            raise DataError(f"could not load the {self.split} split of {self}: {first_line(e)}") from None
         # The Hub stores a blank line as "" but the released files have " \n"; restore the file exactly.
         return "".join(row if row else " \n" for row in rows)
 
@@ -402,9 +398,7 @@ def _file_source(builder: str) -> Callable[[DataConfig, str], DocumentSource]:
                 with _quiet_datasets():
                     return load_dataset(builder, data_files=str(path), split="train")
             except Exception as e:  # a malformed file fails with whatever its parser raises
-                raise DataError(
-                    f"{path} is not a readable {config.dataset} file ({_first_line(e)})"
-                ) from None
+                raise DataError(f"{path} is not a readable {config.dataset} file ({first_line(e)})") from None
 
         return DocumentSource(
             key=f"{config.dataset}-{path.stem}-{digest}",
@@ -472,7 +466,7 @@ def _hf_splits(name: str, config_name: str | None) -> tuple[str, ...]:
         return tuple(get_dataset_split_names(name, config_name))
     except Exception as e:  # unknown names and configs fail with a variety of datasets' own errors
         raise DataError(
-            f"data set {name!r} (config {config_name!r}) cannot be loaded: {_first_line(e)}"
+            f"data set {name!r} (config {config_name!r}) cannot be loaded: {first_line(e)}"
         ) from None
 
 
@@ -491,7 +485,7 @@ def _hf_local(name: str, config_name: str | None):  # -> datasets.DatasetDict
             loaded = load_from_disk(str(path))
     except Exception as e:  # not a save_to_disk folder, or a damaged one
         raise DataError(
-            f"{path} is not a folder written by datasets' save_to_disk ({_first_line(e)})"
+            f"{path} is not a folder written by datasets' save_to_disk ({first_line(e)})"
         ) from None
     return DatasetDict({"train": loaded}) if isinstance(loaded, Dataset) else loaded
 
@@ -564,7 +558,7 @@ def _resolve_hf(config: DataConfig, split: str) -> DocumentSource:
             try:
                 table = load_dataset(name, config_name, split=own)
             except Exception as e:  # connection lost, or a data set that fails to build
-                raise DataError(f"could not load the {own} split of {name!r}: {_first_line(e)}") from None
+                raise DataError(f"could not load the {own} split of {name!r}: {first_line(e)}") from None
         if not carve:
             return table
         if len(table) < 2:
@@ -864,7 +858,7 @@ def _cached_split(
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as e:
         raise DataError(
-            f"token cache {meta_path} is unreadable ({_first_line(e)}); delete it to rebuild"
+            f"token cache {meta_path} is unreadable ({first_line(e)}); delete it to rebuild"
         ) from None
     if meta.get("tokenizer") != fingerprint:
         raise DataError(
