@@ -14,12 +14,14 @@ from helpers import tiny_config, write_experiment
 
 import run as run_script
 from minigpt import tracking
+from minigpt.config import ExperimentConfig, apply_overrides
 from minigpt.tracking import (
     ConsoleLogger,
     Logger,
     MultiLogger,
     RunDirLogger,
     WandbLogger,
+    build_logger,
     can_connect,
     new_run_dir,
     read_metrics,
@@ -357,10 +359,11 @@ def test_the_end_says_where_the_run_is_and_what_comes_next(capsys):
     assert "interrupted: run directory runs/tiny-1" in err and "python run.py --resume=runs/tiny-1" in err
 
 
-def test_after_a_lora_run_the_sample_command_names_the_adapter_folder(capsys):
-    console = ConsoleLogger()
-    config = {"name": "ft", "init_from": "runs/base", "lora": {"rank": 8}, "_run": {"run_dir": "runs/ft-1"}}
-    console.start(config, total_steps=10)
+def test_after_a_lora_run_the_sample_command_names_the_adapter_folder(tmp_path, capsys):
+    overrides = {"lora.rank": 8, "init_from": "runs/base", "log.wandb": "disabled"}
+    loggers = build_logger(apply_overrides(ExperimentConfig(name="ft"), overrides), tmp_path / "ft-1").loggers
+    console = next(logger for logger in loggers if isinstance(logger, ConsoleLogger))
+    console.start({"_run": {"run_dir": "runs/ft-1"}}, total_steps=10)
     console.finish()
     err = " ".join(capsys.readouterr().err.split())
     assert "python -m minigpt.sample --checkpoint runs/base --adapter runs/ft-1/adapter --prompt" in err

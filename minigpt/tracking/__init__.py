@@ -55,10 +55,13 @@ __all__ = [
 def build_logger(
     config: ExperimentConfig, run_dir: Path, resume_id: str | None = None, first_step: int = 0
 ) -> Logger:
-    """The loggers of one run from its resolved config: the run directory, the console and, unless
-    ``log.wandb`` is disabled, W&B with its mode, group, job type and tags."""
+    """The loggers of one run, each given the settings it needs from the run's typed config: the run
+    directory, the console and, unless ``log.wandb`` is disabled, W&B with its mode, group, job type and
+    tags. ``start`` then hands every logger the run's record (the resolved config and its ``_run``
+    metadata)."""
     log = config.log
-    loggers: list[Logger] = [RunDirLogger(run_dir), ConsoleLogger()]
+    console = ConsoleLogger(adapter_base=config.init_from if config.lora.rank else "")
+    loggers: list[Logger] = [RunDirLogger(run_dir), console]
     mode = wandb_mode(log.wandb)
     if mode != "disabled":
         tags = [t.strip() for t in log.tags.split(",") if t.strip()]

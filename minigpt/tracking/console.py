@@ -32,14 +32,16 @@ class ConsoleLogger(Logger):
     throughput and ETA while training (one line per logged step when not on a terminal); a few lines of
     final figures; and at the end the run directory and the commands that come next."""
 
-    def __init__(self) -> None:
+    def __init__(self, adapter_base: str = "") -> None:
+        """``adapter_base``: for a LoRA run, the weights its adapter adapts (``init_from``), which sampling
+        the result needs."""
         from rich.console import Console
 
         self.console = Console(stderr=True)
+        self.adapter_base = adapter_base
         self._progress = None
         self._task = None
         self._run: dict[str, Any] = {}
-        self._config: dict[str, Any] = {}
         self._total_steps = 0
         self._clock: tuple[float, int] | None = None
         self._warned_long = False
@@ -48,7 +50,7 @@ class ConsoleLogger(Logger):
     def start(self, config: dict[str, Any], total_steps: int, first_step: int = 0) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        self._config, self._run = config, config.get("_run", {})
+        self._run = config.get("_run", {})
         self._total_steps = total_steps
         self.console.print(self.start_line(first_step), soft_wrap=True, highlight=False, markup=False)
         self._progress = Progress(
@@ -218,9 +220,9 @@ class ConsoleLogger(Logger):
             return [f"python run.py --resume={run_dir} --skip_nonfinite=true"]
         if status != "finished":
             return [f"python run.py --resume={run_dir}"]
-        if self._config.get("lora", {}).get("rank"):
+        if self.adapter_base:
             sample = (
-                f"python -m minigpt.sample --checkpoint {self._config['init_from']} "
+                f"python -m minigpt.sample --checkpoint {self.adapter_base} "
                 f'--adapter {run_dir}/adapter --prompt "The history of"'
             )
         else:
