@@ -1,6 +1,8 @@
-"""The training-step figures the README quotes are the ones the performance log records
-(benchmarks/README.md), and each quoted ratio is the quotient of the two sides it stands beside."""
+"""The figures the README quotes are the ones the records hold: the training-step table is the performance
+log's (benchmarks/README.md), each quoted ratio the quotient of the two sides it stands beside, the CPU hour's
+perplexities its committed run's scores, and the ablation table the study report's."""
 
+import json
 import re
 from pathlib import Path
 
@@ -56,3 +58,52 @@ def test_each_readme_ratio_is_the_quotient_of_its_two_sides():
             number(g) for g in re.fullmatch(r"([\d,]+) / ([\d,]+) MB \((\d+\.\d+)×\)", row[5]).groups()
         )
         assert abs(mem_ours / mem_theirs - mem_ratio) <= 0.01, row
+
+
+def cpu_hour_summary() -> dict:
+    (path,) = (REPO_ROOT / "reports" / "cpu-hour" / "runs").glob("*/summary.json")
+    return json.loads(path.read_text())
+
+
+def test_the_readme_cpu_hour_perplexities_are_the_committed_runs_scores():
+    rows = table_rows((REPO_ROOT / "README.md").read_text(), "| whole split | non-overlapping")
+    summary = cpu_hour_summary()
+    assert [row[0].split(" (")[0] for row in rows] == ["validation", "test"]
+    for row, split in zip(rows, ("val", "test"), strict=True):
+        assert number(row[0].split("(")[1]) == summary[f"final_{split}/tokens"], row
+        assert number(row[1]) == round(summary[f"final_{split}/ppl"], 2), row
+        assert number(row[2]) == round(summary[f"final_{split}_sliding/ppl"], 2), row
+
+
+def test_the_readme_cpu_hour_budget_is_the_committed_runs():
+    summary, readme = cpu_hour_summary(), (REPO_ROOT / "README.md").read_text()
+    assert f"{summary['step']:,} steps, **{summary['tokens']:,} training tokens**" in readme
+    assert f"at {summary['tokens_per_sec']:,.0f} tokens/s" in readme
+
+
+TRIPLE = re.compile(r"(\d+\.\d+),? \[(\d+\.\d+), (\d+\.\d+)\]")
+
+
+def rounds_to(quoted: str, value: str) -> bool:
+    """Whether the report's ``value`` rounds to the README's ``quoted`` at the README's precision."""
+    digits = len(quoted.split(".")[1])
+    return f"{float(value):.{digits}f}" == quoted
+
+
+def test_each_figure_the_readme_quotes_from_the_ablation_study_is_in_its_report():
+    rows = table_rows((REPO_ROOT / "README.md").read_text(), "| question (test perplexity")
+    report = (REPO_ROOT / "reports" / "ablations-cpu" / "report.md").read_text()
+    in_report = TRIPLE.findall(report)
+    quoted = [(row[0], triple) for row in rows for triple in TRIPLE.findall(row[1])]
+    assert len(rows) >= 5 and len(quoted) >= 5
+    for question, triple in quoted:
+        assert any(all(map(rounds_to, triple, found)) for found in in_report), (
+            f"README row {question!r} quotes {triple}, which report.md does not hold"
+        )
+    # the test-perplexity cells, rounded as the README rounds them
+    perplexities = {f"{number(p):,.0f}" for p in re.findall(r"\| (\d[\d,]*\.\d) \[", report)}
+    for row in rows:
+        # "824 vs 320" are perplexities; "0/5 vs 5/5" are counts
+        for pair in re.findall(r"(?<![\d/])(\d[\d,]{2,}) vs (\d[\d,]{2,})", row[1]):
+            for ppl in pair:
+                assert ppl in perplexities, f"README row {row[0]!r} quotes perplexity {ppl}, not in report.md"
