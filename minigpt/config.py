@@ -354,19 +354,19 @@ def variant_label(base: ExperimentConfig, config: ExperimentConfig) -> str:
     ``cpu-study: norm_position=post, lr=0.004``. Seeds and how a run is carried out or recorded are left
     out, so every seed of one variant gets the same label; W&B's group defaults to it."""
     flat_base, flat, skip = flatten(base.to_dict()), flatten(config.to_dict()), non_variant_keys()
-    changes = []
-    for key in sorted(k for k in flat if k in all_keys() and k not in skip and flat[k] != flat_base.get(k)):
-        bare = key.rsplit(".", 1)[-1]
-        try:
-            name = bare if resolve_key(bare) == key else key
-        except ConfigError:  # a bare name two sections share
-            name = key
-        changes.append(f"{name}={flat[key]}")
+    changed = sorted(k for k in flat if k in all_keys() and k not in skip and flat[k] != flat_base.get(k))
+    changes = [f"{short_key(key)}={flat[key]}" for key in changed]
     label = f"{config.name}: {', '.join(changes)}" if changes else config.name
     if len(label) <= MAX_GROUP_CHARS:
         return label
     digest = hashlib.sha1(label.encode()).hexdigest()[:8]
     return f"{label[: MAX_GROUP_CHARS - 10]}… {digest}"
+
+
+def short_key(dotted: str) -> str:
+    """The bare field name where no other section has it (``lr``), else the dotted key (``model.dropout``)."""
+    bare = dotted.rsplit(".", 1)[-1]
+    return bare if sum(k.rsplit(".", 1)[-1] == bare for k in all_keys()) == 1 else dotted
 
 
 def _key_metadata() -> dict[str, types.MappingProxyType]:

@@ -59,6 +59,7 @@ from minigpt.config import (
     key_roles,
     load_experiment,
     resolve_key,
+    short_key,
 )
 from minigpt.storage import atomic_write_json
 
@@ -318,8 +319,7 @@ def differences(base: ExperimentConfig, assignment: dict[str, Any]) -> list[Chan
             current = getattr(current, part)
         replicate = roles[dotted] == REPLICATE
         if typed != current or replicate:
-            bare = dotted.rsplit(".", 1)[-1]
-            label = bare if _resolve_or_none(bare) == dotted else dotted
+            label = short_key(dotted)
             found.append(((replicate, dotted), Change(label, value, replicate)))
     return [change for _, change in sorted(found, key=lambda f: f[0])]
 
