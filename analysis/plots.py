@@ -334,8 +334,12 @@ def plot_loss_curves(
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
+    # Past the palette's length colours repeat: each repeat of a colour gets the next line style.
+    order = list(colours)
+    repeat = {k: [colours[o] for o in order[: order.index(k)]].count(colours[k]) for k in order}
     for label, c in curves.items():
-        ax.plot(c.tokens, c.mean, color=colours[label], lw=1.5, label=label)
+        style = ("-", "--", ":", "-.")[repeat[label] % 4]
+        ax.plot(c.tokens, c.mean, color=colours[label], lw=1.5, ls=style, label=label)
         ax.fill_between(c.tokens, c.low, c.high, color=colours[label], alpha=0.18, linewidth=0)
     _unigram_line(ax, unigram)
     ax.set_xlim(left=0)
