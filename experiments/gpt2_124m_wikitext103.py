@@ -15,7 +15,6 @@ from minigpt.model import GPTConfig
 config = ExperimentConfig(
     name="gpt2-124m-wt103",
     model=GPTConfig(
-        vocab_size=50304,  # 50,257 rounded up to a multiple of 128: faster matmuls, unused rows never seen
         block_size=1024,
         n_layer=12,
         n_head=12,

@@ -16,7 +16,6 @@ from minigpt.model import GPTConfig
 config = ExperimentConfig(
     name="tinystories",
     model=GPTConfig(
-        vocab_size=50304,  # 50,257 rounded up to a multiple of 64: faster matmuls, unused rows never seen
         block_size=256,
         n_layer=8,
         n_head=8,

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from minigpt.lora import lora_layers
-from minigpt.model import GPT, GPTConfig
+from minigpt.model import GPT, VOCAB_ROWS, GPTConfig
 
 # Weights stored as (in_features, out_features) on the Hugging Face side.
 _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -66,12 +66,11 @@ def from_hf(model_or_path, attention: str = "sdpa", dropout: float | None = None
     unexpected = {k for k in unexpected if not k.endswith(_HF_BUFFER_SUFFIXES)}
     if unexpected:
         raise ValueError(f"Hugging Face weights with no counterpart here: {sorted(unexpected)}")
-    with torch.no_grad():
-        for key, param in ours.items():
-            if key not in hf_sd:
-                raise ValueError(f"Hugging Face model has no weight {key!r}")
-            src = hf_sd[key].t() if _is_conv1d(key) else hf_sd[key]
-            param.copy_(src)
+    missing = [key for key in ours if key not in hf_sd]
+    if missing:
+        raise ValueError(f"Hugging Face model has no weight {missing[0]!r}")
+    # load_state_dict pads the vocabulary rows (GPT-2 has 50,257; ours are rounded up to vocab_multiple).
+    model.load_state_dict({key: hf_sd[key].t() if _is_conv1d(key) else hf_sd[key] for key in ours})
     return model
 
 
@@ -134,5 +133,5 @@ def to_hf(model: GPT, attn_implementation: str = "sdpa"):
                 param.zero_()  # bias=False here: a zero bias is the same function
                 continue
             src = ours[key].t() if _is_conv1d(key) else ours[key]
-            param.copy_(src)
+            param.copy_(src[: cfg.vocab_size] if key in VOCAB_ROWS else src)  # without the padding rows
     return hf_model.to(model.transformer.wte.weight.device).train(model.training)

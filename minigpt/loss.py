@@ -16,6 +16,10 @@ IGNORE_INDEX = -100
 # ones use less memory. 64 MB (about 330 rows at V = 50,257) measured best at the seed config on CPU
 # (benchmarks/README.md, performance log).
 CHUNK_BYTES = 64 * 2**20
+# Evaluation has no matmuls to amortise, only the exponentials over each chunk: chunks small enough to stay
+# in cache scored a whole split 1.5x faster than 64 MB ones (benchmarks/chunk_size.log), where training
+# steps lost speed with them.
+EVAL_CHUNK_BYTES = 16 * 2**20
 
 
 def _chunk_rows(vocab_size: int, budget_bytes: int = CHUNK_BYTES) -> int:
@@ -29,13 +33,15 @@ def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _nll_in_place(
-    logits: torch.Tensor, targets: torch.Tensor
+    logits: torch.Tensor, targets: torch.Tensor, n_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row negative log-likelihood of ``logits`` (n, V) at ``targets`` (n,), ignored rows 0.
+    """Per-row negative log-likelihood of ``logits`` (n, V) at ``targets`` (n,), ignored rows 0, over the
+    first ``n_classes`` columns (the rest are padding: probability 0, so they get no gradient either).
 
     To spare a vocabulary-wide tensor and a second exponential, ``logits`` is overwritten with
     ``exp(logits - row max)``, which is returned with its row sums for the gradient.
     """
+    logits[:, n_classes:] = float("-inf")
     valid = targets != IGNORE_INDEX
     safe_targets = targets.clamp(min=0)
     row_max = logits.amax(dim=1, keepdim=True)
@@ -48,7 +54,9 @@ def _nll_in_place(
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, n_classes: int
+    ) -> torch.Tensor:
         # x (N, C), weight (V, C), targets (N,). Under autocast the matmuls run in its dtype.
         n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
         acc_dtype = _accumulation_dtype(x)
@@ -59,7 +67,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, x.size(0), rows):
             xc, tc = x[start : start + rows], targets[start : start + rows]
             raw = xc @ weight.t()  # (n, V): the only vocabulary-wide tensor, one chunk at a time
-            nll, exp_logits, row_sum = _nll_in_place(raw.to(acc_dtype), tc)
+            nll, exp_logits, row_sum = _nll_in_place(raw.to(acc_dtype), tc, n_classes)
             loss_sum += nll.sum()
             # d(sum of losses)/d(logits) = softmax - onehot on the rows that count; built in place.
             valid = (tc != IGNORE_INDEX).to(exp_logits.dtype)
@@ -79,12 +87,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         grad_x, grad_w, n_valid = ctx.saved_tensors
         scale = grad_output / n_valid
-        return grad_x * scale.to(grad_x.dtype), (grad_w * scale).to(ctx.weight_dtype), None
+        return grad_x * scale.to(grad_x.dtype), (grad_w * scale).to(ctx.weight_dtype), None, None
 
 
-def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def linear_cross_entropy(
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, n_classes: int | None = None
+) -> torch.Tensor:
     """Mean cross-entropy of ``x @ weight.T`` against ``targets`` (``-100`` ignored), in float32 (float64
-    for float64 inputs).
+    for float64 inputs), over the first ``n_classes`` rows of ``weight`` (default: all of them; the rest
+    are padding, never predicted).
 
     ``x`` is ``(..., C)``, ``weight`` ``(V, C)``, ``targets`` ``(...)``. Equal to
     ``F.cross_entropy((x @ weight.T).float().flatten(0, -2), targets.flatten())`` in value and gradient
@@ -92,13 +103,14 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     with peak memory of one chunk of logits instead of all of them.
     """
     x2, t1 = x.reshape(-1, x.size(-1)), targets.reshape(-1)
+    n_classes = weight.size(0) if n_classes is None else n_classes
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(x2, weight, t1)
+        return _LinearCrossEntropy.apply(x2, weight, t1, n_classes)
     # Evaluation: the same chunked loop without gradients.
     n_valid = (t1 != IGNORE_INDEX).sum().clamp(min=1)
     total = torch.zeros((), dtype=_accumulation_dtype(x), device=x.device)
-    rows = _chunk_rows(weight.size(0))
+    rows = _chunk_rows(weight.size(0), EVAL_CHUNK_BYTES)
     for start in range(0, x2.size(0), rows):
         logits = (x2[start : start + rows] @ weight.t()).to(total.dtype)
-        total += _nll_in_place(logits, t1[start : start + rows])[0].sum()
+        total += _nll_in_place(logits, t1[start : start + rows], n_classes)[0].sum()
     return total / n_valid

@@ -35,7 +35,8 @@ from minigpt.loss import IGNORE_INDEX, linear_cross_entropy
 class GPTConfig:
     """The architecture. The defaults are GPT-2 small (124M parameters)."""
 
-    vocab_size: int = 50257  # number of token ids; GPT-2's BPE has 50,257
+    vocab_size: int = 50257  # number of token ids; GPT-2's BPE has 50,257 (a run sets it from its tokenizer)
+    vocab_multiple: int = 64  # embedding and head rows are rounded up to a multiple of this (faster matmuls)
     block_size: int = 1024  # longest sequence the model sees; also the number of learned positions
     n_layer: int = 12  # number of transformer blocks
     n_head: int = 12  # attention heads per block; each head has n_embd // n_head dimensions
@@ -52,7 +53,7 @@ class GPTConfig:
     head_init: str = "random"  # an untied head starts "random" (std 0.02) or as a copy of the "embedding"
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name in ("vocab_size", "vocab_multiple", "block_size", "n_layer", "n_head", "n_embd"):
             check(getattr(self, name) > 0, f"model.{name}", f"must be positive, got {getattr(self, name)}")
         check(
             self.n_embd % self.n_head == 0,
@@ -69,6 +70,13 @@ class GPTConfig:
             "model.head_init",
             '"embedding" copies the embedding into an untied head; it needs model.tie_embeddings=false',
         )
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and the head: ``vocab_size`` rounded up to ``vocab_multiple``. The rows past
+        ``vocab_size`` start at zero, are never looked up, and their logits are masked, so they are never
+        predicted and get no gradient."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -195,6 +203,20 @@ class Block(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 
 
+# The weights with a row per token id (their padding rows are zeros).
+VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")
+
+
+def _pad_vocab_rows(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """A load_state_dict hook: weights with a row per token and no padding (Hugging Face's, or checkpoints
+    made before padding) get zero rows up to ``padded_vocab_size``."""
+    padded = module.config.padded_vocab_size
+    for key in (prefix + name for name in VOCAB_ROWS):
+        rows = state_dict.get(key)
+        if rows is not None and rows.size(0) == module.config.vocab_size < padded:
+            state_dict[key] = torch.cat([rows, rows.new_zeros(padded - rows.size(0), rows.size(1))])
+
+
 class GPT(nn.Module):
     """GPT-2: token and position embeddings, ``n_layer`` blocks, a final LayerNorm and a linear head."""
 
@@ -203,7 +225,7 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
@@ -221,7 +243,7 @@ class GPT(nn.Module):
             self.transformer.ln_f = nn.LayerNorm(
                 config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias
             )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             # Reading a token in and predicting it out use one matrix: fewer parameters, and each
             # token's row gets gradient both from being seen and from being predicted.
@@ -239,10 +261,14 @@ class GPT(nn.Module):
             # Untied, but starting where tying would: what remains is the freedom to drift apart.
             with torch.no_grad():
                 self.lm_head.weight.copy_(self.transformer.wte.weight)
+        self.register_load_state_dict_pre_hook(_pad_vocab_rows)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is self.transformer.wte or module is self.lm_head:
+            # Padding rows start at zero and stay there: no token reads them and no logit of theirs counts.
+            nn.init.normal_(module.weight[: self.config.vocab_size], mean=0.0, std=0.02)
+            nn.init.zeros_(module.weight[self.config.vocab_size :])
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is not None:
             nn.init.zeros_(module.bias)
@@ -250,16 +276,19 @@ class GPT(nn.Module):
             nn.init.ones_(module.weight)
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Number of parameters, each shared tensor counted once.
+        """Number of parameters, each shared tensor counted once, without the vocabulary's padding rows
+        (they hold nothing), so the count is GPT-2's for GPT-2's shape.
 
         ``non_embedding=True`` leaves out the lookup tables (``wte``, ``wpe``) and, when the head is
         untied, ``lm_head`` too: what remains is the per-layer compute that scaling laws count.
         """
-        total = sum(p.numel() for p in self.parameters())
+        cfg = self.config
+        padding_rows = (cfg.padded_vocab_size - cfg.vocab_size) * (1 if cfg.tie_embeddings else 2)
+        total = sum(p.numel() for p in self.parameters()) - padding_rows * cfg.n_embd
         if non_embedding:
-            total -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
-            if not self.config.tie_embeddings:
-                total -= self.lm_head.weight.numel()
+            total -= (cfg.vocab_size + cfg.block_size) * cfg.n_embd
+            if not cfg.tie_embeddings:
+                total -= cfg.vocab_size * cfg.n_embd
         return total
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
@@ -321,18 +350,19 @@ class GPT(nn.Module):
         ``textbook_loss`` the same loss is computed the plain way, from the full logits, which it returns.
         """
         x = self._hidden_states(idx)
+        vocab = self.config.vocab_size
         if targets is None:
-            return self.lm_head(x), None
+            return self.lm_head(x)[..., :vocab], None  # the padding rows are never predicted
         if textbook_loss:
             # The textbook loss: all (B, T, vocab_size) logits, then cross-entropy over them (autocast runs
             # it in float32).
-            logits = self.lm_head(x)
+            logits = self.lm_head(x)[..., :vocab]
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
             return logits, loss
         # The same loss with the head fused into it, computed a chunk of rows at a time (``minigpt.loss``):
         # the full logits, by far the largest activation, never exist. Training and evaluation take this
         # path; tests/test_loss.py checks that it equals the one above.
-        return None, linear_cross_entropy(x, self.lm_head.weight, targets)
+        return None, linear_cross_entropy(x, self.lm_head.weight, targets, n_classes=vocab)
 
     @classmethod
     def from_pretrained(cls, model_type: str = "gpt2", attention: str = "sdpa") -> GPT:
@@ -400,7 +430,7 @@ class GPT(nn.Module):
         # At small batch the head dominates each step: the whole (V, C) matrix is read for a few rows of
         # logits. CPU BLAS streams a row-major (C, V) matrix about twice as fast for such products, so
         # generation keeps a transposed copy for its duration.
-        head = self.lm_head.weight.t().contiguous()  # (C, V)
+        head = self.lm_head.weight[: self.config.vocab_size].t().contiguous()  # (C, V), without the padding
 
         def next_logits(n: int) -> torch.Tensor:
             """Logits (B, V) for the token after the first n tokens, reusing the cache when possible."""

@@ -31,7 +31,14 @@ from minigpt import (
     storage,
     tracking,
 )
-from minigpt.config import ConfigError, ExperimentConfig, TrainConfig, flatten, resumable_keys
+from minigpt.config import (
+    ConfigError,
+    ExperimentConfig,
+    TrainConfig,
+    apply_overrides,
+    flatten,
+    resumable_keys,
+)
 from minigpt.errors import first_line
 from minigpt.evaluate import EvalResult, evaluate
 from minigpt.model import GPT, GPTConfig
@@ -240,6 +247,7 @@ def prepare(
         torch.set_num_threads(t.threads)
     precision = perf.pick_precision(t.precision, device)
     splits = load_data(config)
+    config = fit_vocabulary(config, len(splits.tokenizer), keep=saved is not None or bool(config.init_from))
     model = build_model(config, device, base_weights)
 
     run_dir = Path(saved["path"]).parent if saved else open_run_dir(config)
@@ -261,13 +269,20 @@ def prepare(
     return trainer
 
 
+def fit_vocabulary(config: ExperimentConfig, n_tokens: int, keep: bool) -> ExperimentConfig:
+    """The model's vocabulary is the tokenizer's: a new run takes its size (which the model pads to
+    ``model.vocab_multiple``). A resumed run or a fine-tune (``keep``) has its architecture already, and
+    it must hold every token."""
+    vocab = config.model.vocab_size
+    if keep and n_tokens > vocab:
+        raise ConfigError(f"model.vocab_size={vocab} is smaller than the tokenizer's {n_tokens} tokens")
+    if keep or n_tokens == vocab:
+        return config
+    return apply_overrides(config, {"model.vocab_size": n_tokens})
+
+
 def load_data(config: ExperimentConfig) -> Splits:
     tokenizer = data.load_tokenizer(config.data)
-    if len(tokenizer) > config.model.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
-            f"{len(tokenizer)} tokens"
-        )
     with distributed.local_main_first():  # one process per machine builds the token caches; the rest read
         return load_splits(config, tokenizer)
 

@@ -228,6 +228,40 @@ def test_a_vocabulary_beyond_uint16_is_cached_as_uint32(tmp_path):
         assert list(split.tokens) == words
 
 
+def test_a_run_takes_its_vocabulary_from_the_tokenizer_padded_to_64_and_never_predicts_the_padding(tmp_path):
+    """A 70,000-token tokenizer: the config asks for GPT-2's 50,257, the run trains 70,000 (70,016 rows), the
+    padding rows stay zero through training, and the exported Hugging Face model has 70,000 rows."""
+    import random
+
+    import torch
+    from helpers import tiny_config
+
+    from minigpt import checkpoint, train
+    from minigpt.hf import to_hf
+
+    folder = word_tokenizer(tmp_path / "big", BIG_VOCAB)
+    rng = random.Random(0)
+    corpus = {"dataset": "text", "tokenizer": str(folder), "cache_dir": str(tmp_path / "cache")}
+    for split in ("train", "val", "test"):
+        path = tmp_path / f"{split}.txt"
+        path.write_text(" ".join(f"w{rng.randrange(BIG_VOCAB - 1)}" for _ in range(400)))
+        corpus[f"{split}_file"] = str(path)
+    config = tiny_config(corpus, tmp_path / "runs", {"max_steps": 2, "eval_interval": 2, "ckpt_interval": 2})
+    assert config.model.vocab_size == 50257
+    train.run(config)
+    run_dir = tmp_path / "runs" / "run"
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["model"]["vocab_size"] == BIG_VOCAB
+    state = checkpoint.load_checkpoint(checkpoint.list_checkpoints(run_dir)[-1][1])
+    rows = state["model"]["transformer.wte.weight"]
+    assert (
+        rows.shape == (70_016, 16) and torch.all(rows[BIG_VOCAB:] == 0) and rows[:BIG_VOCAB].abs().sum() > 0
+    )
+    hf_model = to_hf(checkpoint.build_model(state))
+    assert hf_model.config.vocab_size == BIG_VOCAB
+    assert torch.equal(hf_model.transformer.wte.weight, rows[:BIG_VOCAB])
+
+
 def test_a_small_vocabulary_keeps_the_uint16_cache(tmp_path):
     folder = word_tokenizer(tmp_path / "small", 1000)
     assert data.token_dtype(load_tokenizer(DataConfig(tokenizer=str(folder)))) == np.uint16

@@ -127,7 +127,7 @@ class FixedLogits:
         vocab_size, n_embd = model.config.vocab_size, model.config.n_embd
         assert not model.config.tie_embeddings and n_embd >= vocab_size
         with torch.no_grad():
-            model.lm_head.weight.copy_(torch.eye(vocab_size, n_embd))
+            model.lm_head.weight.copy_(torch.eye(model.config.padded_vocab_size, n_embd))
         model._hidden_states = self.hidden_states
         self.model, self.logits, self.calls = model, logits, 0
 

@@ -28,6 +28,8 @@ def tiny_base(seed: int = 0, config: GPTConfig = TINY) -> GPT:
     with torch.no_grad():  # biases and LayerNorms start as constants: randomise them too
         for param in model.parameters():
             param.add_(0.05 * torch.randn_like(param))
+        for rows in (model.transformer.wte.weight, model.lm_head.weight):
+            rows[config.vocab_size :] = 0  # the vocabulary's padding is zero in any model, trained or not
     return model
 
 

@@ -16,7 +16,7 @@ from minigpt.model import GPT, GPTConfig
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Five rows per chunk, so that a test crosses chunk boundaries and ends on a partial chunk."""
-    monkeypatch.setattr(loss_module, "_chunk_rows", lambda vocab_size: 5)
+    monkeypatch.setattr(loss_module, "_chunk_rows", lambda vocab_size, budget_bytes=0: 5)
 
 
 def plain_loss(x, weight, targets):
@@ -107,6 +107,7 @@ class WidestLogits(TorchDispatchMode):
 
 
 GPT2_VOCAB = 50_257
+GPT2_ROWS = 50_304  # the head's rows: the vocabulary padded to a multiple of 64
 
 
 def gpt2_vocab_model(tie_embeddings: bool) -> GPT:
@@ -122,23 +123,23 @@ def test_a_training_step_never_allocates_more_than_one_chunk_of_logits(tie_embed
     or backward outputs vocabulary-wide rows beyond one chunk; the textbook path, for contrast, makes all
     B*T rows at once."""
     model = gpt2_vocab_model(tie_embeddings)
-    rows_per_chunk = loss_module._chunk_rows(GPT2_VOCAB)
+    rows_per_chunk = loss_module._chunk_rows(GPT2_ROWS)
     idx, targets = torch.randint(0, GPT2_VOCAB, (3, 256)), torch.randint(0, GPT2_VOCAB, (3, 256))
-    with WidestLogits(GPT2_VOCAB) as fused:
+    with WidestLogits(GPT2_ROWS) as fused:
         _, loss = model(idx, targets)
         loss.backward()
     assert 0 < fused.rows < idx.numel(), f"the full {idx.numel()} rows of logits were made at once"
     assert fused.rows <= rows_per_chunk, f"{fused.rows} rows of logits, the chunk is {rows_per_chunk}"
-    with WidestLogits(GPT2_VOCAB) as plain:
+    with WidestLogits(GPT2_ROWS) as plain:
         model(idx, targets, textbook_loss=True)
     assert plain.rows == idx.numel()
 
 
 def test_evaluation_never_allocates_more_than_one_chunk_of_logits():
     model = gpt2_vocab_model(tie_embeddings=True)
-    rows_per_chunk = loss_module._chunk_rows(GPT2_VOCAB)
+    rows_per_chunk = loss_module._chunk_rows(GPT2_ROWS, loss_module.EVAL_CHUNK_BYTES)
     idx, targets = torch.randint(0, GPT2_VOCAB, (3, 256)), torch.randint(0, GPT2_VOCAB, (3, 256))
-    with torch.no_grad(), WidestLogits(GPT2_VOCAB) as evaluation:
+    with torch.no_grad(), WidestLogits(GPT2_ROWS) as evaluation:
         model(idx, targets)
     assert 0 < evaluation.rows < idx.numel(), f"the full {idx.numel()} rows of logits were made at once"
     assert evaluation.rows <= rows_per_chunk, f"{evaluation.rows} rows, the chunk is {rows_per_chunk}"

@@ -146,6 +146,44 @@ def test_num_params_by_hand():
     assert model.flops_per_token(seq_len=4) == 6 * (non_embedding + V * C) + 12 * L * C * 4
 
 
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_vocabulary_rows_are_padded_to_a_multiple_of_64_and_the_padding_is_never_predicted(tie_embeddings):
+    """97 tokens get 128 rows. However large the padding rows' weights, the logits, the fused and textbook
+    losses and sampling only know the 97 tokens, and training gives the padding no gradient."""
+    torch.manual_seed(0)
+    model = GPT(tiny(tie_embeddings=tie_embeddings))
+    assert model.config.padded_vocab_size == 128
+    assert model.transformer.wte.weight.shape == model.lm_head.weight.shape == (128, 16)
+    assert torch.all(model.lm_head.weight[97:] == 0) and torch.all(model.transformer.wte.weight[97:] == 0)
+    with torch.no_grad():
+        model.lm_head.weight[97:] = 10.0  # would win every softmax if it took part
+    idx, targets = torch.randint(0, 97, (2, 9)), torch.randint(0, 97, (2, 9))
+    logits, _ = model(idx)
+    assert logits.shape == (2, 9, 97)
+    _, fused = model(idx, targets)
+    _, textbook = model(idx, targets, textbook_loss=True)
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    assert fused.item() == pytest.approx(expected.item(), rel=1e-5) and textbook.item() == expected.item()
+    fused.backward()
+    assert torch.all(model.lm_head.weight.grad[97:] == 0)
+    sampled = model.generate(
+        idx[:, :3], max_new_tokens=20, temperature=2.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert sampled.max().item() < 97
+
+
+def test_weights_with_one_row_per_token_load_with_zero_padding_rows():
+    """A state dict without padding (a checkpoint from before it, or Hugging Face's) loads: the token rows
+    are its rows and the padding rows are zero."""
+    unpadded = GPT(tiny(vocab_multiple=1))
+    assert unpadded.transformer.wte.weight.shape == (97, 16)
+    padded = GPT(tiny())
+    padded.load_state_dict(unpadded.state_dict())
+    for name, param in unpadded.state_dict().items():
+        assert torch.equal(padded.state_dict()[name][: param.size(0)], param), name
+    assert torch.all(padded.transformer.wte.weight[97:] == 0)
+
+
 def test_post_ln_has_no_final_layernorm_and_no_bias_variant():
     assert "ln_f" not in GPT(tiny(norm_position="post")).transformer
     model = GPT(tiny(bias=False))
@@ -175,7 +213,10 @@ def test_optimizer_param_groups():
     decay, no_decay = model.optimizer_param_groups(weight_decay=0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
-    assert sum(p.numel() for group in (decay, no_decay) for p in group["params"]) == model.num_params()
+    padding = 2 * (128 - 97) * 16  # the vocabulary's padding rows, in the embedding and the untied head
+    assert (
+        sum(p.numel() for group in (decay, no_decay) for p in group["params"]) == model.num_params() + padding
+    )
     by_id = {id(p) for p in decay["params"]}
     assert id(model.lm_head.weight) in by_id and id(model.transformer.wpe.weight) in by_id
     torch.optim.AdamW(model.optimizer_param_groups(0.1), lr=1e-3)

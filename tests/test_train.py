@@ -13,7 +13,7 @@ from helpers import tiny_config, write_experiment
 
 import run as run_script
 from minigpt import checkpoint, data, perf, provenance, tracking, train
-from minigpt.config import ExperimentConfig, derive
+from minigpt.config import ConfigError, ExperimentConfig, derive
 from minigpt.evaluate import evaluate
 from minigpt.model import GPT, GPTConfig
 from minigpt.tracking import read_metrics
@@ -222,6 +222,39 @@ def test_a_trainer_is_built_without_benchmarking_and_runs_the_diagnostics_it_is_
     _, grad_norm, figures = trainer.train_step(1e-3, diagnose=True)
     assert figures["diag/embedding_grad"] > 0 and math.isfinite(grad_norm)
     assert trainer.train_step(1e-3)[2] == {}
+
+
+def test_periodic_samples_use_the_same_draws_so_they_differ_only_by_the_weights(tiny_corpus, tmp_path):
+    """The same weights give the same sample at any step and whatever the global RNG holds; sampling leaves
+    the training RNG where it was (data order and dropout are not shifted by it); new weights, new sample."""
+    config = tiny_config(tiny_corpus, tmp_path)
+    tokenizer = data.load_tokenizer(config.data)
+    torch.manual_seed(0)
+    model = GPT(config.model)
+    splits = train.load_splits(config, tokenizer)
+    cpu, logger = torch.device("cpu"), tracking.Logger()
+    trainer = train.Trainer(config, model, splits, cpu, "fp32", 2, logger, tmp_path)
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    first = trainer.sample_text()
+    assert torch.equal(torch.get_rng_state(), before), "sampling consumed the training RNG"
+    torch.manual_seed(2)
+    trainer.state.step = 5  # a later estimate, same weights
+    assert trainer.sample_text() == first
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param))
+    assert trainer.sample_text() != first
+    assert model.training
+
+
+def test_a_new_run_takes_the_tokenizers_vocabulary_and_a_fine_tune_must_already_hold_it():
+    config = derive(ExperimentConfig(), {"vocab_size": 1000})
+    assert train.fit_vocabulary(config, 50257, keep=False).model.vocab_size == 50257
+    assert train.fit_vocabulary(config, 800, keep=False).model.vocab_size == 800
+    assert train.fit_vocabulary(config, 800, keep=True) is config  # a base's rows stay where they are
+    with pytest.raises(ConfigError, match="vocab_size=1000 is smaller than the tokenizer.s 50257 tokens"):
+        train.fit_vocabulary(config, 50257, keep=True)
 
 
 class Interrupted(Exception):
