@@ -206,6 +206,7 @@ def test_a_tied_baseline_asks_for_the_baseline_option(tmp_path, capsys):
 # -------------------------------------------------------------------------------------------------- report
 
 
+@pytest.mark.slow
 def test_report_tables_hold_the_paired_and_welch_results(suite, tmp_path):
     out = tmp_path / "report"
     assert report.main([str(suite), "--out", str(out), "--baseline", "model.norm_position=pre"]) == 0
@@ -245,6 +246,7 @@ def test_throughput_is_left_out_when_the_machine_was_busy_or_unmeasured(tmp_path
         assert ("busy" if loads else "no load average") in text
 
 
+@pytest.mark.slow
 def test_runs_without_a_test_split_report_validation_only(tmp_path):
     root = write_suite(tmp_path / "suite", with_test=False)
     out = tmp_path / "report"
@@ -275,6 +277,7 @@ def test_a_single_run_is_described_with_its_curves(tmp_path):
     assert not (out / "final_ppl.png").exists()  # no ratio to a baseline to draw
 
 
+@pytest.mark.slow
 def test_failed_and_unfinished_runs_are_listed_and_left_out(suite, tmp_path):
     write_run(suite, {"model.n_head": 16}, 4, 9.0, status="failed")
     run_dir = write_run(suite, {"model.n_head": 16}, 5, 9.0, status="running")
@@ -286,6 +289,7 @@ def test_failed_and_unfinished_runs_are_listed_and_left_out(suite, tmp_path):
     assert "is failed" in text and "is not started" in text
 
 
+@pytest.mark.slow
 def test_mixed_token_budgets_are_refused_unless_allowed(suite, tmp_path, capsys):
     for seed in SEEDS:
         write_run(suite, {"model.n_head": 1, "train.max_steps": 150}, seed, 6.1 + 0.01 * seed)

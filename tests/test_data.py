@@ -51,6 +51,7 @@ def count_tokenizations(monkeypatch) -> list[int]:
     return calls
 
 
+@pytest.mark.slow
 def test_wikitext_valid_tokenizes_exactly_as_one_stream(data_root, tokenizer):
     config = DataConfig(dataset="wikitext-2-raw-v1", data_dir=str(data_root))
     split = load_split(config, "val", tokenizer, show_progress=False)

@@ -25,6 +25,7 @@ def test_a_missing_device_names_the_devices_that_exist(name, message):
         pick_device(name)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_run_with_a_missing_device_exits_2_with_one_line(tmp_path):
     proc = subprocess.run(

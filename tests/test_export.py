@@ -105,6 +105,7 @@ def save_run(directory, model, tokenizer_dir, lora_config: LoRAConfig | None = N
     return directory
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_greedy_tokens_match_token_for_token_where_the_output_varies(tmp_path, tokenizer_dir, tied):
     model = tiny_base(config=dataclasses.replace(GPT2_TINY, tie_embeddings=tied))  # random, so not repetitive

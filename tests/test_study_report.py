@@ -241,6 +241,7 @@ def test_variant_at_the_baseline_lr_is_compared_where_the_grid_ran_it(study_dir)
 # ---------------------------------------------------------------------------------------------- the report
 
 
+@pytest.mark.slow
 def test_report_regenerates_byte_identical_from_its_records(study_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     records, out = Path("records"), Path("report")

@@ -357,6 +357,7 @@ def test_a_report_directory_is_logged_as_an_artifact_of_its_own_run(fake_wandb, 
     assert not (report / "wandb").exists()
 
 
+@pytest.mark.slow
 def test_a_study_report_is_logged_as_an_artifact_when_asked(fake_wandb, tmp_path, capsys):
     study = write_study(tmp_path / "study")
     out = tmp_path / "ablations"
@@ -454,6 +455,7 @@ def trained_with(fake_wandb, tiny_corpus, tmp_path, **overrides) -> FakeRun:
     return run
 
 
+@pytest.mark.slow
 def test_log_model_end_logs_the_safetensors_weights_with_aliases_and_the_summary(
     fake_wandb, tiny_corpus, tmp_path
 ):
@@ -467,6 +469,7 @@ def test_log_model_end_logs_the_safetensors_weights_with_aliases_and_the_summary
     assert not list((tmp_path / "run").glob("*/config.json"))  # staged where analysis finds no extra run
 
 
+@pytest.mark.slow
 def test_log_model_checkpoint_logs_a_version_at_every_checkpoint(fake_wandb, tiny_corpus, tmp_path):
     run = trained_with(
         fake_wandb, tiny_corpus, tmp_path, **{"log.log_model": "checkpoint", "ckpt_interval": 3}
