@@ -78,8 +78,9 @@ def to_hf(model: GPT, attn_implementation: str = "sdpa"):
     """A ``transformers.GPT2LMHeadModel`` computing the same function as ``model``.
 
     GPT-2 always has biases: a ``bias=False`` model converts with zero biases, which is exactly
-    equivalent. Post-LN has no GPT-2 counterpart and raises ``ValueError``, as do LoRA adapters that are
-    not merged into the weights (GPT-2 has no place for them; peft carries them separately).
+    equivalent. Post-LN, an embedding LayerNorm and a head bias have no GPT-2 counterpart and raise
+    ``ValueError``, as do LoRA adapters that are not merged into the weights (GPT-2 has no place for them;
+    peft carries them separately).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -94,6 +95,11 @@ def to_hf(model: GPT, attn_implementation: str = "sdpa"):
     if cfg.embedding_norm:
         raise ValueError(
             "model.embedding_norm adds a LayerNorm on the embeddings, which GPT-2 does not have: share the "
+            "MiniGPT checkpoint instead (python -m minigpt.sample --checkpoint loads it)"
+        )
+    if cfg.head_bias:
+        raise ValueError(
+            "model.head_bias adds a bias to the output logits, which GPT-2's head does not have: share the "
             "MiniGPT checkpoint instead (python -m minigpt.sample --checkpoint loads it)"
         )
     unmerged = [name for name, layer in lora_layers(model).items() if not layer.merged]

@@ -51,6 +51,7 @@ class GPTConfig:
     embedding_norm: bool = False  # a LayerNorm on token + position embeddings, before the first block
     scale_residual_init: bool = True  # branch output projections start at std 0.02 / sqrt(2 * n_layer)
     head_init: str = "random"  # an untied head starts "random" (std 0.02) or as a copy of the "embedding"
+    head_bias: bool = False  # a learned bias per output token, so a tied head need not encode token frequency
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "vocab_multiple", "block_size", "n_layer", "n_head", "n_embd"):
@@ -203,8 +204,8 @@ class Block(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 
 
-# The weights with a row per token id (their padding rows are zeros).
-VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")
+# The weights with a row (or, for the bias, an entry) per token id; their padding rows are zeros.
+VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight", "lm_head.bias")
 
 
 def _pad_vocab_rows(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
@@ -214,7 +215,7 @@ def _pad_vocab_rows(module: nn.Module, state_dict: dict, prefix: str, *args) -> 
     for key in (prefix + name for name in VOCAB_ROWS):
         rows = state_dict.get(key)
         if rows is not None and rows.size(0) == module.config.vocab_size < padded:
-            state_dict[key] = torch.cat([rows, rows.new_zeros(padded - rows.size(0), rows.size(1))])
+            state_dict[key] = torch.cat([rows, rows.new_zeros(padded - rows.size(0), *rows.shape[1:])])
 
 
 class GPT(nn.Module):
@@ -243,7 +244,7 @@ class GPT(nn.Module):
             self.transformer.ln_f = nn.LayerNorm(
                 config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias
             )
-        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=config.head_bias)
         if config.tie_embeddings:
             # Reading a token in and predicting it out use one matrix: fewer parameters, and each
             # token's row gets gradient both from being seen and from being predicted.
@@ -279,16 +280,19 @@ class GPT(nn.Module):
         """Number of parameters, each shared tensor counted once, without the vocabulary's padding rows
         (they hold nothing), so the count is GPT-2's for GPT-2's shape.
 
-        ``non_embedding=True`` leaves out the lookup tables (``wte``, ``wpe``) and, when the head is
-        untied, ``lm_head`` too: what remains is the per-layer compute that scaling laws count.
+        ``non_embedding=True`` leaves out the lookup tables (``wte``, ``wpe``), the head's bias and, when
+        the head is untied, ``lm_head`` too: what remains is the per-layer compute that scaling laws count.
         """
         cfg = self.config
-        padding_rows = (cfg.padded_vocab_size - cfg.vocab_size) * (1 if cfg.tie_embeddings else 2)
+        padding = cfg.padded_vocab_size - cfg.vocab_size
+        padding_rows = padding * (1 if cfg.tie_embeddings else 2)
         total = sum(p.numel() for p in self.parameters()) - padding_rows * cfg.n_embd
+        total -= padding if cfg.head_bias else 0
         if non_embedding:
             total -= (cfg.vocab_size + cfg.block_size) * cfg.n_embd
             if not cfg.tie_embeddings:
                 total -= cfg.vocab_size * cfg.n_embd
+            total -= cfg.vocab_size if cfg.head_bias else 0
         return total
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
@@ -362,7 +366,9 @@ class GPT(nn.Module):
         # The same loss with the head fused into it, computed a chunk of rows at a time (``minigpt.loss``):
         # the full logits, by far the largest activation, never exist. Training and evaluation take this
         # path; tests/test_loss.py checks that it equals the one above.
-        return None, linear_cross_entropy(x, self.lm_head.weight, targets, n_classes=vocab)
+        return None, linear_cross_entropy(
+            x, self.lm_head.weight, targets, n_classes=vocab, bias=self.lm_head.bias
+        )
 
     @classmethod
     def from_pretrained(cls, model_type: str = "gpt2", attention: str = "sdpa") -> GPT:
@@ -431,6 +437,7 @@ class GPT(nn.Module):
         # logits. CPU BLAS streams a row-major (C, V) matrix about twice as fast for such products, so
         # generation keeps a transposed copy for its duration.
         head = self.lm_head.weight[: self.config.vocab_size].t().contiguous()  # (C, V), without the padding
+        head_bias = None if self.lm_head.bias is None else self.lm_head.bias[: self.config.vocab_size]
 
         def next_logits(n: int) -> torch.Tensor:
             """Logits (B, V) for the token after the first n tokens, reusing the cache when possible."""
@@ -440,7 +447,8 @@ class GPT(nn.Module):
                 for cache in caches:
                     cache.length = 0  # overwrite from the start
                 x = self._hidden_states(tokens[:, max(0, n - block_size) : n], caches)
-            return x[:, -1] @ head  # (B, V): only the last position's logits are needed
+            logits = x[:, -1] @ head  # (B, V): only the last position's logits are needed
+            return logits if head_bias is None else logits + head_bias
 
         for n in range(T, T + max_new_tokens):
             logits = next_logits(n)

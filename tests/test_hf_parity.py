@@ -91,6 +91,15 @@ def test_post_ln_has_no_hf_equivalent():
         to_hf(ours)
 
 
+@pytest.mark.parametrize(
+    ("field", "message"), [("embedding_norm", "embedding_norm.*LayerNorm"), ("head_bias", "head_bias.*bias")]
+)
+def test_layers_gpt2_lacks_are_refused_naming_them(field, message):
+    ours = GPT(GPTConfig(vocab_size=101, block_size=16, n_layer=1, n_head=2, n_embd=16, **{field: True}))
+    with pytest.raises(ValueError, match=f"{message}.*--checkpoint"):
+        to_hf(ours)
+
+
 def test_unmerged_lora_adapters_are_refused_naming_merge_adapter():
     ours = GPT(GPTConfig(vocab_size=101, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
     apply_lora(ours, LoRAConfig(rank=2))

@@ -155,3 +155,30 @@ def test_bf16_autocast_matches_plain_path_within_bf16_tolerance():
     assert fused[1].dtype == x.dtype and fused[2].dtype == weight.dtype
     for ours, reference in zip(fused, plain, strict=True):
         torch.testing.assert_close(ours, reference, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.usefixtures("small_chunks")
+@pytest.mark.parametrize("ignore_every", [0, 3])
+def test_a_head_bias_enters_the_fused_loss_in_value_and_gradient(ignore_every):
+    x, weight, targets = inputs(torch.float64, ignore_every=ignore_every)
+    bias = torch.randn(weight.size(0), dtype=torch.float64, requires_grad=True)
+
+    def plain(x, weight, bias):
+        return F.cross_entropy(F.linear(x, weight, bias), targets)
+
+    def fused(x, weight, bias):
+        return linear_cross_entropy(x, weight, targets, bias=bias)
+
+    expected = plain(x, weight, bias)
+    got = fused(x, weight, bias)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    for a, b in zip(
+        torch.autograd.grad(got * 1.7, (x, weight, bias)),
+        torch.autograd.grad(expected * 1.7, (x, weight, bias)),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, weight, bias), expected, rtol=1e-12, atol=1e-12)
+    # The bias is not a no-op: the loss without it differs.
+    assert not torch.allclose(linear_cross_entropy(x, weight, targets), expected)

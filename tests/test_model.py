@@ -289,3 +289,44 @@ def test_head_init_embedding_starts_an_untied_head_as_a_copy_that_trains_apart()
 def test_head_init_embedding_needs_an_untied_head():
     with pytest.raises(ValueError, match="model.head_init.*tie_embeddings=false"):
         GPTConfig(head_init="embedding")
+
+
+def test_a_head_bias_is_learned_per_token_beside_a_tied_head_and_its_padding_stays_unpredicted():
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=97, block_size=16, n_layer=1, n_head=2, n_embd=32, head_bias=True)
+    model = GPT(cfg)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.lm_head.bias.shape == (cfg.padded_vocab_size,)
+    assert model.num_params() == GPT(dataclasses.replace(cfg, head_bias=False)).num_params() + 97
+    with torch.no_grad():
+        model.lm_head.bias[:97] = torch.linspace(-3, 3, 97)
+        model.lm_head.bias[97:] = 100.0  # padding: even a huge bias must never be predicted
+    idx = torch.randint(0, 97, (2, 8))
+    logits, _ = model(idx)
+    assert logits.shape == (2, 8, 97)
+    _, textbook = model(idx, idx, textbook_loss=True)
+    _, fused = model(idx, idx)
+    torch.testing.assert_close(fused, textbook, rtol=1e-5, atol=1e-5)
+    fused.backward()
+    assert model.lm_head.bias.grad[:97].abs().sum() > 0
+    assert model.lm_head.bias.grad[97:].abs().sum() == 0
+    sampled = model.generate(idx[:, :2], max_new_tokens=6, temperature=1.0)
+    assert int(sampled.max()) < 97
+    # Generation uses the bias: a bias that dominates every logit makes greedy decoding pick its token.
+    with torch.no_grad():
+        model.lm_head.bias[:97] = 0.0
+        model.lm_head.bias[42] = 1e4
+    greedy = model.generate(idx[:, :2], max_new_tokens=3, temperature=0.0)
+    assert torch.all(greedy[:, 2:] == 42)
+
+
+def test_weights_without_padding_load_into_a_model_with_a_head_bias():
+    cfg = GPTConfig(vocab_size=97, block_size=16, n_layer=1, n_head=2, n_embd=32, head_bias=True)
+    source = GPT(cfg)
+    state = {
+        k: (v[:97] if k in ("transformer.wte.weight", "lm_head.weight", "lm_head.bias") else v)
+        for k, v in source.state_dict().items()
+    }
+    target = GPT(cfg)
+    target.load_state_dict(state)
+    torch.testing.assert_close(target.lm_head.bias, source.lm_head.bias)
