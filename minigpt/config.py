@@ -148,6 +148,12 @@ class TrainConfig:
     eval_max_tokens: int = role(MEASUREMENT, 0)
     """If > 0, the final evaluation scores only the first this-many tokens of each split (a cheaper estimate
     for short runs; the scored token count is recorded with the result). 0: whole splits."""
+    early_stop_patience: int = role(EXPERIMENT, 0)
+    """Early stopping: once this many periodic validation estimates in a row have not beaten the best one,
+    stop training and end the run at the best estimate's step, whose weights are then scored, kept as the
+    last checkpoint and exported; the same rewind happens when training reaches its end past its best. 0:
+    train to the end and keep the last weights. Needs ``eval_interval``, whose estimates then also decide
+    how long the run trains."""
     ckpt_interval: int = role(RECORD, 500)
     """Steps between checkpoints (0: only at the end)."""
     keep_last: int = role(RECORD, 2)
@@ -180,6 +186,7 @@ class TrainConfig:
             "weight_decay",
             "grad_clip",
             "max_minutes",
+            "early_stop_patience",
         ):
             check(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
         check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
@@ -191,6 +198,11 @@ class TrainConfig:
                 0 <= getattr(self, name) < 1, f"train.{name}", f"must be in [0, 1), got {getattr(self, name)}"
             )
         check_choice(self.precision, "train.precision", ("auto", "fp32", "bf16", "fp16"))
+        check(
+            not self.early_stop_patience or self.eval_interval > 0,
+            "train.early_stop_patience",
+            "stops on the periodic validation estimates: set train.eval_interval > 0 too",
+        )
 
 
 @dataclass

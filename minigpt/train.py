@@ -252,8 +252,11 @@ def prepare(
 
     run_dir = Path(saved["path"]).parent if saved else open_run_dir(config)
     if distributed.is_main():
-        resume_id, first_step = (saved["wandb_run_id"], saved["step"]) if saved else (None, 0)
-        logger = tracking.build_logger(config, run_dir, resume_id, first_step)
+        # Rows logged after the checkpoint are dropped (they will be logged again), except an early-stopped
+        # run's: it was rewound to its best step, and the steps after it were trained and stay in the record.
+        logged_until = (saved.get("stopped_at_step") or saved["step"]) if saved else 0
+        resume_id = saved["wandb_run_id"] if saved else None
+        logger = tracking.build_logger(config, run_dir, resume_id, logged_until)
     else:
         logger = tracking.Logger()
     peak_flops = job_peak_flops(device, precision)
@@ -262,7 +265,9 @@ def prepare(
         trainer.restore(saved)
     source = provenance.source_state()
     logger.start(
-        run_metadata(trainer, source, command, saved), total_steps=t.max_steps, first_step=trainer.state.step
+        run_metadata(trainer, source, command, saved),
+        total_steps=t.max_steps,
+        first_step=trainer.state.steps_trained,
     )
     if distributed.is_main():
         provenance.record_diff(run_dir, source)
@@ -410,7 +415,8 @@ def final_evaluation(trainer: Trainer) -> dict[str, Any]:
             if split is not None:
                 sliding = trainer.score(split, stride=t.eval_stride, max_tokens=t.eval_max_tokens)
                 summary.update(sliding.as_metrics(f"final_{name}_sliding"))
-    trainer.logger.log({**logged, "train/tokens": trainer.tokens_seen}, step=trainer.state.step)
+    # After a rewind the step logged last is past the final weights' step; W&B takes only later steps.
+    trainer.logger.log({**logged, "train/tokens": trainer.tokens_seen}, step=trainer.state.steps_trained)
     summary.update(trainer.state.summary(trainer.tokens_per_step))
     summary["run_dir"] = str(trainer.run_dir)
     if trainer.config.lora.rank:
@@ -479,6 +485,10 @@ class TrainingState:
     not with the final whole-split score."""
     best_step: int | None = None
     """The step of that estimate (its checkpoint is kept); None before the first periodic evaluation."""
+    evals_since_best: int = 0
+    """Periodic estimates since the best one, which early stopping counts."""
+    stopped_at_step: int | None = None
+    """Under early stopping, the step training stopped at when the run was then rewound to ``best_step``."""
     skipped_steps: int = 0
     train_seconds: float = 0.0
     val_before: dict[str, Any] = field(default_factory=dict)
@@ -487,23 +497,39 @@ class TrainingState:
     rng_by_rank: list[dict[str, torch.Tensor]] = field(default_factory=list)
     """Each process's random state (dropout masks); the data order needs none: it follows from the step."""
 
-    def note_val_estimate(self, loss: float) -> None:
+    def note_val_estimate(self, loss: float) -> bool:
+        """Record a periodic estimate; True when it is the best so far."""
         if loss < self.best_val_loss:
-            self.best_val_loss, self.best_step = loss, self.step
+            self.best_val_loss, self.best_step, self.evals_since_best = loss, self.step, 0
+            return True
+        self.evals_since_best += 1
+        return False
+
+    @property
+    def steps_trained(self) -> int:
+        """Steps actually taken, including those a rewind to the best step discarded."""
+        return self.stopped_at_step if self.stopped_at_step is not None else self.step
 
     def summary(self, tokens_per_step: int) -> dict[str, Any]:
-        """The state as a run's summary reports it, each figure named for what it is."""
-        tokens = self.step * tokens_per_step
+        """The state as a run's summary reports it, each figure named for what it is: ``step`` and ``tokens``
+        are those of the final weights, the speed is that of every step taken."""
         figures: dict[str, Any] = {
             **self.val_before,
             "step": self.step,
-            "tokens": tokens,
+            "tokens": self.step * tokens_per_step,
             "train_seconds": self.train_seconds,
-            "tokens_per_sec": tokens / max(self.train_seconds, 1e-9),
+            "tokens_per_sec": self.steps_trained * tokens_per_step / max(self.train_seconds, 1e-9),
             "skipped_steps": self.skipped_steps,
         }
         if self.best_step is not None:
             figures.update({"val/best_loss": self.best_val_loss, "val/best_step": self.best_step})
+        if self.stopped_at_step is not None:
+            figures.update(
+                {
+                    "early_stop/stopped_at_step": self.stopped_at_step,
+                    "early_stop/tokens_trained": self.stopped_at_step * tokens_per_step,
+                }
+            )
         return figures
 
 
@@ -574,7 +600,9 @@ class Trainer:
             self.model.load_state_dict(saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])
             self.scaler.load_state_dict(saved["scaler"])
-            self.state = TrainingState(**{f.name: saved[f.name] for f in dataclasses.fields(TrainingState)})
+            # Fields a checkpoint predates keep their defaults.
+            fields = [f.name for f in dataclasses.fields(TrainingState) if f.name in saved]
+            self.state = TrainingState(**{name: saved[name] for name in fields})
         except (KeyError, RuntimeError, ValueError) as e:
             raise checkpoint.CheckpointError(f"{saved['path']} does not fit this model: {e}") from None
         # A process the checkpoint did not have (a larger world) keeps the dropout stream it was seeded with.
@@ -680,7 +708,7 @@ class Trainer:
         rank 0's clock decides)."""
         t = self.config.train
         window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
-        while self.state.step < t.max_steps and not self.out_of_time():
+        while self.state.step < t.max_steps and not self.out_of_time() and self.state.stopped_at_step is None:
             step_start = time.perf_counter()
             will_log = (
                 (self.state.step + 1) % t.log_interval == 0
@@ -712,12 +740,54 @@ class Trainer:
                     step=self.state.step,
                 )
                 window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
+            saved = False
             if self.state.step < t.max_steps and t.eval_interval and self.state.step % t.eval_interval == 0:
-                self.estimate_val_loss()
+                improved = self.estimate_val_loss()
+                if t.early_stop_patience and improved:
+                    self.save()  # the weights a rewind may return to
+                    saved = True
+                elif t.early_stop_patience and self.state.evals_since_best >= t.early_stop_patience:
+                    tracking.say(
+                        f"early stop at step {self.state.step}: {self.state.evals_since_best} validation "
+                        f"estimates without beating step {self.state.best_step}'s"
+                    )
+                    self.rewind_to_best()
+                    return
                 window_start = time.perf_counter()
-            if self.state.step < t.max_steps and t.ckpt_interval and self.state.step % t.ckpt_interval == 0:
+            if (
+                not saved
+                and self.state.step < t.max_steps
+                and t.ckpt_interval
+                and self.state.step % t.ckpt_interval == 0
+            ):
                 self.save()
                 window_start = time.perf_counter()
+        if t.early_stop_patience and self.state.stopped_at_step is None:
+            self.keep_the_best()
+
+    def keep_the_best(self) -> None:
+        """At the end of training under early stopping: the last weights are kept only if their estimate beats
+        the best one; otherwise the run rewinds to it."""
+        state = self.state
+        if state.step == 0 or state.best_step == state.step or self.estimate_val_loss():
+            return
+        tracking.say(f"the last weights do not beat step {state.best_step}'s estimate: the run ends there")
+        self.rewind_to_best()
+
+    def rewind_to_best(self) -> None:
+        """End the run at its best periodic estimate: reload that step's checkpoint (weights, optimizer and
+        state) and delete the later ones, so that every tool reading the run directory finds the best weights.
+        The time spent and the step reached are kept for the summary."""
+        stopped_at, seconds, skipped = self.state.step, self.state.train_seconds, self.state.skipped_steps
+        best = checkpoint.checkpoint_path(self.run_dir, self.state.best_step)
+        self.restore(checkpoint.load_checkpoint(best, map_location=self.device))
+        self.state.stopped_at_step, self.state.train_seconds = stopped_at, seconds
+        self.state.skipped_steps = skipped
+        if distributed.is_main():
+            for step, path in checkpoint.list_checkpoints(self.run_dir):
+                if step > self.state.step:
+                    path.unlink()
+        distributed.barrier()
 
     def out_of_time(self) -> bool:
         if not self.config.train.max_minutes:
@@ -744,16 +814,18 @@ class Trainer:
             world_size=self.world_size,
         )
 
-    def estimate_val_loss(self) -> None:
+    def estimate_val_loss(self) -> bool:
         """The curve's point: the first ``eval_batches`` evaluation batches of the validation split (the same
-        tokens every time, so the points compare with each other), not the final whole-split score."""
+        tokens every time, so the points compare with each other), not the final whole-split score. True when
+        it is the best estimate so far."""
         result = self.score(self.splits.val, max_batches=self.config.train.eval_batches)
-        self.state.note_val_estimate(result.loss)
+        improved = self.state.note_val_estimate(result.loss)
         self.logger.log({**result.as_metrics("val"), "train/tokens": self.tokens_seen}, step=self.state.step)
         if self.config.log.sample_tokens and self.splits.tokenizer is not None and distributed.is_main():
             self.logger.sample(
                 self.config.log.sample_prompt, self.sample_text(), self.tokens_seen, self.state.step
             )
+        return improved
 
     def sample_text(self) -> str:
         """The model's continuation of ``log.sample_prompt``: temperature 0.8, top-k 50, a generator seeded
