@@ -75,6 +75,10 @@ class DataConfig:
     """With ``dataset="text"``: the test text file (optional; without it there is no test evaluation)."""
     text_field: str = "text"
     """With ``jsonl``, ``parquet`` and ``hf:`` data: the column that holds each document's text."""
+    train_tokens: int = 0
+    """Train on only the first this-many tokens of the training split (0: all of it), e.g. to reach the
+    data-limited regime, where a model sees its text many times and can overfit, in a short run. Validation
+    and test stay whole."""
     val_fraction: float = 0.005
     """With ``hf:`` data that has no validation split: the fraction of train rows held out for it."""
     split_seed: int = 0
@@ -89,6 +93,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         from minigpt.data import check_data_config  # each source checks its own settings, where it lives
+
+        check(self.train_tokens >= 0, "data.train_tokens", f"must be >= 0, got {self.train_tokens}")
 
         check_data_config(self)
 

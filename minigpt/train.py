@@ -174,6 +174,8 @@ class Splits:
 def load_splits(config: ExperimentConfig, tokenizer) -> Splits:
     load = lambda split: data.load_split(config.data, split, tokenizer)  # noqa: E731
     train, val = load("train"), load("val")  # train first: a missing dataset is reported by its train split
+    if config.data.train_tokens:
+        train = data.first_tokens(train, config.data.train_tokens, "data.train_tokens")
     test = load("test") if data.has_split(config.data, "test") else None
     return Splits(train=train, val=val, test=test, tokenizer=tokenizer)
 

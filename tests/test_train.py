@@ -413,3 +413,17 @@ def test_dense_logging_records_diagnostics_every_early_step_and_validation_at_st
     logged = next(r for r in rows if "train/loss" in r)
     assert logged["diag/ln_input_rms/layer_0"] > 0
     assert 0 < logged["diag/attn_ratio/layer_0"] < 100 and 0 < logged["diag/mlp_ratio/layer_0"] < 100
+
+
+def test_train_tokens_trains_on_the_first_tokens_of_the_split_and_refuses_more_than_it_has(
+    tiny_corpus, tmp_path
+):
+    tokenizer = data.load_tokenizer(tiny_config(tiny_corpus, tmp_path).data)
+    whole = train.load_splits(tiny_config(tiny_corpus, tmp_path), tokenizer)
+    part = train.load_splits(tiny_config(tiny_corpus, tmp_path, {"train_tokens": 100}), tokenizer)
+    assert len(part.train) == 100
+    assert list(part.train.tokens) == list(whole.train.tokens[:100])
+    assert len(part.val) == len(whole.val) and len(part.test) == len(whole.test)
+    too_many = tiny_config(tiny_corpus, tmp_path, {"train_tokens": len(whole.train) + 1})
+    with pytest.raises(ConfigError, match=f"data.train_tokens={len(whole.train) + 1:,} is more than"):
+        train.load_splits(too_many, tokenizer)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from minigpt.config import WIKITEXT_DATASETS, DataConfig
-from minigpt.errors import check, check_choice, first_line
+from minigpt.errors import ConfigError, check, check_choice, first_line
 from minigpt.storage import atomic_write_bytes, atomic_write_json, why_unwritable
 
 SPLITS = ("train", "val", "test")
@@ -774,6 +774,16 @@ class TokenSplit:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+
+def first_tokens(split: TokenSplit, n: int, key: str) -> TokenSplit:
+    """The first ``n`` tokens of ``split`` (``key`` is the setting that asked, named if ``n`` is too many).
+    Its byte count is prorated: only scored splits use theirs (for bits per byte), and this one trains."""
+    if n > len(split):
+        raise ConfigError(
+            f"{key}={n:,} is more than the {len(split):,} tokens of the training split ({split.source})"
+        )
+    return TokenSplit(np.asarray(split.tokens[:n]), round(split.num_bytes * n / len(split)), split.source)
 
 
 def load_split(config: DataConfig, split: str, tokenizer, show_progress: bool = True) -> TokenSplit:
