@@ -61,18 +61,22 @@ def peak_memory_mb(device: torch.device) -> float:
 
 # glibc's mallopt parameters (malloc.h) and the values set: the largest mmap threshold glibc accepts (so
 # every block below 32 MiB comes from the heap), and a trim threshold and top pad far above a step's churn.
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
 _KEEP_FREED = ((_M_MMAP_THRESHOLD, 32 * 2**20), (_M_TRIM_THRESHOLD, 2**30), (_M_TOP_PAD, 256 * 2**20))
+# No block at all from mmap: blocks above the 32 MiB ceiling come from the heap too, and stay.
+_KEEP_LARGE = ((_M_MMAP_MAX, 0),)
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(large_blocks: bool = False) -> bool:
     """Make glibc's malloc keep freed memory in the process instead of returning it to the kernel.
 
     By default glibc serves every block over its (adaptive) mmap threshold with a fresh ``mmap`` and gives
     it back on ``free``, and trims the heap top whenever it exceeds 128 KiB. A training step frees and
     reallocates the same activations and gradients every step, so each step faults in freshly zeroed pages
     again: measured, 18-22% of a CPU run's time spent in the kernel. Raising the thresholds keeps those
-    pages mapped for the next step. Returns whether the setting took effect (False off glibc)."""
+    pages mapped for the next step. glibc's mmap threshold stops at 32 MiB, so bigger blocks (a loss chunk,
+    a large model's activations) still come and go; ``large_blocks`` also keeps those, by serving every block
+    from the heap. Returns whether the setting took effect (False off glibc)."""
     libc_name = ctypes.util.find_library("c")
     if sys.platform != "linux" or libc_name is None:
         return False
@@ -81,7 +85,8 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and other C libraries have no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in _KEEP_FREED)
+    settings = _KEEP_FREED + (_KEEP_LARGE if large_blocks else ())
+    return all(mallopt(param, value) == 1 for param, value in settings)
 
 
 def available_devices() -> list[str]:

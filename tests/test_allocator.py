@@ -58,3 +58,34 @@ def test_keeping_freed_memory_leaves_losses_unchanged(tiny_corpus, tmp_path):
         for keep in (False, True)
     ]
     assert summaries[0]["final_val/loss"] == summaries[1]["final_val/loss"]
+
+
+LARGE_BLOCK_SCRIPT = """
+import resource, sys, torch
+from minigpt import perf
+if sys.argv[1] != "default":
+    assert perf.keep_freed_memory(large_blocks=sys.argv[1] == "keep-all")
+
+def churn():
+    torch.ones(48 * 2**20 // 4)  # 48 MiB, above glibc's 32 MiB mmap ceiling, freed at once
+
+churn()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    churn()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+def test_large_blocks_setting_keeps_the_blocks_above_the_mmap_ceiling_that_keep_returns():
+    def faults(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", LARGE_BLOCK_SCRIPT, mode], capture_output=True, text=True, check=True
+        ).stdout
+        return int(out.split()[-1])
+
+    pages = 48 * 2**20 // 4096
+    assert faults("keep") > pages / 2  # the ordinary setting still maps the block afresh every time
+    assert faults("keep-all") < pages / 20
