@@ -13,6 +13,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from minigpt.hf import to_hf
 from minigpt.model import GPT, GPTConfig
-from minigpt.perf import sync
+from minigpt.perf import cpu_has_fast_bf16, sync
 from minigpt.storage import atomic_write_json
 
 CONFIGS = {
@@ -139,7 +140,37 @@ def range_cell(r: dict[str, float], digits: int = 0) -> str:
     return f"{r['median']:.{digits}f} ({r['min']:.{digits}f}-{r['max']:.{digits}f})"
 
 
+# The CPU features that decide a CPU figure: vector width, and whether bf16 runs in hardware.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU's model name and its speed-relevant flags, from ``/proc/cpuinfo`` (what ``lscpu`` shows);
+    empty where there is no such file."""
+    try:
+        lines = CPUINFO.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name", "unknown"), "flags": [f for f in SPEED_FLAGS if f in flags]}
+
+
+def machine_line() -> str:
+    """One line naming the machine a table was measured on."""
+    cpu = cpu_description()
+    flags = ", ".join(cpu.get("flags", [])) or "none of " + ", ".join(SPEED_FLAGS)
+    return (
+        f"CPU: {cpu.get('model', 'unknown')} ({os.cpu_count()} logical cores; flags: {flags}); "
+        f"bf16 in hardware: {'yes' if cpu_has_fast_bf16() else 'no'}; torch {torch.__version__}; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+
+
 def print_table(title: str, columns: list[str], rows: list[list[str]], notes: list[str] = ()) -> None:
+    """The table, its notes, and the machine it was measured on."""
     table = Table(title=title)
     for i, column in enumerate(columns):
         table.add_column(column, justify="left" if i == 0 else "right")
@@ -147,7 +178,7 @@ def print_table(title: str, columns: list[str], rows: list[list[str]], notes: li
         table.add_row(*row)
     console = Console(width=200)
     console.print(table)
-    for note in notes:
+    for note in [*notes, machine_line()]:
         console.print(note)
 
 
@@ -160,6 +191,7 @@ def environment(threads: int, device: torch.device) -> dict[str, Any]:
         cuda=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         malloc_env={k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         cpu_count=os.cpu_count(),
+        cpu=cpu_description(),
         load_average=os.getloadavg(),
     )
 

@@ -3,6 +3,7 @@ and its ratios are computed from the two sides (ours over Hugging Face's)."""
 
 import pytest
 
+from benchmarks import common
 from benchmarks import data_prep as data_prep_benchmark
 from benchmarks import evaluate as evaluate_benchmark
 from benchmarks import generate as generate_benchmark
@@ -57,6 +58,19 @@ def test_the_real_timings_give_the_ratio_of_the_two_measured_sides(capsys):
     (row,) = result["rows"]
     assert row["minigpt"]["median"] > 0 and row["hf"]["median"] > 0
     assert ratio_cell(row["minigpt"]["median"], row["hf"]["median"]) in capsys.readouterr().out
+
+
+def test_every_table_names_the_cpu_and_its_speed_flags_and_the_json_records_them(
+    monkeypatch, capsys, tmp_path
+):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: Test EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16 sse\n")
+    monkeypatch.setattr(common, "CPUINFO", cpuinfo)
+    assert common.cpu_description() == {"model": "Test EPYC", "flags": ["avx2", "avx512f", "avx512_bf16"]}
+    result = matmul_benchmark.main(["--device", "cpu", "--threads", "1", "--sizes", "16"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "CPU: Test EPYC" in out and "flags: avx2, avx512f, avx512_bf16" in out
+    assert result["environment"]["cpu"]["flags"] == ["avx2", "avx512f", "avx512_bf16"]
 
 
 def test_the_matmul_benchmark_has_a_row_per_dtype_and_size(monkeypatch):
