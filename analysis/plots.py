@@ -329,8 +329,10 @@ def plot_loss_curves(
     path: str | Path,
 ) -> Path | None:
     """One curve per variant (mean over seeds with its 95% band) against tokens seen, from the first
-    logged point (step 0 where the run logged it), with the unigram level; None without two points."""
-    curves = {k: c for k, c in curves.items() if c is not None and len(c.tokens) >= 2}
+    logged point (step 0 where the run logged it), with the unigram level. A variant with one estimate (a
+    run shorter than the estimate interval's second multiple) is a marker with its interval as an error bar.
+    None when no variant has an estimate."""
+    curves = {k: c for k, c in curves.items() if c is not None and len(c.tokens) >= 1}
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
@@ -339,6 +341,12 @@ def plot_loss_curves(
     repeat = {k: [colours[o] for o in order[: order.index(k)]].count(colours[k]) for k in order}
     for label, c in curves.items():
         style = ("-", "--", ":", "-.")[repeat[label] % 4]
+        if len(c.tokens) == 1:
+            error = [c.mean - c.low, c.high - c.mean]
+            ax.errorbar(
+                c.tokens, c.mean, yerr=error, color=colours[label], marker="o", ms=5, capsize=3, label=label
+            )
+            continue
         ax.plot(c.tokens, c.mean, color=colours[label], lw=1.5, ls=style, label=label)
         ax.fill_between(c.tokens, c.low, c.high, color=colours[label], alpha=0.18, linewidth=0)
     _unigram_line(ax, unigram)
@@ -348,7 +356,17 @@ def plot_loss_curves(
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    handles, labels = ax.get_legend_handles_labels()
+    rank = {label: i for i, label in enumerate(curves)}  # the variants' order, whatever their marker
+    ordered = sorted(zip(labels, handles, strict=True), key=lambda lh: rank.get(lh[0], len(rank)))
+    ax.legend(
+        [h for _, h in ordered],
+        [label for label, _ in ordered],
+        fontsize=8,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        frameon=False,
+    )
     return _save(fig, path)
 
 

@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import shlex
+import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -468,10 +469,22 @@ def setup_lines(study: Study) -> list[str]:
         "seeds": sum(e.get("phase") == "seeds" for e in finished),
     }
     unigram = s.get("unigram_loss")
+    budgets = {json.dumps(v.get("budget"), sort_keys=True) for v in study.variants}
+    one_budget = len(budgets) <= 1
+    stopping = any(
+        isinstance(run.summary.get("early_stop/stopped_at_step"), int)
+        for v in study.variants
+        for run in study.phase2(v["label"]).values()
+    )
     lines = [
         f"- Study `{s.get('study', '')}` from `{s.get('file', '')}`, base experiment `{s.get('base', '')}`.",
-        f"- Budget per full run: {budget.get('tokens', 0):,} training tokens ({budget.get('steps', 0):,} "
-        f"steps). Learning-rate grid (phase 1): seeds {', '.join(map(str, grid_seeds)) or 'none'}, "
+        (
+            f"- Budget per full run: {budget.get('tokens', 0):,} training tokens ({budget.get('steps', 0):,} "
+            "steps). "
+            if one_budget
+            else "- Budget per full run: each variant's own (the table's steps and warmup steps). "
+        )
+        + f"Learning-rate grid (phase 1): seeds {', '.join(map(str, grid_seeds)) or 'none'}, "
         f"successive halving with rungs at {', '.join(f'{f:.3g}' for f in rungs) or 'none'} of the budget.",
         f"- Learning rate chosen on `{s['select_metric']}` (validation); questions answered on "
         f"`{s['test_metric']}` (test) of phase-2 runs, seeds {', '.join(map(str, seeds)) or 'none'} for "
@@ -492,21 +505,42 @@ def setup_lines(study: Study) -> list[str]:
             if isinstance(unigram, int | float)
             else "n/a."
         ),
-        "",
-        "| variant | overrides | lr grid | chosen lr | grid runs | seed runs |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
+    if stopping:
+        lines.append(
+            "- Early stopping on the periodic validation estimate: a seed run keeps the weights of its best "
+            "estimate (the table's kept step, mean over seeds) and stops once that is a patience's worth of "
+            "estimates old (stopped at); its test score is of the kept weights."
+        )
+    extra = ([] if one_budget else ["steps (warmup)"]) + (["kept step / stopped at"] if stopping else [])
+    header = ["variant", "overrides", *extra, "lr grid", "chosen lr", "grid runs", "seed runs"]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for v in study.variants:
         overrides = (
             ", ".join(f"`{k}={json.dumps(val)}`" for k, val in v.get("overrides", {}).items()) or "none"
         )
         grid = f"none (reuses {v['lr_from']}'s)" if v.get("lr_from") else ", ".join(map(fmt_lr, v["lr_grid"]))
         n_lr = len(study.entries(variant=v["label"], phase="lr"))
-        n_seeds = len(study.phase2(v["label"]))
-        lines.append(
-            f"| {v['label']} | {overrides} | {grid} | {fmt_lr(v.get('chosen_lr'))} | {n_lr} | {n_seeds} |"
-        )
+        seed_runs = list(study.phase2(v["label"]).values())
+        cells = [v["label"], overrides]
+        if not one_budget:
+            cells.append(f"{v['budget']['steps']:,} ({v['budget']['warmup_steps']:,})")
+        if stopping:
+            cells.append(stopping_cell(seed_runs))
+        cells += [grid, fmt_lr(v.get("chosen_lr")), str(n_lr), str(len(seed_runs))]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def stopping_cell(runs: Sequence[Run]) -> str:
+    """Mean kept step and mean step where training stopped; runs that never stopped count their last step."""
+    if not runs or any(not isinstance(r.summary.get("step"), int) for r in runs):
+        return "n/a"
+    kept = statistics.fmean(r.summary.get("step", 0) for r in runs)
+    stopped = statistics.fmean(
+        r.summary.get("early_stop/stopped_at_step") or r.summary.get("step", 0) for r in runs
+    )
+    return f"{kept:,.0f} / {stopped:,.0f}"
 
 
 def single_run_lines(study: Study) -> list[str]:

@@ -77,7 +77,12 @@ def write_run(
         rows.append({"step": step, "train/tokens": tokens, "grad_norm/layer_0": 1.0 / (1 + step)})
         rows[-1]["grad_norm/layer_1"] = 0.5 + 0.01 * seed
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = {"status": "finished", "final_val/loss": test_loss - 0.01, "final_test/loss": test_loss}
+    summary = {
+        "status": "finished",
+        "step": steps,
+        "final_val/loss": test_loss - 0.01,
+        "final_test/loss": test_loss,
+    }
     (run_dir / "summary.json").write_text(json.dumps(summary))
     (run_dir / "ckpt-20.pt").write_bytes(b"not a record")
     (run_dir / "wandb").mkdir()
@@ -268,6 +273,37 @@ def test_report_holds_setup_questions_and_plots(study_dir, tmp_path):
     for png in ("lr_sensitivity.png", "val_loss.png", "layer_grad_norms_norm.png"):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in text
     assert "layer_grad_norms_heads.png" not in text  # only questions that move the LayerNorm
+
+
+def test_variants_with_their_own_budgets_and_early_stopping_show_steps_kept_and_stopped(study_dir, tmp_path):
+    spec = json.loads((study_dir / "study.json").read_text())
+    for v in spec["variants"]:
+        steps = 80 if v["label"] == "post-LN" else 20
+        v["budget"] = {"steps": steps, "warmup_steps": steps // 10}
+    (study_dir / "study.json").write_text(json.dumps(spec))
+    study = study_report.load_study(study_dir)
+    for seed, run in study.phase2("post-LN").items():
+        kept, stopped = 40 + 8 * seed, 60 + 8 * seed  # seeds 1-5: kept 48..80, stopped 68..100
+        run_dir = study_dir / "runs" / run.name
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary.update({"step": kept, "early_stop/stopped_at_step": stopped})
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    text = "\n".join(study_report.setup_lines(study_report.load_study(study_dir)))
+    assert "Budget per full run: each variant's own" in text
+    assert "| variant | overrides | steps (warmup) | kept step / stopped at | lr grid |" in text
+    assert '| post-LN | `model.norm_position="post"` | 80 (8) | 64 / 84 | 0.0005, 0.001' in text
+    assert "| 1 head | `model.n_head=1` | 20 (2) | 20 / 20 | none (reuses pre-LN's)" in text
+
+
+def test_a_variant_with_a_single_validation_estimate_is_drawn_as_a_point(tmp_path):
+    from analysis import plots
+    from analysis.stats import Curve
+
+    one = Curve(*(np.array([v]) for v in (32.0, 7.1, 7.0, 7.2)))
+    colours = {"short": "#1f77b4"}
+    path = plots.plot_loss_curves({"short": one}, colours, 7.0, "loss", "title", tmp_path / "one.png")
+    assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
+    assert plots.plot_loss_curves({"short": None}, colours, 7.0, "loss", "title", tmp_path / "no.png") is None
 
 
 def test_whole_split_scores_give_each_variant_its_bootstrap_width_beside_its_seed_spread(study_dir, tmp_path):
