@@ -536,10 +536,8 @@ def stopping_cell(runs: Sequence[Run]) -> str:
     """Mean kept step and mean step where training stopped; runs that never stopped count their last step."""
     if not runs or any(not isinstance(r.summary.get("step"), int) for r in runs):
         return "n/a"
-    kept = statistics.fmean(r.summary.get("step", 0) for r in runs)
-    stopped = statistics.fmean(
-        r.summary.get("early_stop/stopped_at_step") or r.summary.get("step", 0) for r in runs
-    )
+    kept = statistics.fmean(r.summary["step"] for r in runs)
+    stopped = statistics.fmean(r.summary.get("early_stop/stopped_at_step") or r.summary["step"] for r in runs)
     return f"{kept:,.0f} / {stopped:,.0f}"
 
 
