@@ -63,6 +63,12 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise RunsError(f"{path} is not valid JSON ({e}); delete or repair that run directory") from e
 
 
+def is_minigpt_config(config: dict[str, Any]) -> bool:
+    """Whether a ``config.json`` is a MiniGPT run's, not another tool's that sits below a run folder (the
+    Hugging Face export a run writes into ``<run>/hf`` with ``log.export_hf`` has one too)."""
+    return isinstance(config.get("model"), dict) and isinstance(config.get("train"), dict)
+
+
 def load_run_dir(path: str | Path) -> Run:
     """One run directory; a run killed before its summary or first metric loads with what it has."""
     path = Path(path)
@@ -81,7 +87,7 @@ def load_runs(roots: Iterable[str | Path]) -> list[Run]:
         if not root.exists():
             raise RunsError(f"no such run folder: {root}")
         for config_path in sorted(root.glob("**/config.json")):
-            if "wandb" not in config_path.parts:
+            if "wandb" not in config_path.parts and is_minigpt_config(_read_json(config_path)):
                 runs.append(load_run_dir(config_path.parent))
     if not runs:
         raise RunsError(f"no run directories (folders with config.json) under {', '.join(map(str, roots))}")

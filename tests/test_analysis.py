@@ -278,6 +278,14 @@ def test_a_single_run_is_described_with_its_curves(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_hugging_face_export_inside_a_run_is_not_read_as_a_run(tmp_path):
+    from transformers import GPT2Config
+
+    run_dir = write_run(tmp_path, {}, 1, 6.0)
+    GPT2Config(n_layer=2, n_embd=64, n_head=4).save_pretrained(run_dir / "hf")  # what log.export_hf writes
+    assert [r.name for r in load_runs([tmp_path])] == [run_dir.name]
+
+
 def test_failed_and_unfinished_runs_are_listed_and_left_out(suite, tmp_path):
     write_run(suite, {"model.n_head": 16}, 4, 9.0, status="failed")
     run_dir = write_run(suite, {"model.n_head": 16}, 5, 9.0, status="running")
