@@ -1,5 +1,6 @@
 """The figures the README quotes are the ones the records hold: the training-step table is the performance
-log's (benchmarks/README.md), each quoted ratio the quotient of the two sides it stands beside, the CPU hour's
+log's (benchmarks/README.md), the CPU check's figures those of its committed table, each quoted ratio the
+quotient of the two sides it stands beside, the CPU hour's
 perplexities its committed run's scores, and the ablation table the study report's."""
 
 import json
@@ -58,6 +59,40 @@ def test_each_readme_ratio_is_the_quotient_of_its_two_sides():
             number(g) for g in re.fullmatch(r"([\d,]+) / ([\d,]+) MB \((\d+\.\d+)×\)", row[5]).groups()
         )
         assert abs(mem_ours / mem_theirs - mem_ratio) <= 0.01, row
+
+
+CPU_CHECK_ROWS = table_rows((REPO_ROOT / "README.md").read_text(), "| what (fp32, batch 8) | MiniGPT")
+
+
+def test_each_cpu_check_figure_in_the_readme_is_in_the_committed_check():
+    measured = (REPO_ROOT / "benchmarks" / "cpu-check-avx2.md").read_text().replace(",", "")
+    assert len(CPU_CHECK_ROWS) >= 6
+    for what, *cells in CPU_CHECK_ROWS:
+        for figure in re.findall(r"\d[\d,]*(?:\.\d+)?(?= (?:tok/s|s\b|MB|/))", " ".join(cells)):
+            if not re.search(rf"(?<![\d.]){re.escape(figure.replace(',', ''))}(?![\d.])", measured):
+                raise AssertionError(
+                    f"README row {what!r} quotes {figure}, which benchmarks/cpu-check-avx2.md lacks"
+                )
+
+
+def test_each_cpu_check_ratio_is_the_quotient_of_its_two_sides():
+    checked = 0
+    for what, ours, theirs, ratio in CPU_CHECK_ROWS:
+        if not theirs:
+            continue
+        pairs = zip(
+            re.findall(r"[\d,.]+(?= |$)", ours),
+            re.findall(r"[\d,.]+(?= |$)", theirs),
+            re.findall(r"[\d.]+(?=×)", ratio.split(";")[0]),  # the speed ratios; peak memory follows ";"
+            strict=True,
+        )
+        for a, b, r in pairs:
+            assert abs(number(a) / number(b) - float(r)) <= 0.01, what
+            checked += 1
+        for a, b, r in re.findall(r"([\d,]+) / ([\d,]+) MB \((\d+\.\d+)×\)", ratio):  # peak memory
+            assert abs(number(a) / number(b) - float(r)) <= 0.01, what
+            checked += 1
+    assert checked >= 10
 
 
 def cpu_hour_summaries() -> dict[int, dict]:
