@@ -1,7 +1,7 @@
 """The figures the README quotes are the ones the records hold: the training-step table is the performance
 log's (benchmarks/README.md), the CPU check's figures those of its committed table, each quoted ratio the
-quotient of the two sides it stands beside, the CPU hour's
-perplexities its committed run's scores, and the ablation table the study report's."""
+quotient of the two sides it stands beside, the CPU hour's perplexities its committed run's scores, and the
+ablation table the study report's."""
 
 import json
 import re
