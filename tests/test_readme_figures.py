@@ -126,7 +126,13 @@ def test_the_readme_cpu_hour_budgets_are_the_committed_runs():
         assert f"at {summary['tokens_per_sec']:,.0f} tokens/s" in readme
 
 
-STUDIES = ("ablations-cpu", "ablations-cpu-long", "ablations-cpu-tying-budget", "ablations-cpu-controls")
+STUDIES = (
+    "ablations-cpu",
+    "ablations-cpu-long",
+    "ablations-cpu-tying-budget",
+    "ablations-cpu-controls",
+    "ablations-cpu-depth",
+)
 TRIPLE = re.compile(r"(\d+\.\d+),? \[(\d+\.\d+), (\d+\.\d+)\]")
 
 
@@ -138,7 +144,7 @@ def rounds_to(quoted: str, value: str) -> bool:
 
 def test_each_figure_the_readme_quotes_from_the_ablation_study_is_in_its_report():
     rows = table_rows((REPO_ROOT / "README.md").read_text(), "| question (test perplexity")
-    # the reports of the CPU, long, tying budget and controls studies
+    # the reports of the CPU, long, tying budget, controls and depth studies
     report = "\n".join((REPO_ROOT / "reports" / d / "report.md").read_text() for d in STUDIES)
     in_report = TRIPLE.findall(report)
     quoted = [(row[0], triple) for row in rows for triple in TRIPLE.findall(row[1])]
