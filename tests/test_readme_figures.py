@@ -4,6 +4,7 @@ quotient of the two sides it stands beside, the CPU hour's perplexities its comm
 ablation table the study report's."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -93,6 +94,16 @@ def test_each_cpu_check_ratio_is_the_quotient_of_its_two_sides():
             assert abs(number(a) / number(b) - float(r)) <= 0.01, what
             checked += 1
     assert checked >= 10
+
+
+def test_the_readme_rate_check_perplexities_are_the_committed_runs_scores():
+    readme = (REPO_ROOT / "README.md").read_text()
+    summaries = sorted((REPO_ROOT / "reports" / "ablations-cpu-depth" / "rate-check").glob("*/summary.json"))
+    assert len(summaries) == 2
+    for path in summaries:
+        layers = json.loads((path.parent / "config.json").read_text())["model"]["n_layer"]
+        ppl = math.exp(json.loads(path.read_text())["whole_test/loss"])
+        assert f"{ppl:.0f} at {layers}" in readme, f"the README does not quote {path.parent.name}'s {ppl:.1f}"
 
 
 def cpu_hour_summaries() -> dict[int, dict]:
