@@ -68,6 +68,24 @@ def test_small_chunks_encode_to_the_whole_stream(data_root, tokenizer):
     np.testing.assert_array_equal(ids, whole_stream_ids(tokenizer, text))
 
 
+def test_batch_encoding_gives_the_tokenizers_own_ids(data_root, tokenizer_dir):
+    tokenizer = load_tokenizer(DataConfig(tokenizer=str(tokenizer_dir)))
+    tokenizer.add_tokens(["<extra>"])
+    texts = _safe_chunks(wiki_valid_text(data_root)[:40_000], target_size=2_000) + ["a <extra> b", "", " \n"]
+    expected = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert data.encode_batch(tokenizer, texts) == expected
+    assert any(len(ids) > 100 for ids in expected)
+
+
+def test_batch_encoding_never_truncates_even_when_the_tokenizer_is_set_to(data_root, tokenizer_dir):
+    tokenizer = load_tokenizer(DataConfig(tokenizer=str(tokenizer_dir)))
+    texts = _safe_chunks(wiki_valid_text(data_root)[:10_000], target_size=2_000)
+    expected = [whole_stream_ids(tokenizer, text).tolist() for text in texts]
+    tokenizer.backend_tokenizer.enable_truncation(max_length=5)
+    assert data.encode_batch(tokenizer, texts) == expected
+    assert min(len(ids) for ids in expected) > 5
+
+
 def test_token_cache_is_written_once_and_reused(tmp_path, tokenizer_dir, tokenizer, monkeypatch):
     calls = count_tokenizations(monkeypatch)
     config = text_config(tmp_path, tokenizer_dir, train="Hello world. " * 50, val="A short valid text.\n")

@@ -655,6 +655,22 @@ def _progress(show: bool):
     return Progress(*columns, transient=True, disable=not show)
 
 
+def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+    """The ids of each text, without special tokens, as the tokenizer's own call gives them.
+
+    A fast tokenizer's Rust backend encodes a batch on all cores; its ``encode_batch_fast`` skips the
+    character offsets that the usual call computes and then drops, which takes about a third less CPU time on
+    WikiText. A backend set to truncate or pad would change the ids, so such a tokenizer (or a slow one) goes
+    through the ordinary call instead.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    # verbose=False: the warning about sequences longer than the model's context is meant for model inputs,
+    # not for a corpus that is cut into blocks later.
+    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+
 def tokenize(text: str, tokenizer, show_progress: bool = True) -> np.ndarray:
     """Encode a whole stream of text into ids, in parallel batches of safe chunks."""
     dtype = token_dtype(tokenizer)
@@ -664,9 +680,7 @@ def tokenize(text: str, tokenizer, show_progress: bool = True) -> np.ndarray:
     with _progress(show_progress) as progress:
         task = progress.add_task("tokenizing", total=len(chunks))
         for i in range(0, len(chunks), batch):
-            # verbose=False: the warning about sequences longer than the model's context is meant for model
-            # inputs, not for a corpus that is cut into blocks later.
-            encoded = tokenizer(chunks[i : i + batch], add_special_tokens=False, verbose=False)["input_ids"]
+            encoded = encode_batch(tokenizer, chunks[i : i + batch])
             parts.extend(np.asarray(ids, dtype=dtype) for ids in encoded)
             progress.advance(task, len(encoded))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
@@ -693,7 +707,7 @@ def tokenize_documents(
         task = progress.add_task("tokenizing documents", total=len(documents))
         for i in range(0, len(documents), batch):
             texts = list(documents[i : i + batch])
-            encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+            encoded = encode_batch(tokenizer, texts)
             lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
             flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=int(lengths.sum()))
             ids = np.insert(flat, np.cumsum(lengths), eos)  # the end-of-text id after each document
