@@ -370,7 +370,11 @@ def train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
             and trainer.config.train.dense_log_steps
             and trainer.config.train.eval_interval
         ):
-            trainer.estimate_val_loss()  # the curve's first point: the untrained model
+            improved = trainer.estimate_val_loss()  # the curve's first point: the untrained model
+            # Under early stopping it can stay the best estimate (a rate too high to learn anything), so its
+            # weights are kept for a rewind like any other best.
+            if improved and trainer.config.train.early_stop_patience:
+                trainer.save()
         try:
             trainer.train()
         except KeyboardInterrupt:

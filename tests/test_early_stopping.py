@@ -96,3 +96,18 @@ def test_resuming_an_early_stopped_run_trains_no_further(tiny_corpus, tmp_path, 
 def test_early_stopping_without_periodic_estimates_is_refused_naming_both_keys():
     with pytest.raises(ConfigError, match="train.early_stop_patience.*train.eval_interval"):
         TrainConfig(early_stop_patience=3, eval_interval=0)
+
+
+def test_a_run_whose_best_estimate_is_the_untrained_models_rewinds_to_its_starting_weights(
+    tiny_corpus, tmp_path, monkeypatch
+):
+    seen = script_estimates(monkeypatch, {0: 3.0, 2: 5.0, 4: 5.1})
+    config = early_stopping_config(tiny_corpus, tmp_path, dense_log_steps=2)
+    summary = train.run(config)
+    run_dir = tmp_path / "run"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert summary["val/best_step"] == 0 and summary["step"] == 0
+    assert summary["early_stop/stopped_at_step"] == 4
+    kept = checkpoint.load_checkpoint(run_dir)["model"]
+    for key, value in seen[0].items():
+        assert torch.equal(kept[key], value), key
