@@ -5,7 +5,8 @@
 
 A sweep runs a grid; a study runs the protocol a reviewer expects of an ablation:
 
-1. **Learning rate per variant.** Every variant with its own ``lr_grid`` is trained at each grid value,
+1. **Learning rate per variant.** Every variant without ``lr_from`` is trained at each value of its grid
+   (its own ``lr_grid``, else the study's),
    pruned by successive halving: the rungs (default 1/9, 1/3 and the whole budget) train for that fraction
    of the steps (warmup scaled alike), and after each rung the best ``keep`` fraction of the rates (by mean
    validation loss over the rung's seeds) goes on. A rung short of the whole budget uses the first selection
@@ -52,7 +53,7 @@ STUDY_KEYS = {
     "name": "the study's name: its folder under --out-dir",
     "base": "the experiment file every run starts from",
     "overrides": "config overrides for every run (the budget: train.max_steps, batch size, ...)",
-    "lr_grid": "learning rates tried for every variant that has no lr_from (at least 5, log-spaced)",
+    "lr_grid": "learning rates tried for every variant that has neither lr_from nor a grid of its own",
     "rungs": "fractions of the budget for successive halving, ending at 1",
     "keep": "fraction of the rates kept after each rung",
     "max_extend": "how often the grid may grow past an edge",
@@ -60,10 +61,10 @@ STUDY_KEYS = {
     "seeds": "seeds of phase 2, the same for every variant",
     "select_metric": "what phase 1 minimises",
     "test_metric": "what the report tests (whole_<split>/loss: that split scored whole after training)",
-    "variants": "list of {label, overrides, lr_from}",
+    "variants": "list of {label, overrides, lr_from or lr_grid}",
     "questions": "list of {name, title, kind, baseline, variants, margin, rule}",
 }
-VARIANT_KEYS = ("label", "overrides", "lr_from")
+VARIANT_KEYS = ("label", "overrides", "lr_from", "lr_grid")
 QUESTION_KEYS = ("name", "title", "kind", "baseline", "variants", "margin", "rule")
 RULE_KEYS = ("metric", "below", "below_unigram_by")
 DEFAULT_RUNGS = (1 / 9, 1 / 3, 1.0)
@@ -81,6 +82,8 @@ class Variant:
     label: str
     overrides: dict[str, Any]
     lr_from: str | None = None
+    lr_grid: list[float] | None = None
+    """The variant's own grid instead of the study's (a variant whose best rate lies elsewhere)."""
 
     @property
     def slug(self) -> str:
@@ -119,6 +122,10 @@ class Study:
 
     def variant(self, label: str) -> Variant:
         return next(v for v in self.variants if v.label == label)
+
+    def grid_of(self, variant: Variant) -> list[float]:
+        """The rates phase 1 starts from for a variant that chooses its own."""
+        return list(variant.lr_grid or self.lr_grid)
 
     _configs: dict[str, ExperimentConfig] = field(default_factory=dict, repr=False, compare=False)
 
@@ -245,7 +252,21 @@ def _load_variants(path: Path, items: Any, node: yaml.Node) -> list[Variant]:
             )
         if item["label"] in {v.label for v in variants}:
             raise StudyError(f"{path}:{line}: two variants are labelled {item['label']!r}")
-        variants.append(Variant(str(item["label"]), dict(overrides), item.get("lr_from")))
+        grid = item.get("lr_grid")
+        if grid is not None:
+            if item.get("lr_from") is not None:
+                raise StudyError(
+                    f"{path}:{line}: variant {item['label']!r}: lr_from and lr_grid exclude each other "
+                    "(a variant either takes another's rate or chooses its own from its grid)"
+                )
+            numbers = isinstance(grid, list) and all(isinstance(lr, int | float) for lr in grid)
+            if not numbers or len(grid) < 2 or any(lr <= 0 for lr in grid):
+                raise StudyError(
+                    f"{path}:{line}: variant {item['label']!r}: lr_grid needs at least two positive "
+                    f"learning rates, got {grid!r}"
+                )
+            grid = sorted(float(lr) for lr in grid)
+        variants.append(Variant(str(item["label"]), dict(overrides), item.get("lr_from"), grid))
     labels = {v.label for v in variants}
     for variant, item_node in zip(variants, node.value, strict=True):
         if variant.lr_from is None:
@@ -578,8 +599,8 @@ class Executor:
 def choose_learning_rates(study: Study, ex: Executor) -> dict[str, float]:
     """Phase 1: successive halving over each tuned variant's grid, then grow the grid past a winning edge."""
     tuned = [v for v in study.variants if v.lr_from is None]
-    alive = {v.label: list(study.lr_grid) for v in tuned}
-    ex.grids = {v.label: list(study.lr_grid) for v in tuned}
+    alive = {v.label: study.grid_of(v) for v in tuned}
+    ex.grids = {v.label: study.grid_of(v) for v in tuned}
     for i, fraction in enumerate(study.rungs):
         last = i == len(study.rungs) - 1
         seeds = study.selection_seeds if last else study.selection_seeds[:1]
@@ -763,14 +784,15 @@ def describe_plan(study: Study, ex: Executor, parallel: int) -> str:
         totals["tokens"] += tokens
         lines.append(f"  {phase}: {len(runs)} runs, {tokens:,} training tokens")
 
-    n = len(study.lr_grid)
+    alive = {v.label: len(study.grid_of(v)) for v in tuned}
     for i, fraction in enumerate(study.rungs):
         seeds = len(study.selection_seeds) if i == len(study.rungs) - 1 else 1
+        rates = "/".join(str(n) for n in sorted(set(alive.values())))
         add(
-            f"phase 1, rung {i + 1} ({fraction:.3g} of the budget, {n} rates x {seeds} seed(s))",
-            [(v, rung_steps(study, v, fraction)[0]) for v in tuned for _ in range(n * seeds)],
+            f"phase 1, rung {i + 1} ({fraction:.3g} of the budget, {rates} rates x {seeds} seed(s))",
+            [(v, rung_steps(study, v, fraction)[0]) for v in tuned for _ in range(alive[v.label] * seeds)],
         )
-        n = max(1, math.ceil(n * study.keep))
+        alive = {label: max(1, math.ceil(n * study.keep)) for label, n in alive.items()}
     add(
         f"phase 1, grid growth (at most {study.max_extend} more rates each)",
         [

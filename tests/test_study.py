@@ -52,6 +52,12 @@ questions:
         (GOOD.replace("{model.n_head: 1}", "{model.n_haed: 1}"), r":6: variant 'b': .*n_haed"),
         (GOOD.replace("lr_from: a", "lr_from: b"), r":6: variant 'b': lr_from must name"),
         (GOOD.replace("kind: difference", "kind: success"), r":10: .*success question needs a rule"),
+        (
+            GOOD.replace("lr_from: a", "lr_from: a\n    lr_grid: [0.1, 0.2]"),
+            r":6: .*lr_from and lr_grid exclude",
+        ),
+        (GOOD.replace("lr_from: a", "lr_grid: [0.1]"), r":6: variant 'b': lr_grid needs at least two"),
+        (GOOD.replace("lr_from: a", "lr_grid: [0.1, fast]"), r":6: variant 'b': lr_grid needs at least two"),
     ],
 )
 def test_a_bad_study_file_is_an_error_naming_its_line(tmp_path, base_file, text, message):
@@ -116,6 +122,18 @@ def test_successive_halving_keeps_the_best_third_and_runs_the_winner_with_every_
     whole = [c for c in calls if c.endswith("_steps-6")]
     assert whole == ["a_lr-0.004_seed-1_steps-6", "a_lr-0.004_seed-2_steps-6"]
     assert {c.split("_")[1] for c in calls if c.endswith("_steps-2")} == {"lr-0.004", "lr-0.002"}
+
+
+def test_a_variant_with_its_own_grid_chooses_its_rate_from_that_grid(tmp_path, base_file, monkeypatch):
+    own = GOOD.replace("lr_from: a", "lr_grid: [0.02, 0.04, 0.08]") + "rungs: [1.0]\nmax_extend: 0\n"
+    study = load_study(write_study(tmp_path, base_file, own))
+    calls: list[str] = []
+    monkeypatch.setattr(Executor, "run_batch", fake_runs(0.04, calls))
+    chosen = choose_learning_rates(study, Executor(study, tmp_path / "out", parallel=1, threads=1))
+    assert chosen == {"a": 0.016, "b": 0.04}  # a's grid tops out at 0.016; b's holds the best rate
+    rates = sorted(c.split("_")[1] for c in calls if c.startswith("b_"))
+    assert rates == ["lr-0.02", "lr-0.02", "lr-0.04", "lr-0.04", "lr-0.08", "lr-0.08"]  # 2 selection seeds
+    assert sum(c.startswith("a_") for c in calls) == 5 * 2  # the study's grid, whole budget, 2 seeds
 
 
 SMALL = """lr_grid: [0.003, 0.01]
