@@ -7,6 +7,10 @@ file, tokenize, write the cache atomically); reading the compressed text is time
 are reported beside wall seconds because on a shared machine wall time depends on the load.
 The Rust tokenizer encodes the chunks of a batch on all cores unless TOKENIZERS_PARALLELISM=false. The token
 count is checked against the whole-stream count in the asset root's README (2,448,382 for wikitext-2-v1).
+
+Then the tokenizing alone, two ways on the same chunks, alternating: the tokenizer's own call (which
+computes character offsets and drops them) and ``minigpt.data.encode_batch`` (the fast backend's
+``encode_batch_fast``), with the ratio; the ids of the two must be equal.
 """
 
 from __future__ import annotations
@@ -31,6 +35,41 @@ def _cpu_seconds() -> float:
     """User + system CPU time of this process, the tokenizer's worker threads included."""
     times = os.times()
     return times.user + times.system
+
+
+def compare_encoders(tokenizer, text: str, reps: int) -> dict[str, dict]:
+    """Seconds and CPU seconds to encode ``text``'s chunks in batches, by the tokenizer's own call and by
+    ``data.encode_batch``, alternating ``reps`` times; stops if their ids differ."""
+    chunks, step = data._safe_chunks(text), data.CHUNKS_PER_BATCH
+
+    def own_call(batch: list[str]) -> list[list[int]]:
+        return tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
+
+    ways = {
+        "the tokenizer's own call": own_call,
+        "encode_batch (encode_batch_fast)": lambda batch: data.encode_batch(tokenizer, batch),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    cpu: dict[str, list[float]] = {name: [] for name in ways}
+    ids: dict[str, list[list[int]]] = {}
+    for _ in range(reps):
+        for name, encode in ways.items():
+            cpu_start, start = _cpu_seconds(), time.perf_counter()
+            ids[name] = [i for at in range(0, len(chunks), step) for i in encode(chunks[at : at + step])]
+            seconds[name].append(time.perf_counter() - start)
+            cpu[name].append(_cpu_seconds() - cpu_start)
+    first, second = ids.values()
+    if first != second:
+        raise SystemExit("the two ways of encoding gave different ids")
+    return {
+        name: dict(
+            median=statistics.median(seconds[name]),
+            min=min(seconds[name]),
+            max=max(seconds[name]),
+            cpu_median=statistics.median(cpu[name]),
+        )
+        for name in ways
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,6 +116,30 @@ def main(argv: list[str] | None = None) -> dict:
             ],
         ],
     )
+    text = data.resolve_source(DataConfig(dataset=args.dataset, data_dir=args.data_dir), args.split).read()
+    encoders = compare_encoders(tokenizer, text, args.reps)
+    (own, fast) = encoders.values()
+    print_table(
+        f"tokenizing alone, median (min-max) of {args.reps}, alternating; same ids",
+        ["way", "seconds", "CPU seconds (all threads)", "tokens/s"],
+        [
+            [
+                name,
+                f"{e['median']:.2f} ({e['min']:.2f}-{e['max']:.2f})",
+                f"{e['cpu_median']:.2f}",
+                f"{tokens / e['median']:,.0f}",
+            ]
+            for name, e in encoders.items()
+        ]
+        + [
+            [
+                "own call / encode_batch",
+                f"{own['median'] / fast['median']:.2f}x",
+                f"{own['cpu_median'] / fast['cpu_median']:.2f}x",
+                "",
+            ]
+        ],
+    )
     result = dict(
         environment=environment(torch.get_num_threads(), torch.device("cpu")),
         args=vars(args),
@@ -84,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         prepare_s=prep,
         prepare_cpu_s=prep_cpu,
         tokens=tokens,
+        encoders=encoders,
     )
     write_json(args.out, result)
     return result

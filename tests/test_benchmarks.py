@@ -102,7 +102,9 @@ def test_the_data_preparation_benchmark_tokenizes_the_whole_split_into_its_known
     result = data_prep_benchmark.main(["--split", "val", "--reps", "1", "--data-dir", str(data_root)])
     assert result["tokens"] == data_prep_benchmark.EXPECTED_TOKENS[("wikitext-2-v1", "val")]
     assert result["prepare_s"]["median"] > 0 and result["read_s"]["median"] > 0
-    assert f"{result['tokens']:,}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{result['tokens']:,}" in out and "own call / encode_batch" in out
+    assert len(result["encoders"]) == 2 and all(e["median"] > 0 for e in result["encoders"].values())
 
 
 def test_the_data_preparation_benchmark_stops_when_the_token_count_is_not_the_known_one(

@@ -655,6 +655,10 @@ def _progress(show: bool):
     return Progress(*columns, transient=True, disable=not show)
 
 
+CHUNKS_PER_BATCH = 64
+"""Safe chunks handed to the tokenizer in one call: enough for its threads, few for the progress bar."""
+
+
 def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     """The ids of each text, without special tokens, as the tokenizer's own call gives them.
 
@@ -675,7 +679,7 @@ def tokenize(text: str, tokenizer, show_progress: bool = True) -> np.ndarray:
     """Encode a whole stream of text into ids, in parallel batches of safe chunks."""
     dtype = token_dtype(tokenizer)
     chunks = _safe_chunks(text)
-    batch = 64
+    batch = CHUNKS_PER_BATCH
     parts: list[np.ndarray] = []
     with _progress(show_progress) as progress:
         task = progress.add_task("tokenizing", total=len(chunks))
