@@ -143,6 +143,7 @@ STUDIES = (
     "ablations-cpu-tying-budget",
     "ablations-cpu-controls",
     "ablations-cpu-depth",
+    "ablations-cpu-warmup",
 )
 TRIPLE = re.compile(r"(\d+\.\d+),? \[(\d+\.\d+), (\d+\.\d+)\]")
 
@@ -155,7 +156,7 @@ def rounds_to(quoted: str, value: str) -> bool:
 
 def test_each_figure_the_readme_quotes_from_the_ablation_study_is_in_its_report():
     rows = table_rows((REPO_ROOT / "README.md").read_text(), "| question (test perplexity")
-    # the reports of the CPU, long, tying budget, controls and depth studies
+    # the reports of the CPU, long, tying budget, controls, depth and warmup studies
     report = "\n".join((REPO_ROOT / "reports" / d / "report.md").read_text() for d in STUDIES)
     in_report = TRIPLE.findall(report)
     quoted = [(row[0], triple) for row in rows for triple in TRIPLE.findall(row[1])]
@@ -171,3 +172,12 @@ def test_each_figure_the_readme_quotes_from_the_ablation_study_is_in_its_report(
         for pair in re.findall(r"(?<![\d/])(\d[\d,]{2,}) vs (\d[\d,]{2,})", row[1]):
             for ppl in pair:
                 assert ppl in perplexities, f"README row {row[0]!r} quotes perplexity {ppl}: in no report"
+
+
+def test_the_readme_tokenizing_figures_are_the_committed_measurement():
+    readme = (REPO_ROOT / "README.md").read_text()
+    measured = (REPO_ROOT / "benchmarks" / "data-prep-avx2.md").read_text()
+    quoted = re.search(r"WikiText-2 train to \*\*([\d.]+) s\*\*.*?([\d.]+)× faster", readme, re.S)
+    prepare, speedup = quoted.groups()
+    assert re.search(rf"read \+ tokenize \+ cache\s*│\s*{re.escape(prepare)} \(", measured), prepare
+    assert re.search(rf"own call / encode_batch\s*│\s*{re.escape(speedup)}x", measured), speedup
