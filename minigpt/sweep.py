@@ -19,11 +19,11 @@ that ``${interpreter}`` is this Python rather than ``python`` from ``PATH``. The
 ``--log.out_dir``, ``--log.run_name``, ``--log.sweep`` (and ``--train.threads``), so the program must take
 ``--key=value`` overrides the way ``run.py`` does. Runs go to ``<out-dir>/<sweep-id>/<run name>/`` with
 ``WANDB_MODE=offline`` and no ``WANDB_SWEEP_ID``: the sweep's name travels as a config value and W&B tag,
-not as a W&B sweep id that no server knows, so ``wandb sync`` uploads each run into its project with its
-own id. The sweep's state is kept in ``<out-dir>/<sweep-id>/sweep.json``, with each run's one-minute load
-average at its start and end (``load_start``, ``load_end``), to judge whether its throughput was measured
-on a quiet machine. A restart
-skips runs whose ``summary.json`` says ``finished``; a run that fails is recorded as failed and the sweep
+not as a W&B sweep id that no server knows, so ``wandb sync`` uploads each run into its project with its own
+id. The sweep's state is kept in ``<out-dir>/<sweep-id>/sweep.json``, with each run's one-minute load
+average at its start and end (``load_start``, ``load_end``), to judge whether its throughput was measured on
+a quiet machine. A restart skips runs whose ``summary.json`` says ``finished`` and continues a run stopped
+part-way from its last checkpoint (``--resume``); a run that fails is recorded as failed and the sweep
 carries on. Several files given together share one sweep id and one queue, and a run that two files both
 define (same name, same changes to the same experiment) runs once.
 """
@@ -49,6 +49,7 @@ from typing import Any
 
 import yaml
 
+from minigpt import checkpoint
 from minigpt.config import (
     REPLICATE,
     ConfigError,
@@ -450,6 +451,15 @@ class SweepRunner:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
         return env
 
+    def command_of(self, r: PlannedRun) -> list[str]:
+        """The run's command; a run that an earlier start left with checkpoints continues from its last one
+        (run.py refuses to start afresh over them), so a stopped suite loses at most ``ckpt_interval``
+        steps of it."""
+        run_dir = self.sweep_dir / r.name
+        if not checkpoint.list_checkpoints(run_dir):
+            return r.command
+        return [*r.command, f"--resume={run_dir}"]
+
     def run(self) -> list[PlannedRun]:
         for r in self.runs:
             if self.finished(r.name):
@@ -466,10 +476,11 @@ class SweepRunner:
             while queue or active:
                 while queue and len(active) < self.parallel:
                     r = queue.pop(0)
-                    log = open(log_dir / f"{r.name}.log", "w")  # noqa: SIM115 (closed when the run ends)
-                    print(f"[sweep] start {r.name}: {' '.join(r.command)}", flush=True)
+                    command = self.command_of(r)
+                    log = open(log_dir / f"{r.name}.log", "a")  # noqa: SIM115 (closed when the run ends)
+                    print(f"[sweep] start {r.name}: {' '.join(command)}", flush=True)
                     proc = subprocess.Popen(
-                        r.command, stdout=log, stderr=subprocess.STDOUT, env=self.child_env()
+                        command, stdout=log, stderr=subprocess.STDOUT, env=self.child_env()
                     )
                     r.status, r.load_start = "running", load_average()
                     active[r.name] = (r, proc, time.monotonic(), log)

@@ -175,6 +175,17 @@ def test_a_restart_skips_finished_runs_and_retries_failed_ones(tmp_path):
     assert calls(tmp_path, "fail-True") == 2
 
 
+def test_a_restart_continues_a_run_stopped_part_way_from_its_checkpoints(tmp_path):
+    path = write_sweep(tmp_path, {"fail": {"values": [True]}})
+    run_main(tmp_path, path)
+    run_dir = tmp_path / "runs" / "sw" / "fail-True"
+    assert not any(a.startswith("--resume") for a in json.loads((run_dir / "args.json").read_text()))
+    (run_dir / "ckpt-7.pt").write_bytes(b"")  # what a run stopped after step 7's checkpoint leaves
+    run_main(tmp_path, path)
+    assert json.loads((run_dir / "args.json").read_text())[-1] == f"--resume={run_dir}"
+    assert calls(tmp_path, "fail-True") == 2
+
+
 def test_files_run_together_share_one_queue_and_run_a_common_run_once(tmp_path):
     a = write_sweep(tmp_path, {"seed": {"value": 1}, "heads": {"values": [4, 8]}}, name="a")
     b = write_sweep(tmp_path, {"seed": {"value": 1}, "heads": {"values": [4, 1]}}, name="b")
