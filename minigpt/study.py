@@ -20,9 +20,10 @@ A sweep runs a grid; a study runs the protocol a reviewer expects of an ablation
 3. **Report.** ``--report-out`` writes the tests each question asks for with ``analysis.study_report``.
 
 Re-running the command continues where it stopped: a run whose ``summary.json`` says ``finished`` is never
-repeated, and the choices are recomputed from the records, so they come out the same. ``study.json`` in the
-study's folder records the plan, every run (with its load average at start and end and its CPU time) and
-each variant's chosen rate; the run directories are ``<out-dir>/<study>/runs/<run>/``.
+repeated, a run stopped part-way continues from its last checkpoint, and the choices are recomputed from the
+records, so they come out the same. ``study.json`` in the study's folder records the plan, every run (with its
+load average at start and end and its CPU time) and each variant's chosen rate; the run directories are
+``<out-dir>/<study>/runs/<run>/``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from minigpt import checkpoint
 from minigpt.config import ConfigError, ExperimentConfig, apply_overrides, load_experiment
 from minigpt.storage import atomic_write_json
 from minigpt.sweep import PlannedRun, SweepRunner, load_average
@@ -190,7 +192,7 @@ def load_study(path: str | Path) -> Study:
         name=str(spec["name"]),
         base=str(spec["base"]),
         overrides=dict(spec.get("overrides") or {}),
-        lr_grid=sorted(float(x) for x in spec.get("lr_grid", [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3])),
+        lr_grid=_learning_rates(where("lr_grid"), spec.get("lr_grid", [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3])),
         variants=variants,
         questions=_load_questions(path, spec["questions"], value_nodes["questions"], labels),
         rungs=[float(x) for x in spec.get("rungs", DEFAULT_RUNGS)],
@@ -201,8 +203,6 @@ def load_study(path: str | Path) -> Study:
         select_metric=str(spec.get("select_metric", "final_val/loss")),
         test_metric=str(spec.get("test_metric", "final_test/loss")),
     )
-    if len(study.lr_grid) < 2 or any(lr <= 0 for lr in study.lr_grid):
-        raise StudyError(f"{where('lr_grid')}: lr_grid needs at least two positive learning rates")
     if not study.rungs or study.rungs[-1] != 1.0 or any(not 0 < r <= 1 for r in study.rungs):
         raise StudyError(f"{where('rungs')}: rungs are fractions in (0, 1] that end at 1, got {study.rungs}")
     if study.rungs != sorted(study.rungs):
@@ -233,6 +233,17 @@ def load_study(path: str | Path) -> Study:
     return study
 
 
+def _learning_rates(where: str, grid: Any) -> list[float]:
+    """A learning-rate grid, the study's or a variant's: at least two positive numbers (YAML's ``true`` is
+    not one), sorted."""
+    numbers = isinstance(grid, list) and all(
+        isinstance(lr, int | float) and not isinstance(lr, bool) for lr in grid
+    )
+    if not numbers or len(grid) < 2 or any(lr <= 0 for lr in grid):
+        raise StudyError(f"{where}: lr_grid needs at least two positive learning rates, got {grid!r}")
+    return sorted(float(lr) for lr in grid)
+
+
 def _load_variants(path: Path, items: Any, node: yaml.Node) -> list[Variant]:
     if not isinstance(items, list) or not items:
         raise StudyError(f"{path}:{_line(node)}: variants is a non-empty list of {{label, overrides}}")
@@ -259,13 +270,7 @@ def _load_variants(path: Path, items: Any, node: yaml.Node) -> list[Variant]:
                     f"{path}:{line}: variant {item['label']!r}: lr_from and lr_grid exclude each other "
                     "(a variant either takes another's rate or chooses its own from its grid)"
                 )
-            numbers = isinstance(grid, list) and all(isinstance(lr, int | float) for lr in grid)
-            if not numbers or len(grid) < 2 or any(lr <= 0 for lr in grid):
-                raise StudyError(
-                    f"{path}:{line}: variant {item['label']!r}: lr_grid needs at least two positive "
-                    f"learning rates, got {grid!r}"
-                )
-            grid = sorted(float(lr) for lr in grid)
+            grid = _learning_rates(f"{path}:{line}: variant {item['label']!r}", grid)
         variants.append(Variant(str(item["label"]), dict(overrides), item.get("lr_from"), grid))
     labels = {v.label for v in variants}
     for variant, item_node in zip(variants, node.value, strict=True):
@@ -520,8 +525,11 @@ class Executor:
             for spec in specs
         ]
         todo = [r for r in planned if self.summary(r.name).get("status") != "finished"]
-        for r in todo:  # a run stopped part-way starts again from nothing: its partial record would mislead
-            shutil.rmtree(self.runs_dir / r.name, ignore_errors=True)
+        for r in todo:
+            # A run stopped after a checkpoint continues from it (the runner resumes it, bit for bit on the
+            # CPU); one stopped before its first starts again from nothing: its partial record would mislead.
+            if not checkpoint.list_checkpoints(self.runs_dir / r.name):
+                shutil.rmtree(self.runs_dir / r.name, ignore_errors=True)
         if todo:
             SweepRunner(todo, self.runs_dir, self.parallel, self.threads).run()
         for r in todo:

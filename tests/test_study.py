@@ -58,6 +58,9 @@ questions:
         ),
         (GOOD.replace("lr_from: a", "lr_grid: [0.1]"), r":6: variant 'b': lr_grid needs at least two"),
         (GOOD.replace("lr_from: a", "lr_grid: [0.1, fast]"), r":6: variant 'b': lr_grid needs at least two"),
+        (GOOD.replace("lr_from: a", "lr_grid: [0.1, true]"), r":6: variant 'b': lr_grid needs at least two"),
+        (GOOD.replace("0.016]", "true]"), r"study.yaml:3: lr_grid needs at least two positive .*True"),
+        (GOOD.replace("0.001, 0.002, 0.004, 0.008, 0.016", "0.001"), r"study.yaml:3: lr_grid needs"),
     ],
 )
 def test_a_bad_study_file_is_an_error_naming_its_line(tmp_path, base_file, text, message):
@@ -170,18 +173,28 @@ def test_the_whole_protocol_runs_resumes_and_never_repeats_a_run(tmp_path, base_
     assert state["variants"][1]["chosen_lr"] == chosen and chosen in (0.003, 0.01)
     assert state["unigram_loss"] > 0
     mtimes = {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")}
-    # a run killed part-way: its directory holds a partial record, which the restart replaces
-    killed = next(iter(mtimes)).parent
-    (killed / "summary.json").write_text(json.dumps({"status": "interrupted"}))
-    (killed / "metrics.jsonl").write_text('{"step": 1, "train/loss": 99.0}\n')
-    del mtimes[killed / "summary.json"]
+    # Two runs killed part-way. One before its first checkpoint: its directory holds a partial record, which
+    # the restart replaces. One after a checkpoint (here its last): the restart continues it from there.
+    killed_early, killed_late = (p.parent for p in list(mtimes)[:2])
+    for path_ in killed_early.glob("ckpt-*.pt"):
+        path_.unlink()
+    (killed_early / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    (killed_early / "metrics.jsonl").write_text('{"step": 1, "train/loss": 99.0}\n')
+    late_summary = json.loads((killed_late / "summary.json").read_text())
+    (killed_late / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    for killed in (killed_early, killed_late):
+        del mtimes[killed / "summary.json"]
     capsys.readouterr()
     assert main([str(path), "--out-dir", str(out), "--parallel", "2", "--threads", "1"]) == 0
     after = {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")}
     assert {p: t for p, t in after.items() if p in mtimes} == mtimes  # finished runs were not repeated
-    assert json.loads((killed / "summary.json").read_text())["status"] == "finished"
-    assert "99.0" not in (killed / "metrics.jsonl").read_text()
-    assert "5 already finished" in capsys.readouterr().out
+    assert json.loads((killed_early / "summary.json").read_text())["status"] == "finished"
+    assert "99.0" not in (killed_early / "metrics.jsonl").read_text()
+    resumed = json.loads((killed_late / "summary.json").read_text())
+    assert resumed["status"] == "finished" and resumed["final_val/loss"] == late_summary["final_val/loss"]
+    printed = capsys.readouterr().out
+    assert "4 already finished" in printed
+    assert f"--resume={killed_late}" in printed and f"--resume={killed_early}" not in printed
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, base_file, capsys):
