@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 from minigpt.storage import atomic_write_bytes
@@ -18,10 +19,13 @@ from minigpt.storage import atomic_write_bytes
 RECORD_FILES = ("config.json", "summary.json", "metrics.jsonl")
 
 
-def copy_records(src: str | Path, dst: str | Path) -> int:
-    """Copy the records of every run directory under ``src`` into ``dst``; return how many runs."""
+def copy_records(src: str | Path, dst: str | Path, names: Collection[str] | None = None) -> int:
+    """Copy the records of every run directory under ``src`` (of those named in ``names`` when given) into
+    ``dst``; return how many runs."""
     src, dst = Path(src), Path(dst)
     run_dirs = sorted(p.parent for p in src.glob("**/config.json") if "wandb" not in p.parts)
+    if names is not None:
+        run_dirs = [d for d in run_dirs if d.relative_to(src).parts[0] in names]
     if not run_dirs:
         raise FileNotFoundError(f"no run directories (folders with config.json) under {src}")
     if dst.resolve() == src.resolve():

@@ -771,9 +771,12 @@ def render(study: Study, out: Path, command: str) -> str:
 
 
 def copy_study_records(study_dir: Path, records: Path) -> int:
-    """``study.json`` and each run's config, summary and metrics (no checkpoints, no W&B folders)."""
-    n = copy_records(study_dir / "runs", records / "runs")
-    atomic_write_bytes(records / "study.json", (study_dir / "study.json").read_bytes())
+    """``study.json`` and the config, summary and metrics (no checkpoints, no W&B folders) of each run it
+    records; other run directories in the study's folder (copied in from another study, say) stay behind."""
+    state = (study_dir / "study.json").read_bytes()
+    names = {r["name"] for r in json.loads(state)["runs"]}
+    n = copy_records(study_dir / "runs", records / "runs", names)
+    atomic_write_bytes(records / "study.json", state)
     return n
 
 

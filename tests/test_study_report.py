@@ -247,13 +247,19 @@ def test_variant_at_the_baseline_lr_is_compared_where_the_grid_ran_it(study_dir)
 
 
 @pytest.mark.slow
-def test_report_regenerates_byte_identical_from_its_records(study_dir, tmp_path, monkeypatch):
+def test_report_regenerates_byte_identical_from_its_records_which_hold_only_the_studys_runs(
+    study_dir, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
+    stray = study_dir / "runs" / "copied-in-from-another-study"  # a run directory study.json does not record
+    stray.mkdir()
+    (stray / "config.json").write_text("{}")
     records, out = Path("records"), Path("report")
     assert study_report.main([str(study_dir), "--out", str(out), "--records", str(records)]) == 0
     first = (out / "report.md").read_bytes()
     run = records / "runs" / "pre-LN_lr-0.002_seed-1_f-1.000"
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl", "summary.json"]
+    assert not (records / "runs" / stray.name).exists()
     assert (records / "study.json").read_bytes() == (study_dir / "study.json").read_bytes()
     assert study_report.main([str(records), "--out", str(out)]) == 0
     assert (out / "report.md").read_bytes() == first
