@@ -69,10 +69,11 @@ def is_minigpt_config(config: dict[str, Any]) -> bool:
     return isinstance(config.get("model"), dict) and isinstance(config.get("train"), dict)
 
 
-def load_run_dir(path: str | Path) -> Run:
-    """One run directory; a run killed before its summary or first metric loads with what it has."""
+def load_run_dir(path: str | Path, config: dict[str, Any] | None = None) -> Run:
+    """One run directory (``config``: its ``config.json``, when already read); a run killed before its
+    summary or first metric loads with what it has."""
     path = Path(path)
-    config = _read_json(path / "config.json")
+    config = _read_json(path / "config.json") if config is None else config
     summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
     metrics_path = path / "metrics.jsonl"
     history = read_metrics(metrics_path) if metrics_path.is_file() else []
@@ -87,8 +88,11 @@ def load_runs(roots: Iterable[str | Path]) -> list[Run]:
         if not root.exists():
             raise RunsError(f"no such run folder: {root}")
         for config_path in sorted(root.glob("**/config.json")):
-            if "wandb" not in config_path.parts and is_minigpt_config(_read_json(config_path)):
-                runs.append(load_run_dir(config_path.parent))
+            if "wandb" in config_path.parts:
+                continue
+            config = _read_json(config_path)
+            if is_minigpt_config(config):
+                runs.append(load_run_dir(config_path.parent, config))
     if not runs:
         raise RunsError(f"no run directories (folders with config.json) under {', '.join(map(str, roots))}")
     return sorted(runs, key=lambda r: r.name)
