@@ -461,7 +461,11 @@ def setup_lines(study: Study) -> list[str]:
     scored = [e for e in finished if "score_seconds" in e]
     score_cpu = sum(e.get("score_cpu_user_s", 0.0) + e.get("score_cpu_sys_s", 0.0) for e in scored)
     score_wall = sum(e["score_seconds"] for e in scored)
-    load_keys = ("load_start", "load_end", "score_load_start", "score_load_end")
+    selected = [e for e in finished if "select_score_seconds" in e]
+    select_cpu = sum(
+        e.get("select_score_cpu_user_s", 0.0) + e.get("select_score_cpu_sys_s", 0.0) for e in selected
+    )
+    load_keys = [f"{p}load_{end}" for p in ("", "score_", "select_score_") for end in ("start", "end")]
     loads = [e[k] for e in entries for k in load_keys if isinstance(e.get(k), int | float)]
     load = f"{min(loads):.2f} to {max(loads):.2f}" if loads else "not recorded"
     phases = {
@@ -493,6 +497,12 @@ def setup_lines(study: Study) -> list[str]:
         f"{phases['seeds']} at the chosen lr); total CPU time (user + sys) {cpu / 3600:.2f} h "
         f"({cpu:,.0f} s), wall time summed over runs {wall / 3600:.2f} h; 1-minute load average at the runs' "
         f"starts and ends: {load}."
+        + (
+            f" Scoring {len(selected)} grid runs on the whole validation split to choose the rate took "
+            f"{select_cpu / 3600:.2f} CPU-hours more."
+            if selected
+            else ""
+        )
         + (
             f" Scoring {len(scored)} seed runs on the whole split after training took {score_cpu / 3600:.2f} "
             f"CPU-hours more ({score_wall / 3600:.2f} h of wall time summed over runs)."

@@ -6,12 +6,13 @@
 A sweep runs a grid; a study runs the protocol a reviewer expects of an ablation:
 
 1. **Learning rate per variant.** Every variant without ``lr_from`` is trained at each value of its grid
-   (its own ``lr_grid``, else the study's),
-   pruned by successive halving: the rungs (default 1/9, 1/3 and the whole budget) train for that fraction
-   of the steps (warmup scaled alike), and after each rung the best ``keep`` fraction of the rates (by mean
-   validation loss over the rung's seeds) goes on. A rung short of the whole budget uses the first selection
-   seed; the whole budget uses every selection seed. When the winner sits at an edge of the grid, the grid
-   grows by one step that way (up to ``max_extend`` times) until an inner value wins.
+   (its own ``lr_grid``, else the study's), pruned by successive halving: the rungs (default 1/9, 1/3 and
+   the whole budget) train for that fraction of the steps (warmup scaled alike), and after each rung the
+   best ``keep`` fraction of the rates (by mean ``select_metric`` over the rung's seeds: by default the
+   run's own final validation estimate; with ``whole_val/loss`` each run's final checkpoint is first scored
+   on the whole validation split) goes on. A rung short of the whole budget uses the first selection seed;
+   the whole budget uses every selection seed. When the winner sits at an edge of the grid, the grid grows
+   by one step that way (up to ``max_extend`` times) until an inner value wins.
 2. **Seeds.** Each variant at its chosen rate (or, with ``lr_from``, at another variant's), for every one of
    ``seeds``: the same seeds for all variants, so runs with the same seed see the same batches and the
    comparisons are paired. Phase-1 runs at the chosen rate and whole budget count as seeds already.
@@ -61,7 +62,7 @@ STUDY_KEYS = {
     "max_extend": "how often the grid may grow past an edge",
     "selection_seeds": "seeds of phase 1 (the learning-rate choice)",
     "seeds": "seeds of phase 2, the same for every variant",
-    "select_metric": "what phase 1 minimises",
+    "select_metric": "what phase 1 minimises (whole_val/loss: validation scored whole after training)",
     "test_metric": "what the report tests (whole_<split>/loss: that split scored whole after training)",
     "variants": "list of {label, overrides, lr_from or lr_grid}",
     "questions": "list of {name, title, kind, baseline, variants, margin, rule}",
@@ -211,6 +212,11 @@ def load_study(path: str | Path) -> Study:
         raise StudyError(f"{where('keep')}: keep is a fraction in (0, 1], got {study.keep}")
     if not study.selection_seeds:
         raise StudyError(f"{where('selection_seeds')}: phase 1 needs at least one seed")
+    if whole_split(study.select_metric) not in (None, "val"):
+        raise StudyError(
+            f"{where('select_metric')}: the rate is chosen on validation, so a whole split to select on is "
+            f"whole_val/loss, got {study.select_metric}"
+        )
     paired = [q for q in study.questions if q.kind in ("difference", "equivalence")]
     if paired and len(study.seeds) < 2:
         raise StudyError(
@@ -619,7 +625,9 @@ def choose_learning_rates(study: Study, ex: Executor) -> dict[str, float]:
             }
             for v in tuned
         }
-        ex.run_batch([s for per_lr in specs.values() for group in per_lr.values() for s in group])
+        batch = [s for per_lr in specs.values() for group in per_lr.values() for s in group]
+        ex.run_batch(batch)
+        score_whole(ex, study.select_metric, [s.name(study) for s in batch], "select_score_")
         for v in tuned:
             ranked = sorted(alive[v.label], key=lambda lr, v=v: score(study, ex, specs[v.label][lr]))
             alive[v.label] = ranked if last else ranked[: max(1, math.ceil(len(ranked) * study.keep))]
@@ -636,7 +644,9 @@ def choose_learning_rates(study: Study, ex: Executor) -> dict[str, float]:
             ]
             for label, lr in edges.items()
         }
-        ex.run_batch([s for group in batch.values() for s in group])
+        grown = [s for group in batch.values() for s in group]
+        ex.run_batch(grown)
+        score_whole(ex, study.select_metric, [s.name(study) for s in grown], "select_score_")
         for label, lr in edges.items():
             ex.grids[label] = sorted([*ex.grids[label], lr])
             best = [RunSpec(label, chosen[label], s.seed, s.steps, "lr") for s in batch[label]]
@@ -668,32 +678,33 @@ def seed_runs(study: Study, ex: Executor, chosen: dict[str, float]) -> None:
     ex.run_batch(specs)
 
 
-def whole_split(study: Study) -> str | None:
-    """The split the test metric scores whole after training (``whole_<split>/loss``), if it is one."""
-    m = re.fullmatch(r"whole_(\w+)/loss", study.test_metric)
+def whole_split(metric: str) -> str | None:
+    """The split a metric scores whole after training (``whole_<split>/loss``), if it is one."""
+    m = re.fullmatch(r"whole_(\w+)/loss", metric)
     return m.group(1) if m else None
 
 
-def score_whole(study: Study, ex: Executor) -> None:
-    """Phase 2b: score each finished seed run's final checkpoint on the whole split the test metric names
-    (``python -m minigpt.evaluate ... --into-summary``), through the sweep runner; runs already scored are
-    skipped, so this resumes too."""
-    split = whole_split(study)
+def score_whole(ex: Executor, metric: str, names: list[str], record_prefix: str) -> None:
+    """Score each named finished run's final checkpoint on the whole split ``metric`` names (``python -m
+    minigpt.evaluate ... --into-summary``), through the sweep runner; runs already scored are skipped, so
+    this resumes too. Phase 1 calls it for the selection metric, phase 2b for the test metric; each records
+    its scoring's time, load and CPU time under its own ``record_prefix`` (``select_score_``, ``score_``)."""
+    split = whole_split(metric)
     if split is None or ex.wandb is not None:
         return
-    prefix = "score-"
+    prefix = f"score-{split}-"
     jobs = [
         PlannedRun(
             prefix + name,
             [sys.executable, "-m", "minigpt.evaluate", str(ex.runs_dir / name), "--split", split]
             + ["--into-summary", f"--threads={ex.threads}"],
         )
-        for name, r in ex.records.items()
-        if r.get("phase") == "seeds" and ex.summary(name).get("status") == "finished"
+        for name in names
+        if ex.summary(name).get("status") == "finished"
     ]
 
     def scored(job: str) -> bool:
-        return study.test_metric in ex.summary(job.removeprefix(prefix))
+        return metric in ex.summary(job.removeprefix(prefix))
 
     todo = [job for job in jobs if not scored(job.name)]
     if not todo:
@@ -702,9 +713,14 @@ def score_whole(study: Study, ex: Executor) -> None:
     for job in todo:
         record = ex.records[job.name.removeprefix(prefix)]
         record.update(
-            {f"score_{k}": getattr(job, k) for k in ("returncode", "seconds", "load_start", "load_end")}
+            {
+                f"{record_prefix}{k}": getattr(job, k)
+                for k in ("returncode", "seconds", "load_start", "load_end")
+            }
         )
-        record.update({"score_cpu_user_s": job.cpu_user_s, "score_cpu_sys_s": job.cpu_sys_s})
+        record.update(
+            {f"{record_prefix}cpu_user_s": job.cpu_user_s, f"{record_prefix}cpu_sys_s": job.cpu_sys_s}
+        )
         if job.status != "finished":
             record["status"] = "failed"
     ex.save()
@@ -882,6 +898,13 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.wandb_sweep and whole_split(study.select_metric):
+        print(
+            f"error: select_metric {study.select_metric} scores checkpoints on this machine, and runs handed "
+            "to W&B agents leave theirs elsewhere; choose on final_val/loss with --wandb-sweep",
+            file=sys.stderr,
+        )
+        return 2
     study_dir = Path(args.out_dir) / study.name
     remote = WandbRuns(args.wandb_sweep, study.path) if args.wandb_sweep else None
     ex = Executor(study, study_dir, args.parallel, threads, remote)
@@ -899,7 +922,8 @@ def main(argv: list[str] | None = None) -> int:
             "[study] chosen learning rates: " + ", ".join(f"{k} {v:g}" for k, v in chosen.items()), flush=True
         )
         seed_runs(study, ex, chosen)
-        score_whole(study, ex)
+        seeds = [name for name, r in ex.records.items() if r.get("phase") == "seeds"]
+        score_whole(ex, study.test_metric, seeds, "score_")
     except Pending as e:
         print(f"[study] {e}")
         return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import tiny_config, write_experiment
 
+from analysis import study_report
 from minigpt import study as study_mod
 from minigpt.study import Executor, RunSpec, StudyError, choose_learning_rates, load_study, main
 
@@ -59,6 +60,7 @@ questions:
         (GOOD.replace("lr_from: a", "lr_grid: [0.1]"), r":6: variant 'b': lr_grid needs at least two"),
         (GOOD.replace("lr_from: a", "lr_grid: [0.1, fast]"), r":6: variant 'b': lr_grid needs at least two"),
         (GOOD.replace("lr_from: a", "lr_grid: [0.1, true]"), r":6: variant 'b': lr_grid needs at least two"),
+        (GOOD + "select_metric: whole_test/loss\n", r"study.yaml:11: .*chosen on validation.*whole_val/loss"),
         (GOOD.replace("0.016]", "true]"), r"study.yaml:3: lr_grid needs at least two positive .*True"),
         (GOOD.replace("0.001, 0.002, 0.004, 0.008, 0.016", "0.001"), r"study.yaml:3: lr_grid needs"),
     ],
@@ -305,6 +307,62 @@ def test_a_whole_split_test_metric_scores_every_seed_run_once_with_a_bootstrap_i
     mtimes = {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")}
     assert main([str(path), "--out-dir", str(out), "--parallel", "2", "--threads", "1"]) == 0
     assert {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")} == mtimes
+
+
+@pytest.mark.slow
+def test_choosing_on_the_whole_validation_split_scores_every_grid_run_once_and_ranks_by_that_score(
+    tmp_path, base_file, monkeypatch, capsys
+):
+    monkeypatch.chdir(REPO_ROOT)
+    path = write_study(tmp_path, base_file, SMALL + "select_metric: whole_val/loss\n")
+    out = tmp_path / "studies"
+    assert main([str(path), "--out-dir", str(out), "--parallel", "2", "--threads", "1"]) == 0
+    state = json.loads((out / "s" / "study.json").read_text())
+    summaries = {
+        r["name"]: json.loads((out / "s" / "runs" / r["name"] / "summary.json").read_text())
+        for r in state["runs"]
+    }
+    grid = [r for r in state["runs"] if r["in_grid"]]
+    assert len(grid) == 3 and all(r["select_score_returncode"] == 0 for r in grid)
+    for record in grid:
+        summary = summaries[record["name"]]
+        assert (
+            summary["whole_val/tokens"] >= summary["final_val/tokens"]
+            and summary["whole_val/step"] == summary["step"]
+        )
+    half = {r["lr"]: summaries[r["name"]]["whole_val/loss"] for r in grid if r["fraction"] == 0.5}
+    assert state["variants"][0]["chosen_lr"] == min(half, key=half.get)
+    setup = "\n".join(study_report.setup_lines(study_report.load_study(out / "s")))
+    assert "Scoring 3 grid runs on the whole validation split to choose the rate took" in setup
+    capsys.readouterr()
+    assert main([str(path), "--out-dir", str(out), "--parallel", "2", "--threads", "1"]) == 0
+    assert "score-val-" not in capsys.readouterr().out  # every grid run was scored once, not again
+
+
+def test_the_rate_is_ranked_by_the_select_metric_not_the_runs_own_estimate(tmp_path, base_file):
+    study = load_study(write_study(tmp_path, base_file, GOOD + "select_metric: whole_val/loss\n"))
+
+    class Records:
+        summaries = {
+            "a_lr-0.001_seed-1_steps-6": {"status": "finished", "final_val/loss": 5.0, "whole_val/loss": 6.0},
+            "a_lr-0.002_seed-1_steps-6": {"status": "finished", "final_val/loss": 6.0, "whole_val/loss": 5.5},
+        }
+
+        def summary(self, name: str) -> dict:
+            return self.summaries[name]
+
+    ex = Records()
+    specs = {lr: [RunSpec("a", lr, 1, 6, "lr")] for lr in (0.001, 0.002)}
+    assert {lr: study_mod.score(study, ex, s) for lr, s in specs.items()} == {0.001: 6.0, 0.002: 5.5}
+    del Records.summaries["a_lr-0.002_seed-1_steps-6"]["whole_val/loss"]  # not scored: it cannot win
+    assert study_mod.score(study, ex, specs[0.002]) == math.inf
+
+
+def test_choosing_on_a_whole_split_is_refused_with_wandb_agents(tmp_path, base_file, capsys):
+    path = write_study(tmp_path, base_file, GOOD + "select_metric: whole_val/loss\n")
+    assert main([str(path), "--out-dir", str(tmp_path / "o"), "--wandb-sweep", "me/proj"]) == 2
+    assert "choose on final_val/loss with --wandb-sweep" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_each_run_is_grouped_in_wandb_by_its_variant_label_rate_and_budget(tmp_path, base_file):
