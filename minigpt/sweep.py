@@ -17,15 +17,15 @@ Each run's command is the file's ``command`` list with ``${env}``, ``${interpret
 W&B agent does (``--name=value`` with Python's ``str`` of the value, parameters sorted by name), except
 that ``${interpreter}`` is this Python rather than ``python`` from ``PATH``. The runner then appends
 ``--log.out_dir``, ``--log.run_name``, ``--log.sweep`` (and ``--train.threads``), so the program must take
-``--key=value`` overrides the way ``run.py`` does. Runs go to ``<out-dir>/<sweep-id>/<run name>/`` with
-``WANDB_MODE=offline`` and no ``WANDB_SWEEP_ID``: the sweep's name travels as a config value and W&B tag,
-not as a W&B sweep id that no server knows, so ``wandb sync`` uploads each run into its project with its own
-id. The sweep's state is kept in ``<out-dir>/<sweep-id>/sweep.json``, with each run's one-minute load
-average at its start and end (``load_start``, ``load_end``), to judge whether its throughput was measured on
-a quiet machine. A restart skips runs whose ``summary.json`` says ``finished`` and continues a run stopped
-part-way from its last checkpoint (``--resume``); a run that fails is recorded as failed and the sweep
-carries on. Several files given together share one sweep id and one queue, and a run that two files both
-define (same name, same changes to the same experiment) runs once.
+``--key=value`` overrides (and ``--resume=RUN_DIR``) the way ``run.py`` does. Runs go to
+``<out-dir>/<sweep-id>/<run name>/`` with ``WANDB_MODE=offline`` and no ``WANDB_SWEEP_ID``: the sweep's name
+travels as a config value and W&B tag, not as a W&B sweep id that no server knows, so ``wandb sync`` uploads
+each run into its project with its own id. The sweep's state is kept in ``<out-dir>/<sweep-id>/sweep.json``,
+with each run's one-minute load average at its start and end (``load_start``, ``load_end``), to judge
+whether its throughput was measured on a quiet machine. A restart skips runs whose ``summary.json`` says
+``finished`` and continues a run stopped part-way from its last checkpoint (``--resume``); a run that fails
+is recorded as failed and the sweep carries on. Several files given together share one sweep id and one
+queue, and a run that two files both define (same name, same changes to the same experiment) runs once.
 """
 
 from __future__ import annotations
