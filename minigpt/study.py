@@ -712,15 +712,8 @@ def score_whole(ex: Executor, metric: str, names: list[str], record_prefix: str)
     SweepRunner(todo, ex.runs_dir, ex.parallel, ex.threads, finished=scored).run()
     for job in todo:
         record = ex.records[job.name.removeprefix(prefix)]
-        record.update(
-            {
-                f"{record_prefix}{k}": getattr(job, k)
-                for k in ("returncode", "seconds", "load_start", "load_end")
-            }
-        )
-        record.update(
-            {f"{record_prefix}cpu_user_s": job.cpu_user_s, f"{record_prefix}cpu_sys_s": job.cpu_sys_s}
-        )
+        keys = ("returncode", "seconds", "load_start", "load_end", "cpu_user_s", "cpu_sys_s")
+        record.update({f"{record_prefix}{k}": getattr(job, k) for k in keys})
         if job.status != "finished":
             record["status"] = "failed"
     ex.save()
