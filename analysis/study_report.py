@@ -457,6 +457,9 @@ def setup_lines(study: Study) -> list[str]:
     grid_seeds = sorted({e["seed"] for e in in_grid}, key=str)
     rungs = sorted({float(e.get("fraction", 1.0)) for e in in_grid})
     cpu = sum(e.get("cpu_user_s", 0.0) + e.get("cpu_sys_s", 0.0) for e in finished)
+    # a finished run the study's runner did not train here (a run directory copied in from another study,
+    # or one a W&B agent ran) has no CPU time in its record
+    uncounted = sum("cpu_user_s" not in e for e in finished)
     wall = sum(e.get("seconds", 0.0) for e in finished)
     scored = [e for e in finished if "score_seconds" in e]
     score_cpu = sum(e.get("score_cpu_user_s", 0.0) + e.get("score_cpu_sys_s", 0.0) for e in scored)
@@ -497,6 +500,13 @@ def setup_lines(study: Study) -> list[str]:
         f"{phases['seeds']} at the chosen lr); total CPU time (user + sys) {cpu / 3600:.2f} h "
         f"({cpu:,.0f} s), wall time summed over runs {wall / 3600:.2f} h; 1-minute load average at the runs' "
         f"starts and ends: {load}."
+        + (
+            f" {uncounted} of the finished runs were not trained by this study's runner (run directories "
+            "copied in from another study, or runs of W&B agents): their CPU and wall time are not in these "
+            "sums."
+            if uncounted
+            else ""
+        )
         + (
             f" Scoring {len(selected)} grid runs on the whole validation split to choose the rate took "
             f"{select_cpu / 3600:.2f} CPU-hours more."

@@ -281,6 +281,17 @@ def test_report_holds_setup_questions_and_plots(study_dir, tmp_path):
     assert "layer_grad_norms_heads.png" not in text  # only questions that move the LayerNorm
 
 
+def test_runs_copied_in_from_another_study_are_said_to_be_left_out_of_the_cpu_time(study_dir, tmp_path):
+    spec = json.loads((study_dir / "study.json").read_text())
+    for e in spec["runs"][:2]:  # two run directories made elsewhere: no runner record of their time
+        for key in ("cpu_user_s", "cpu_sys_s", "seconds"):
+            del e[key]
+    (study_dir / "study.json").write_text(json.dumps(spec))
+    text = study_report.write_study_report(study_dir, tmp_path / "out").read_text()
+    assert "total CPU time (user + sys) 0.55 h (1,989 s)" in text  # 39 runs x 51 s
+    assert "2 of the finished runs were not trained by this study's runner" in text
+
+
 def test_variants_with_their_own_budgets_and_early_stopping_show_steps_kept_and_stopped(study_dir, tmp_path):
     spec = json.loads((study_dir / "study.json").read_text())
     for v in spec["variants"]:
