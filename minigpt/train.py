@@ -315,6 +315,14 @@ def build_model(
     return model
 
 
+def trainable_params(model: GPT) -> int:
+    """Parameters the optimizer updates: all of ``num_params`` (no vocabulary padding rows, which hold
+    nothing) when every tensor trains, else the trainable tensors' own size (LoRA's adapters)."""
+    if all(p.requires_grad for p in model.parameters()):
+        return model.num_params()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def run_metadata(
     trainer: Trainer, source: provenance.SourceState, command: list[str] | None, saved: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -334,7 +342,7 @@ def run_metadata(
             "precision": trainer.precision,
             "params": model.num_params(),
             "params_non_embedding": model.num_params(non_embedding=True),
-            "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "params_trainable": trainable_params(model),
             "tokens_planned": config.train.max_steps * trainer.tokens_per_step,
             "max_minutes": config.train.max_minutes,
             "run_dir": str(trainer.run_dir),

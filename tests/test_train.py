@@ -93,6 +93,9 @@ def test_run_directory_records_config_metrics_and_summary(finished_run):
     saved = json.loads((run_dir / "config.json").read_text())
     assert ExperimentConfig.from_dict({k: v for k, v in saved.items() if k != "_run"}) == config
     assert saved["_run"]["command"] == ["run.py", "experiment.py", "--dropout=0.1"]
+    # every weight trains; the vocabulary's padding rows (50,304 rows for 50,257 tokens) are not parameters
+    assert config.model.padded_vocab_size > config.model.vocab_size
+    assert saved["_run"]["params_trainable"] == saved["_run"]["params"]
     if (REPO_ROOT / ".git").exists():
         assert re.fullmatch(r"[0-9a-f]{40}", saved["_run"]["git_commit"])
     rows = read_metrics(run_dir / "metrics.jsonl")
