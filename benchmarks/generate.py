@@ -7,13 +7,23 @@ Both sides run in float32 with the same torch thread count, decode greedily (or 
 seed when --sample) for exactly --new-tokens tokens (HF's early stop is disabled). After one untimed run
 each (whose greedy outputs are compared), the two sides alternate for --reps runs. Reported: median
 tokens/s (min-max), per batch size, and our speed-up over HF.
+
+At batch 1 a token reads every weight once, so the time of the model's matmuls alone (each linear layer and
+the head applied to one row, nothing else) is a floor no fp32 decoder of these weights goes below on these
+threads, whatever its Python or cache. The benchmark measures that floor beside the table and says how close
+each side comes to it, and whether twice HF's speed is within it.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from benchmarks.common import (
     CONFIGS,
@@ -26,6 +36,36 @@ from benchmarks.common import (
     time_alternating,
     write_json,
 )
+
+
+def matmul_floor(model: nn.Module, reps: int) -> dict[str, float]:
+    """Seconds a batch-1 token spends in ``model``'s matmuls alone: every ``nn.Linear`` weight (a tied head
+    once) applied to one row, timed ``reps`` times after one untimed pass; median, min, max, the weights'
+    bytes, and ``read_s``, the median seconds of summing the same weights (a plain read of those bytes: when
+    the matmuls take no longer, they run at the memory's speed, not the matmul kernel's)."""
+    weights = list({id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear)}.values())
+    rows = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights}
+
+    def timed(one_pass: Callable[[], None]) -> list[float]:
+        one_pass()
+        seconds = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            one_pass()
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
+    with torch.inference_mode():
+        matmuls = timed(lambda: [F.linear(rows[w.shape[1]], w) for w in weights])
+        reads = timed(lambda: [w.sum() for w in weights])
+    nbytes = sum(w.numel() * w.element_size() for w in weights)
+    return dict(
+        median=statistics.median(matmuls),
+        min=min(matmuls),
+        max=max(matmuls),
+        bytes=nbytes,
+        read_s=statistics.median(reads),
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -97,6 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
             )
         )
 
+    floor = matmul_floor(ours, reps=max(20, 10 * args.reps))
+    ceiling = 1 / floor["median"]  # tokens/s of one sequence that only reads the weights
+    at_batch_1 = next((row for row in rows if row["batch_size"] == 1), None)
     print_table(
         f"generate: {args.config} config ({ours.num_params() / 1e6:.1f}M params), "
         f"{'sampling' if args.sample else 'greedy'}, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
@@ -113,6 +156,21 @@ def main(argv: list[str] | None = None) -> dict:
             for row in rows
         ],
     )
+    bandwidth = floor["bytes"] / floor["median"] / 1e9
+    print(
+        f"batch-1 floor: the model's matmuls alone take {floor['median'] * 1e3:.1f} ms a token "
+        f"({floor['bytes'] / 1e6:.0f} MB of weights at {bandwidth:.1f} GB/s; summing them takes "
+        f"{floor['read_s'] * 1e3:.1f} ms), so no decoder of these fp32 weights passes {ceiling:.1f} tokens/s "
+        f"on {args.threads} thread{'s' if args.threads != 1 else ''}"
+    )
+    if at_batch_1 is not None:
+        ours_1, hf_1 = at_batch_1["ours_tokens_per_s"]["median"], at_batch_1["hf_tokens_per_s"]["median"]
+        shares = dict(ours=ours_1 / ceiling, hf=hf_1 / ceiling, twice_hf=2 * hf_1 / ceiling)
+        at_batch_1.update({f"{side}_of_ceiling": share for side, share in shares.items()})
+        print(
+            f"at batch 1 MiniGPT runs at {shares['ours']:.0%} of that ceiling and HF at {shares['hf']:.0%}; "
+            f"twice HF ({2 * hf_1:.1f} tokens/s) is {shares['twice_hf']:.0%} of it"
+        )
     result = dict(
         environment=environment(args.threads, device),
         config=args.config,
@@ -121,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
         prompt_len=args.prompt_len,
         new_tokens=args.new_tokens,
         reps=args.reps,
+        matmul_floor_s=floor,
+        ceiling_tokens_per_s=ceiling,
         rows=rows,
     )
     write_json(args.out, result)

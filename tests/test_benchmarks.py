@@ -2,6 +2,7 @@
 and its ratios are computed from the two sides (ours over Hugging Face's)."""
 
 import pytest
+import torch
 
 from benchmarks import common
 from benchmarks import data_prep as data_prep_benchmark
@@ -94,7 +95,20 @@ def test_the_generation_benchmark_measures_both_sides_per_batch_and_their_greedy
         assert row["ours_tokens_per_s"]["median"] == tokens / 0.2
         assert row["hf_tokens_per_s"]["median"] == tokens / 0.8
         assert row["speedup"] == 4.0 and row["same_tokens"] is True
-    assert capsys.readouterr().out.count("4.00x") == 2
+    out = capsys.readouterr().out
+    assert out.count("4.00x") == 2
+    # the batch-1 floor: the model's own matmuls, timed for real, and each side's share of its ceiling
+    floor, ceiling = result["matmul_floor_s"], result["ceiling_tokens_per_s"]
+    assert 0 < floor["min"] <= floor["median"] <= floor["max"] and ceiling == 1 / floor["median"]
+    assert floor["read_s"] > 0
+    ours = generate_benchmark.build_peers("smoke", torch.device("cpu"))[0]
+    linear = [m.weight for m in ours.modules() if isinstance(m, torch.nn.Linear)]
+    assert floor["bytes"] == 4 * sum({id(w): w.numel() for w in linear}.values())  # a tied head once
+    row = result["rows"][0]
+    assert row["ours_of_ceiling"] == (5 / 0.2) / ceiling
+    assert row["twice_hf_of_ceiling"] == 2 * (5 / 0.8) / ceiling
+    assert "batch-1 floor: the model's matmuls alone take" in out and "twice HF (12.5 tokens/s) is" in out
+    assert "ours_of_ceiling" not in result["rows"][1]
 
 
 @pytest.mark.slow
