@@ -48,8 +48,12 @@ from minigpt.storage import atomic_write_bytes
 ALPHA = 0.05
 POWER = 0.8
 DEFAULT_RULE_GAP = 0.5
-"""Without a success question, a run "trains" when its selection metric ends this many nats below the
-unigram level (the rule issue 20 fixes in advance)."""
+"""Without a success question, a run "trains" when ``RULE_METRIC`` ends this many nats below the unigram
+level (the rule issue 20 fixes in advance)."""
+RULE_METRIC = "final_val/loss"
+"""What a rule reads unless it names a metric: the validation estimate every run makes at its end (a
+whole-split selection metric scores only the grid runs, so seeds outside the grid would count as not
+trained)."""
 
 
 @dataclass
@@ -152,8 +156,8 @@ class QuestionResult:
 
 def success_rule(study: Study, question: dict[str, Any]) -> dict[str, Any] | None:
     """The rule a run must meet to count as trained: a success question's own rule; for other questions
-    the first success rule of the study that covers one of its variants, else the default (the selection
-    metric ``DEFAULT_RULE_GAP`` nats below the unigram level), else None."""
+    the first success rule of the study that covers one of its variants, else the default (``RULE_METRIC``
+    ``DEFAULT_RULE_GAP`` nats below the unigram level), else None."""
     if question["kind"] == "success":
         return resolve_rule(study, question["rule"])
     labels = {question["baseline"], *question["variants"]}
@@ -162,14 +166,14 @@ def success_rule(study: Study, question: dict[str, Any]) -> dict[str, Any] | Non
             return resolve_rule(study, q["rule"])
     unigram = study.spec.get("unigram_loss")
     if isinstance(unigram, int | float):
-        return {"metric": study.spec["select_metric"], "below": round(unigram - DEFAULT_RULE_GAP, 6)}
+        return {"metric": RULE_METRIC, "below": round(unigram - DEFAULT_RULE_GAP, 6)}
     return None
 
 
 def resolve_rule(study: Study, rule: dict[str, Any]) -> dict[str, Any]:
     """A study file's rule as a fixed threshold: ``below_unigram_by: g`` becomes ``below`` the unigram loss
-    minus g; the metric defaults to the selection metric."""
-    resolved = {"metric": rule.get("metric", study.spec["select_metric"])}
+    minus g; the metric defaults to ``RULE_METRIC``."""
+    resolved = {"metric": rule.get("metric", RULE_METRIC)}
     if "below_unigram_by" in rule:
         unigram = study.spec.get("unigram_loss")
         if not isinstance(unigram, int | float):
@@ -606,7 +610,8 @@ def unfinished_lines(study: Study) -> list[str]:
             lines.append(f"{where}: {e.get('status', 'not started')}")
         elif e["name"] not in study.runs:
             lines.append(f"{where}: finished, but its run directory is missing")
-        elif e not in study.entries():
+        elif (e.get("phase") == "lr" or e.get("in_grid")) and e not in study.entries():
+            # only a grid point needs the selection metric (a whole split scores only those)
             lines.append(f"{where}: finished without `{study.spec['select_metric']}`")
         elif test and e not in study.entries(test):
             lines.append(f"{where}: finished without `{test}`")

@@ -186,6 +186,20 @@ def test_success_question_compares_counts_with_fishers_exact_test(study_dir):
     assert "Fisher's exact test" in text and "2/5" in text
 
 
+def test_with_a_whole_split_selection_metric_a_run_trains_by_the_estimate_every_run_makes(study_dir):
+    # whole_val/loss scores only the grid runs: the default rule must not call every other seed untrained
+    spec = json.loads((study_dir / "study.json").read_text())
+    spec["select_metric"] = "whole_val/loss"
+    (study_dir / "study.json").write_text(json.dumps(spec))
+    for run_dir in (study_dir / "runs").glob("*_grid"):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        (run_dir / "summary.json").write_text(json.dumps(summary | {"whole_val/loss": 5.0}))
+    result = question(study_dir, "heads")
+    assert result.rule["metric"] == "final_val/loss"
+    assert all(row.trained == [1, 2, 3, 4, 5] and not row.split for row in result.rows)
+    assert study_report.unfinished_lines(study_report.load_study(study_dir)) == []  # seeds need no whole_val
+
+
 def test_holm_is_one_family_per_question(tmp_path):
     alone = write_study(tmp_path / "alone", [QUESTIONS[0]])
     together = write_study(tmp_path / "together", [QUESTIONS[0], QUESTIONS[1]])
