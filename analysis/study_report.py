@@ -56,6 +56,11 @@ whole-split selection metric scores only the grid runs, so seeds outside the gri
 trained)."""
 
 
+def is_grid_point(entry: dict[str, Any]) -> bool:
+    """Whether a ``study.json`` run is a point of the lr grid (phase 1, or a phase-2 seed reused from it)."""
+    return entry.get("phase") == "lr" or bool(entry.get("in_grid"))
+
+
 @dataclass
 class Study:
     spec: dict[str, Any]
@@ -88,7 +93,7 @@ class Study:
 
     def grid(self, **match: Any) -> list[dict[str, Any]]:
         """The finished runs of phase 1 (the lr grid), including those phase 2 reused as seeds."""
-        return [e for e in self.entries(**match) if e.get("phase") == "lr" or e.get("in_grid")]
+        return [e for e in self.entries(**match) if is_grid_point(e)]
 
     def phase2(self, label: str) -> dict[Any, Run]:
         """Seed -> the variant's run at its chosen lr (phase 2), where it scored the test split."""
@@ -457,7 +462,7 @@ def setup_lines(study: Study) -> list[str]:
     entries = s["runs"]
     finished = [e for e in entries if e.get("status") == "finished"]
     seeds = sorted({e["seed"] for e in entries if e.get("phase") == "seeds"}, key=str)
-    in_grid = [e for e in entries if e.get("phase") == "lr" or e.get("in_grid")]
+    in_grid = [e for e in entries if is_grid_point(e)]
     grid_seeds = sorted({e["seed"] for e in in_grid}, key=str)
     rungs = sorted({float(e.get("fraction", 1.0)) for e in in_grid})
     cpu = sum(e.get("cpu_user_s", 0.0) + e.get("cpu_sys_s", 0.0) for e in finished)
@@ -476,7 +481,7 @@ def setup_lines(study: Study) -> list[str]:
     loads = [e[k] for e in entries for k in load_keys if isinstance(e.get(k), int | float)]
     load = f"{min(loads):.2f} to {max(loads):.2f}" if loads else "not recorded"
     phases = {
-        "lr": sum(e.get("phase") == "lr" or bool(e.get("in_grid")) for e in finished),
+        "lr": sum(is_grid_point(e) for e in finished),
         "seeds": sum(e.get("phase") == "seeds" for e in finished),
     }
     unigram = s.get("unigram_loss")
@@ -610,7 +615,7 @@ def unfinished_lines(study: Study) -> list[str]:
             lines.append(f"{where}: {e.get('status', 'not started')}")
         elif e["name"] not in study.runs:
             lines.append(f"{where}: finished, but its run directory is missing")
-        elif (e.get("phase") == "lr" or e.get("in_grid")) and e not in study.entries():
+        elif is_grid_point(e) and e not in study.entries():
             # only a grid point needs the selection metric (a whole split scores only those)
             lines.append(f"{where}: finished without `{study.spec['select_metric']}`")
         elif test and e not in study.entries(test):
