@@ -20,11 +20,11 @@ A sweep runs a grid; a study runs the protocol a reviewer expects of an ablation
    split (``python -m minigpt.evaluate``), with a bootstrap interval over blocks, into its summary.
 3. **Report.** ``--report-out`` writes the tests each question asks for with ``analysis.study_report``.
 
-Re-running the command continues where it stopped: a run whose ``summary.json`` says ``finished`` is never
-repeated, a run stopped part-way continues from its last checkpoint, and the choices are recomputed from the
-records, so they come out the same. ``study.json`` in the study's folder records the plan, every run (with its
-load average at start and end and its CPU time) and each variant's chosen rate; the run directories are
-``<out-dir>/<study>/runs/<run>/``.
+Re-running the command continues where it stopped: a run whose ``summary.json`` says ``finished`` or
+``diverged`` is never repeated, a run stopped part-way continues from its last checkpoint, and the choices are
+recomputed from the records, so they come out the same. ``study.json`` in the study's folder records the plan,
+every run (with its load average at start and end and its CPU time) and each variant's chosen rate; the run
+directories are ``<out-dir>/<study>/runs/<run>/``.
 """
 
 from __future__ import annotations
@@ -530,7 +530,8 @@ class Executor:
             PlannedRun(spec.name(self.study), command_for(self.study, spec, self.runs_dir, self.threads))
             for spec in specs
         ]
-        todo = [r for r in planned if self.summary(r.name).get("status") != "finished"]
+        # A diverged run is an outcome (its rate loses), not a stop to resume: it would diverge again.
+        todo = [r for r in planned if self.summary(r.name).get("status") not in ("finished", "diverged")]
         for r in todo:
             # A run stopped after a checkpoint continues from it (the runner resumes it, bit for bit on the
             # CPU); one stopped before its first starts again from nothing: its partial record would mislead.

@@ -23,9 +23,11 @@ travels as a config value and W&B tag, not as a W&B sweep id that no server know
 each run into its project with its own id. The sweep's state is kept in ``<out-dir>/<sweep-id>/sweep.json``,
 with each run's one-minute load average at its start and end (``load_start``, ``load_end``), to judge
 whether its throughput was measured on a quiet machine. A restart skips runs whose ``summary.json`` says
-``finished`` and continues a run stopped part-way from its last checkpoint (``--resume``); a run that fails
-is recorded as failed and the sweep carries on. Several files given together share one sweep id and one
-queue, and a run that two files both define (same name, same changes to the same experiment) runs once.
+``finished`` or ``diverged`` (a non-finite loss is an outcome of its settings: resumed, it would meet the same
+step again; delete its directory to run it afresh) and continues a run stopped part-way from its last
+checkpoint (``--resume``); a run that fails is recorded as failed and the sweep carries on. Several files
+given together share one sweep id and one queue, and a run that two files both define (same name, same
+changes to the same experiment) runs once.
 """
 
 from __future__ import annotations
@@ -357,7 +359,7 @@ class PlannedRun:
     name: str
     command: list[str]
     status: str = "pending"
-    """pending, running, finished (skipped on restart), or failed."""
+    """pending, running, finished or diverged (both skipped on restart), or failed."""
     returncode: int | None = None
     seconds: float | None = None
     load_start: float | None = None
@@ -410,11 +412,16 @@ def load_average() -> float | None:
         return None
 
 
-def is_finished(run_dir: Path) -> bool:
+def run_status(run_dir: Path) -> str | None:
+    """What the run's ``summary.json`` says it came to (None when it has none)."""
     try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status") == "finished"
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def is_finished(run_dir: Path) -> bool:
+    return run_status(run_dir) == "finished"
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
@@ -465,7 +472,10 @@ class SweepRunner:
             if self.finished(r.name):
                 r.status = "finished"
                 print(f"[sweep] skip {r.name}: already finished")
-        queue = [r for r in self.runs if r.status != "finished"]
+            elif run_status(self.sweep_dir / r.name) == "diverged":
+                r.status = "diverged"
+                print(f"[sweep] skip {r.name}: it diverged (delete {self.sweep_dir / r.name} to rerun it)")
+        queue = [r for r in self.runs if r.status not in ("finished", "diverged")]
         active: dict[str, tuple[PlannedRun, subprocess.Popen, float, Any]] = {}
         log_dir = self.sweep_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -495,8 +505,12 @@ class SweepRunner:
                     log.close()
                     r.returncode, r.seconds = proc.returncode, round(time.monotonic() - started, 1)
                     r.load_end = load_average()
-                    ok = proc.returncode == 0 and self.finished(r.name)
-                    r.status = "finished" if ok else "failed"
+                    if proc.returncode == 0 and self.finished(r.name):
+                        r.status = "finished"
+                    elif run_status(self.sweep_dir / r.name) == "diverged":
+                        r.status = "diverged"
+                    else:
+                        r.status = "failed"
                     print(f"[sweep] {r.status} {r.name} (rc {r.returncode}, {r.seconds}s)", flush=True)
                     del active[name]
                     self.save_state()

@@ -199,6 +199,34 @@ def test_the_whole_protocol_runs_resumes_and_never_repeats_a_run(tmp_path, base_
     assert f"--resume={killed_late}" in printed and f"--resume={killed_early}" not in printed
 
 
+def test_a_diverged_run_is_an_outcome_that_a_restart_neither_resumes_nor_repeats(
+    tmp_path, base_file, monkeypatch
+):
+    study = load_study(write_study(tmp_path, base_file, GOOD))
+    ex = Executor(study, tmp_path / "out", parallel=1, threads=1)
+    diverged, interrupted = RunSpec("a", 0.016, 1, 6, "lr"), RunSpec("a", 0.008, 1, 6, "lr")
+    for spec, status in ((diverged, "diverged"), (interrupted, "interrupted")):
+        run_dir = ex.runs_dir / spec.name(study)
+        run_dir.mkdir(parents=True)
+        (run_dir / "ckpt-4.pt").write_bytes(b"")  # the last good checkpoint
+        (run_dir / "summary.json").write_text(json.dumps({"status": status}))
+    started: list[str] = []
+
+    class Runner:
+        def __init__(self, runs, *args) -> None:
+            self.runs = runs
+
+        def run(self) -> list:
+            started.extend(r.name for r in self.runs)
+            return self.runs
+
+    monkeypatch.setattr(study_mod, "SweepRunner", Runner)
+    ex.run_batch([diverged, interrupted])
+    assert started == [interrupted.name(study)]
+    assert ex.records[diverged.name(study)]["status"] == "diverged"
+    assert study_mod.score(study, ex, [diverged]) == math.inf  # its rate loses
+
+
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, base_file, capsys):
     assert (
         main([str(write_study(tmp_path, base_file, GOOD)), "--out-dir", str(tmp_path / "o"), "--dry-run"])

@@ -13,7 +13,8 @@ from minigpt import sweep
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Records its arguments and how often it ran, fails when --fail=True, and writes summary.json like run.py.
+# Records its arguments and how often it ran, fails when --fail=True (diverges, exit 3, when
+# --diverge=True), and writes summary.json like run.py.
 FAKE_PROGRAM = textwrap.dedent(
     """
     import json, os, sys
@@ -27,8 +28,9 @@ FAKE_PROGRAM = textwrap.dedent(
     wandb_env = {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
     (run_dir / "wandb_env.json").write_text(json.dumps(wandb_env))
     status = "failed" if args.get("fail") == "True" else "finished"
+    status = "diverged" if args.get("diverge") == "True" else status
     (run_dir / "summary.json").write_text(json.dumps({"status": status}))
-    sys.exit(1 if status == "failed" else 0)
+    sys.exit({"failed": 1, "diverged": 3}.get(status, 0))
     """
 )
 
@@ -173,6 +175,16 @@ def test_a_restart_skips_finished_runs_and_retries_failed_ones(tmp_path):
     run_main(tmp_path, path)
     assert calls(tmp_path, "fail-False") == 1
     assert calls(tmp_path, "fail-True") == 2
+
+
+def test_a_diverged_run_is_recorded_as_diverged_and_a_restart_does_not_resume_it(tmp_path):
+    path = write_sweep(tmp_path, {"diverge": {"values": [True, False]}})
+    assert run_main(tmp_path, path) == 1
+    assert state(tmp_path) == {"diverge-True": "diverged", "diverge-False": "finished"}
+    (tmp_path / "runs" / "sw" / "diverge-True" / "ckpt-7.pt").write_bytes(b"")  # its last good checkpoint
+    run_main(tmp_path, path)
+    assert calls(tmp_path, "diverge-True") == 1
+    assert state(tmp_path)["diverge-True"] == "diverged"
 
 
 def test_a_restart_continues_a_run_stopped_part_way_from_its_checkpoints(tmp_path):
