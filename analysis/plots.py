@@ -286,10 +286,20 @@ def plot_lr_sensitivity(
                 ax.plot(xs, ys, ls="none", marker=marker[fraction], ms=5, mfc="none", color=colour, alpha=0.6)
         if label in chosen:
             ax.axvline(chosen[label], color=colour, ls="--", lw=1.0)
-        _unigram_line(ax, unigram)
         ax.set_title(f"{label} (chosen lr {chosen[label]:g})" if label in chosen else label, fontsize=10)
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
+    # The unigram line is drawn where it leaves the losses a third of the axis or more; far above them (every
+    # rate trained) it would flatten the differences the plot is for, so the legend gives its level instead.
+    losses = [loss for label in shown for _, _, loss in points[label]]
+    low, high = min(losses), max(losses)
+    unigram_on_axis = unigram is not None and unigram - low <= 3 * max(high - low, 1e-9)
+    if unigram_on_axis:
+        for ax in axes.flat[: len(shown)]:
+            _unigram_line(ax, unigram)
+    elif unigram is not None:
+        margin = max(0.08 * (high - low), 0.01)
+        axes[0, 0].set_ylim(low - margin, high + margin)
     lrs = sorted({lr for label in shown for lr, _, _ in points[label]})
     axes[0, 0].xaxis.set_major_locator(FixedLocator(lrs))
     axes[0, 0].xaxis.set_major_formatter(FormatStrFormatter("%g"))
@@ -313,8 +323,11 @@ def plot_lr_sensitivity(
         plt.Line2D([], [], color=grey, marker="o", lw=1.4, label="whole budget (line: mean over seeds)"),
         plt.Line2D([], [], color=grey, ls="--", lw=1.0, label="chosen lr"),
     ]
-    if unigram is not None:
+    if unigram_on_axis:
         handles.append(plt.Line2D([], [], color="0.35", ls=":", lw=1.0, label="unigram level"))
+    elif unigram is not None:
+        above = f"unigram level {unigram:.2f}: above every run, off the axis"
+        handles.append(plt.Line2D([], [], color="none", label=above))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(f"Learning-rate sensitivity: {metric} at the end of each grid run (lower is better)")
     return _save(fig, path)

@@ -406,3 +406,22 @@ def test_the_report_command_copies_nothing_but_records(suite, tmp_path):
     copy_records(tmp_path / "copy", tmp_path / "records")
     assert not (tmp_path / "records" / "baseline-s1" / "wandb").exists()
     assert not list((tmp_path / "records").glob("**/*.pt"))
+
+
+def test_lr_sensitivity_draws_the_unigram_line_only_where_it_leaves_the_losses_room(monkeypatch, tmp_path):
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+
+    def unigram_lines(fig) -> list:
+        return [line for line in fig.axes[0].lines if list(line.get_ydata()) == [7.02, 7.02]]
+
+    trained = {"a": [(0.004, 1.0, 5.19), (0.008, 1.0, 5.15), (0.016, 1.0, 5.17)]}
+    plots.plot_lr_sensitivity(trained, {"a": 0.008}, {"a": "C0"}, 7.02, "m", tmp_path / "x.png")
+    fig = figures[-1]
+    low, high = fig.axes[0].get_ylim()
+    assert low < 5.15 and 5.19 < high < 5.3  # the rates' differences fill the axis
+    assert not unigram_lines(fig)
+    assert any("unigram level 7.02" in t.get_text() for t in fig.legends[0].get_texts())
+    stalled = {"a": [*trained["a"], (0.032, 1.0, 6.98)]}  # a rate that learned nothing
+    plots.plot_lr_sensitivity(stalled, {"a": 0.008}, {"a": "C0"}, 7.02, "m", tmp_path / "x.png")
+    assert unigram_lines(figures[-1]) and figures[-1].axes[0].get_ylim()[1] > 7.02
