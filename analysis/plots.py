@@ -289,11 +289,11 @@ def plot_lr_sensitivity(
         ax.set_title(f"{label} (chosen lr {chosen[label]:g})" if label in chosen else label, fontsize=10)
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
-    # The unigram line is drawn where it leaves the losses a third of the axis or more; far above them (every
+    # The unigram line is drawn where it leaves the losses half the axis or more; far above them (every
     # rate trained) it would flatten the differences the plot is for, so the legend gives its level instead.
     losses = [loss for label in shown for _, _, loss in points[label]]
     low, high = min(losses), max(losses)
-    unigram_on_axis = unigram is not None and unigram - low <= 3 * max(high - low, 1e-9)
+    unigram_on_axis = unigram is not None and unigram - low <= 2 * max(high - low, 1e-9)
     if unigram_on_axis:
         for ax in axes.flat[: len(shown)]:
             _unigram_line(ax, unigram)
@@ -333,6 +333,26 @@ def plot_lr_sensitivity(
     return _save(fig, path)
 
 
+def _zoom_window(curves: dict[str, Curve]) -> tuple[float, float, float] | None:
+    """Where the second half of training lies (first token, lowest and highest loss) when it fills less than a
+    third of the whole run's loss range, so that the differences between variants are lost on the full axis;
+    else None."""
+    multi = [c for c in curves.values() if len(c.tokens) > 1]
+    if not multi:
+        return None
+    start = max(float(c.tokens[-1]) for c in multi) / 2
+    late = [(c.low[c.tokens >= start], c.high[c.tokens >= start]) for c in multi]
+    if any(len(low) < 2 for low, _ in late):
+        return None
+    low = min(float(np.min(lo)) for lo, _ in late)
+    high = max(float(np.max(hi)) for _, hi in late)
+    full = max(float(np.max(c.high)) for c in multi) - min(float(np.min(c.low)) for c in multi)
+    if 3 * (high - low) >= full:
+        return None
+    margin = max(0.08 * (high - low), 0.005)
+    return start, low - margin, high + margin
+
+
 def plot_loss_curves(
     curves: dict[str, Curve],
     colours: dict[str, str],
@@ -344,35 +364,56 @@ def plot_loss_curves(
     """One curve per variant (mean over seeds with its 95% band) against tokens seen, from the first
     logged point (step 0 where the run logged it), with the unigram level. A variant with one estimate (a
     run shorter than the estimate interval's second multiple) is a marker with its interval as an error bar.
-    None when no variant has an estimate."""
+    When the second half of training is too flat to tell the variants apart on the whole run's axis, a second
+    panel shows it zoomed. None when no variant has an estimate."""
     curves = {k: c for k, c in curves.items() if c is not None and len(c.tokens) >= 1}
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
+    zoom = _zoom_window(curves)
+    if zoom is None:
+        fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
+        axes = [ax]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=(3, 2), layout="constrained")
+        ax = axes[0]
     # Past the palette's length colours repeat: each repeat of a colour gets the next line style.
     order = list(colours)
     repeat = {k: [colours[o] for o in order[: order.index(k)]].count(colours[k]) for k in order}
-    for label, c in curves.items():
-        style = ("-", "--", ":", "-.")[repeat[label] % 4]
-        if len(c.tokens) == 1:
-            error = [c.mean - c.low, c.high - c.mean]
-            ax.errorbar(
-                c.tokens, c.mean, yerr=error, color=colours[label], marker="o", ms=5, capsize=3, label=label
-            )
-            continue
-        ax.plot(c.tokens, c.mean, color=colours[label], lw=1.5, ls=style, label=label)
-        ax.fill_between(c.tokens, c.low, c.high, color=colours[label], alpha=0.18, linewidth=0)
-    _unigram_line(ax, unigram)
+    for panel in axes:
+        for label, c in curves.items():
+            style = ("-", "--", ":", "-.")[repeat[label] % 4]
+            if len(c.tokens) == 1:
+                error = [c.mean - c.low, c.high - c.mean]
+                panel.errorbar(
+                    c.tokens,
+                    c.mean,
+                    yerr=error,
+                    color=colours[label],
+                    marker="o",
+                    ms=5,
+                    capsize=3,
+                    label=label,
+                )
+                continue
+            panel.plot(c.tokens, c.mean, color=colours[label], lw=1.5, ls=style, label=label)
+            panel.fill_between(c.tokens, c.low, c.high, color=colours[label], alpha=0.18, linewidth=0)
+        _unigram_line(panel, unigram)
+        panel.set_xlabel("tokens seen")
+        panel.xaxis.set_major_formatter(EngFormatter(sep=""))
+        panel.grid(alpha=0.3)
     ax.set_xlim(left=0)
-    ax.set_xlabel("tokens seen")
-    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
-    ax.grid(alpha=0.3)
+    if zoom is not None:
+        start, low, high = zoom
+        end = max(float(c.tokens[-1]) for c in curves.values())
+        axes[1].set_xlim(start, end + 0.02 * (end - start))
+        axes[1].set_ylim(low, high)
+        axes[1].set_title("the second half of training, zoomed", fontsize=11)
     handles, labels = ax.get_legend_handles_labels()
     rank = {label: i for i, label in enumerate(curves)}  # the variants' order, whatever their marker
     ordered = sorted(zip(labels, handles, strict=True), key=lambda lh: rank.get(lh[0], len(rank)))
-    ax.legend(
+    axes[-1].legend(
         [h for _, h in ordered],
         [label for label, _ in ordered],
         fontsize=8,

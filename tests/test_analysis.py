@@ -22,7 +22,7 @@ from helpers import execute_notebook  # noqa: E402
 from analysis import plots, report  # noqa: E402
 from analysis.records import copy_records  # noqa: E402
 from analysis.runs import load_runs  # noqa: E402
-from analysis.stats import compare, detectable_difference, holm, mean_ci, mean_curve  # noqa: E402
+from analysis.stats import Curve, compare, detectable_difference, holm, mean_ci, mean_curve  # noqa: E402
 from analysis.variants import make_variants  # noqa: E402
 from minigpt.config import apply_overrides, load_experiment  # noqa: E402
 from minigpt.sweep import load_sweep, plan  # noqa: E402
@@ -425,3 +425,22 @@ def test_lr_sensitivity_draws_the_unigram_line_only_where_it_leaves_the_losses_r
     stalled = {"a": [*trained["a"], (0.032, 1.0, 6.98)]}  # a rate that learned nothing
     plots.plot_lr_sensitivity(stalled, {"a": 0.008}, {"a": "C0"}, 7.02, "m", tmp_path / "x.png")
     assert unigram_lines(figures[-1]) and figures[-1].axes[0].get_ylim()[1] > 7.02
+
+
+def test_loss_curves_add_a_zoomed_second_half_only_when_it_is_too_flat_to_read(monkeypatch, tmp_path):
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    tokens = np.arange(0, 1100, 100.0)
+
+    def curve(end: float) -> Curve:
+        mean = end + 6.0 * np.exp(-tokens / 50)  # from about 11 nats to a slow tail near ``end``
+        return Curve(tokens, mean, mean - 0.01, mean + 0.01)
+
+    flat_tail = {"a": curve(5.0), "b": curve(5.03)}
+    plots.plot_loss_curves(flat_tail, {"a": "C0", "b": "C1"}, 7.02, "loss", "t", tmp_path / "x.png")
+    whole, zoomed = figures[-1].axes[:2]
+    assert zoomed.get_xlim()[0] == 500 and zoomed.get_ylim()[1] - zoomed.get_ylim()[0] < 0.1
+    assert whole.get_ylim()[1] > 10
+    apart = {"a": curve(5.0), "b": curve(8.0)}  # the whole axis already tells them apart
+    plots.plot_loss_curves(apart, {"a": "C0", "b": "C1"}, 7.02, "loss", "t", tmp_path / "x.png")
+    assert len([ax for ax in figures[-1].axes if ax.get_visible()]) == 1
