@@ -20,9 +20,10 @@ that ``${interpreter}`` is this Python rather than ``python`` from ``PATH``. The
 ``--key=value`` overrides (and ``--resume=RUN_DIR``) the way ``run.py`` does. Runs go to
 ``<out-dir>/<sweep-id>/<run name>/`` with ``WANDB_MODE=offline`` and no ``WANDB_SWEEP_ID``: the sweep's name
 travels as a config value and W&B tag, not as a W&B sweep id that no server knows, so ``wandb sync`` uploads
-each run into its project with its own id. The sweep's state is kept in ``<out-dir>/<sweep-id>/sweep.json``,
-with each run's one-minute load average at its start and end (``load_start``, ``load_end``), to judge
-whether its throughput was measured on a quiet machine. A restart skips runs whose ``summary.json`` says
+each run into its project with its own id. The sweep's state is kept in ``<out-dir>/<sweep-id>/sweep.json``
+(every run made in that folder, by this invocation or an earlier one), with each run's one-minute load
+average at its start and end (``load_start``, ``load_end``), to judge whether its throughput was measured on
+a quiet machine. A restart skips runs whose ``summary.json`` says
 ``finished`` or ``diverged`` (a non-finite loss is an outcome of its settings: resumed, it would meet the same
 step again; delete its directory to run it afresh) and continues a run stopped part-way from its last
 checkpoint (``--resume``); a run that fails is recorded as failed and the sweep carries on. Several files
@@ -443,11 +444,18 @@ class SweepRunner:
         self.finished = finished or (lambda name: is_finished(sweep_dir / name))
         """Whether the job of that name has done its work (default: its run directory says finished)."""
         self.state_path = sweep_dir / "sweep.json"
+        try:
+            earlier = json.loads(self.state_path.read_text())["runs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            earlier = []
+        ours = {r.name for r in runs}
+        # Another invocation into this folder (a study's next batch) keeps the records of the runs it left.
+        self.earlier: list[dict[str, Any]] = [e for e in earlier if e.get("name") not in ours]
 
     def save_state(self) -> None:
+        runs = self.earlier + [vars(r) for r in self.runs]
         atomic_write_json(
-            self.state_path,
-            {"sweep_id": self.sweep_dir.name, "runs": [vars(r) for r in self.runs], "updated": time.time()},
+            self.state_path, {"sweep_id": self.sweep_dir.name, "runs": runs, "updated": time.time()}
         )
 
     def child_env(self) -> dict[str, str]:

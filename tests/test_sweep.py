@@ -198,6 +198,13 @@ def test_a_restart_continues_a_run_stopped_part_way_from_its_checkpoints(tmp_pat
     assert calls(tmp_path, "fail-True") == 2
 
 
+def test_the_sweep_state_keeps_the_runs_an_earlier_invocation_made_in_its_folder(tmp_path):
+    run_main(tmp_path, write_sweep(tmp_path, {"seed": {"values": [1, 2]}}, name="a"))
+    run_main(tmp_path, write_sweep(tmp_path, {"seed": {"values": [2, 3]}}, name="b"))
+    assert state(tmp_path) == {f"base_seed-{s}": "finished" for s in (1, 2, 3)}
+    assert calls(tmp_path, "base_seed-2") == 1
+
+
 def test_files_run_together_share_one_queue_and_run_a_common_run_once(tmp_path):
     a = write_sweep(tmp_path, {"seed": {"value": 1}, "heads": {"values": [4, 8]}}, name="a")
     b = write_sweep(tmp_path, {"seed": {"value": 1}, "heads": {"values": [4, 1]}}, name="b")
