@@ -106,6 +106,18 @@ def test_the_readme_rate_check_perplexities_are_the_committed_runs_scores():
         assert f"{ppl:.0f} at {layers}" in readme, f"the README does not quote {path.parent.name}'s {ppl:.1f}"
 
 
+def test_the_heads_rate_check_table_is_the_committed_runs_scores():
+    folder = REPO_ROOT / "reports" / "ablations-cpu-heads"
+    rows = table_rows((folder / "README.md").read_text(), "| heads | lr | whole-validation loss")
+    summaries = sorted((folder / "rate-check").glob("*/summary.json"))
+    assert len(summaries) == len(rows) == 8
+    for path in summaries:
+        config = json.loads((path.parent / "config.json").read_text())
+        loss = json.loads(path.read_text())["whole_val/loss"]
+        row = [str(config["model"]["n_head"]), f"{config['train']['lr']:g}", f"{loss:.4f}"]
+        assert row in [cells[:3] for cells in rows], f"the table does not quote {path.parent.name}"
+
+
 def cpu_hour_summaries() -> dict[int, dict]:
     """The committed CPU-hour runs' summaries, by their context length."""
     found = {}
