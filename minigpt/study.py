@@ -49,7 +49,7 @@ import yaml
 from minigpt import checkpoint
 from minigpt.config import ConfigError, ExperimentConfig, apply_overrides, load_experiment
 from minigpt.storage import atomic_write_json
-from minigpt.sweep import PlannedRun, SweepRunner, load_average
+from minigpt.sweep import OUTCOMES, PlannedRun, SweepRunner, load_average
 
 QUESTION_KINDS = ("difference", "equivalence", "success")
 STUDY_KEYS = {
@@ -531,7 +531,7 @@ class Executor:
             for spec in specs
         ]
         # A diverged run is an outcome (its rate loses), not a stop to resume: it would diverge again.
-        todo = [r for r in planned if self.summary(r.name).get("status") not in ("finished", "diverged")]
+        todo = [r for r in planned if self.summary(r.name).get("status") not in OUTCOMES]
         for r in todo:
             # A run stopped after a checkpoint continues from it (the runner resumes it, bit for bit on the
             # CPU); one stopped before its first starts again from nothing: its partial record would mislead.

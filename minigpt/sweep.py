@@ -23,12 +23,11 @@ travels as a config value and W&B tag, not as a W&B sweep id that no server know
 each run into its project with its own id. The sweep's state is kept in ``<out-dir>/<sweep-id>/sweep.json``
 (every run made in that folder, by this invocation or an earlier one), with each run's one-minute load
 average at its start and end (``load_start``, ``load_end``), to judge whether its throughput was measured on
-a quiet machine. A restart skips runs whose ``summary.json`` says
-``finished`` or ``diverged`` (a non-finite loss is an outcome of its settings: resumed, it would meet the same
-step again; delete its directory to run it afresh) and continues a run stopped part-way from its last
-checkpoint (``--resume``); a run that fails is recorded as failed and the sweep carries on. Several files
-given together share one sweep id and one queue, and a run that two files both define (same name, same
-changes to the same experiment) runs once.
+a quiet machine. A restart skips runs whose ``summary.json`` says ``finished`` or ``diverged`` (a non-finite
+loss is an outcome of its settings: resumed, it would meet the same step again; delete its directory to run it
+afresh) and continues a run stopped part-way from its last checkpoint (``--resume``); a run that fails is
+recorded as failed and the sweep carries on. Several files given together share one sweep id and one queue,
+and a run that two files both define (same name, same changes to the same experiment) runs once.
 """
 
 from __future__ import annotations
@@ -413,6 +412,10 @@ def load_average() -> float | None:
         return None
 
 
+OUTCOMES = ("finished", "diverged")
+"""The statuses a run ends in for good: a restart skips it."""
+
+
 def run_status(run_dir: Path) -> str | None:
     """What the run's ``summary.json`` says it came to (None when it has none)."""
     try:
@@ -483,7 +486,7 @@ class SweepRunner:
             elif run_status(self.sweep_dir / r.name) == "diverged":
                 r.status = "diverged"
                 print(f"[sweep] skip {r.name}: it diverged (delete {self.sweep_dir / r.name} to rerun it)")
-        queue = [r for r in self.runs if r.status not in ("finished", "diverged")]
+        queue = [r for r in self.runs if r.status not in OUTCOMES]
         active: dict[str, tuple[PlannedRun, subprocess.Popen, float, Any]] = {}
         log_dir = self.sweep_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
