@@ -461,7 +461,21 @@ def setup_lines(study: Study) -> list[str]:
     budget = s.get("budget", {})
     entries = s["runs"]
     finished = [e for e in entries if e.get("status") == "finished"]
-    seeds = sorted({e["seed"] for e in entries if e.get("phase") == "seeds"}, key=str)
+    # variants may have seeds of their own; variants with the same seeds are named together
+    seeds_of: dict[str, set] = {}
+    for e in entries:
+        if e.get("phase") == "seeds":
+            seeds_of.setdefault(e["variant"], set()).add(e["seed"])
+    seed_sets: dict[tuple, list[str]] = {}
+    for label, seeds in seeds_of.items():
+        seed_sets.setdefault(tuple(sorted(seeds, key=str)), []).append(label)
+    if len(seed_sets) <= 1:
+        seeds_text = f"seeds {', '.join(map(str, next(iter(seed_sets), ()))) or 'none'} for every variant"
+    else:
+        seeds_text = "; ".join(
+            f"seeds {', '.join(map(str, seeds))} for {', '.join(labels)}"
+            for seeds, labels in seed_sets.items()
+        )
     in_grid = [e for e in entries if is_grid_point(e)]
     grid_seeds = sorted({e["seed"] for e in in_grid}, key=str)
     rungs = sorted({float(e.get("fraction", 1.0)) for e in in_grid})
@@ -503,8 +517,12 @@ def setup_lines(study: Study) -> list[str]:
         + f"Learning-rate grid (phase 1): seeds {', '.join(map(str, grid_seeds)) or 'none'}, "
         f"successive halving with rungs at {', '.join(f'{f:.3g}' for f in rungs) or 'none'} of the budget.",
         f"- Learning rate chosen on `{s['select_metric']}` (validation); questions answered on "
-        f"`{s['test_metric']}` (test) of phase-2 runs, seeds {', '.join(map(str, seeds)) or 'none'} for "
-        "every variant (same seed = same data order, so differences are paired).",
+        f"`{s['test_metric']}` (test) of phase-2 runs, {seeds_text} (same seed = same data order, so "
+        + (
+            "differences are paired)."
+            if len(seed_sets) <= 1
+            else "differences are paired over shared seeds)."
+        ),
         f"- Runs: {len(entries)} planned, {len(finished)} finished ({phases['lr']} in the lr grid, "
         f"{phases['seeds']} at the chosen lr); total CPU time (user + sys) {cpu / 3600:.2f} h "
         f"({cpu:,.0f} s), wall time summed over runs {wall / 3600:.2f} h; 1-minute load average at the runs' "

@@ -14,8 +14,9 @@ A sweep runs a grid; a study runs the protocol a reviewer expects of an ablation
    the whole budget uses every selection seed. When the winner sits at an edge of the grid, the grid grows
    by one step that way (up to ``max_extend`` times) until an inner value wins.
 2. **Seeds.** Each variant at its chosen rate (or, with ``lr_from``, at another variant's), for every one of
-   ``seeds``: the same seeds for all variants, so runs with the same seed see the same batches and the
-   comparisons are paired. Phase-1 runs at the chosen rate and whole budget count as seeds already.
+   ``seeds`` (or the variant's own ``seeds``, when some comparisons can afford more than others): runs with
+   the same seed see the same batches, so comparisons are paired over the seeds both sides ran. Phase-1 runs
+   at the chosen rate and whole budget count as seeds already.
    With ``test_metric: whole_<split>/loss`` each seed run's final checkpoint is then scored on that whole
    split (``python -m minigpt.evaluate``), with a bootstrap interval over blocks, into its summary.
 3. **Report.** ``--report-out`` writes the tests each question asks for with ``analysis.study_report``.
@@ -61,13 +62,13 @@ STUDY_KEYS = {
     "keep": "fraction of the rates kept after each rung",
     "max_extend": "how often the grid may grow past an edge",
     "selection_seeds": "seeds of phase 1 (the learning-rate choice)",
-    "seeds": "seeds of phase 2, the same for every variant",
+    "seeds": "seeds of phase 2, for every variant without seeds of its own",
     "select_metric": "what phase 1 minimises (whole_val/loss: validation scored whole after training)",
     "test_metric": "what the report tests (whole_<split>/loss: that split scored whole after training)",
-    "variants": "list of {label, overrides, lr_from or lr_grid}",
+    "variants": "list of {label, overrides, lr_from or lr_grid, seeds}",
     "questions": "list of {name, title, kind, baseline, variants, margin, rule}",
 }
-VARIANT_KEYS = ("label", "overrides", "lr_from", "lr_grid")
+VARIANT_KEYS = ("label", "overrides", "lr_from", "lr_grid", "seeds")
 QUESTION_KEYS = ("name", "title", "kind", "baseline", "variants", "margin", "rule")
 RULE_KEYS = ("metric", "below", "below_unigram_by")
 DEFAULT_RUNGS = (1 / 9, 1 / 3, 1.0)
@@ -87,6 +88,8 @@ class Variant:
     lr_from: str | None = None
     lr_grid: list[float] | None = None
     """The variant's own grid instead of the study's (a variant whose best rate lies elsewhere)."""
+    seeds: list[int] | None = None
+    """The variant's own phase-2 seeds instead of the study's (a comparison that can afford more or fewer)."""
 
     @property
     def slug(self) -> str:
@@ -125,6 +128,10 @@ class Study:
 
     def variant(self, label: str) -> Variant:
         return next(v for v in self.variants if v.label == label)
+
+    def seeds_of(self, variant: Variant) -> list[int]:
+        """The seeds phase 2 runs the variant with."""
+        return list(variant.seeds or self.seeds)
 
     def grid_of(self, variant: Variant) -> list[float]:
         """The rates phase 1 starts from for a variant that chooses its own."""
@@ -217,14 +224,19 @@ def load_study(path: str | Path) -> Study:
             f"{where('select_metric')}: the rate is chosen on validation, so a whole split to select on is "
             f"whole_val/loss, got {study.select_metric}"
         )
-    paired = [q for q in study.questions if q.kind in ("difference", "equivalence")]
-    if paired and len(study.seeds) < 2:
-        raise StudyError(
-            f"{where('seeds')}: question {paired[0].name!r} is a paired test and needs at least two seeds, "
-            f"got {len(study.seeds)}"
-        )
     if len(set(study.seeds)) != len(study.seeds):
         raise StudyError(f"{where('seeds')}: seeds repeat: {study.seeds}")
+    for q in study.questions:
+        if q.kind not in ("difference", "equivalence"):
+            continue
+        baseline = set(study.seeds_of(study.variant(q.baseline)))
+        for label in q.variants:
+            shared = sorted(baseline & set(study.seeds_of(study.variant(label))))
+            if len(shared) < 2:
+                raise StudyError(
+                    f"{where('seeds')}: question {q.name!r} is a paired test and needs at least two seeds "
+                    f"that {label!r} shares with {q.baseline!r}, got {shared}"
+                )
     try:
         base = load_experiment(study.base)
         apply_overrides(base, study.overrides)
@@ -277,7 +289,17 @@ def _load_variants(path: Path, items: Any, node: yaml.Node) -> list[Variant]:
                     "(a variant either takes another's rate or chooses its own from its grid)"
                 )
             grid = _learning_rates(f"{path}:{line}: variant {item['label']!r}", grid)
-        variants.append(Variant(str(item["label"]), dict(overrides), item.get("lr_from"), grid))
+        seeds = item.get("seeds")
+        if seeds is not None:
+            integers = isinstance(seeds, list) and all(
+                isinstance(x, int) and not isinstance(x, bool) for x in seeds
+            )
+            if not integers or not seeds or len(set(seeds)) != len(seeds):
+                raise StudyError(
+                    f"{path}:{line}: variant {item['label']!r}: seeds is a list of distinct integers, "
+                    f"got {seeds!r}"
+                )
+        variants.append(Variant(str(item["label"]), dict(overrides), item.get("lr_from"), grid, seeds))
     labels = {v.label for v in variants}
     for variant, item_node in zip(variants, node.value, strict=True):
         if variant.lr_from is None:
@@ -591,6 +613,7 @@ class Executor:
                     "lr_from": v.lr_from,
                     "lr_grid": self.grids.get(v.label, []),
                     "chosen_lr": self.chosen.get(v.lr_from or v.label),
+                    "seeds": study.seeds_of(v),
                     "budget": dict(zip(("steps", "warmup_steps"), budget(study, v), strict=True)),
                 }
                 for v in study.variants
@@ -668,14 +691,14 @@ def past_edge(grid: list[float], best: float) -> float | None:
 
 
 def seed_runs(study: Study, ex: Executor, chosen: dict[str, float]) -> None:
-    """Phase 2: every variant at its chosen rate, for every seed (the same seeds for all)."""
+    """Phase 2: every variant at its chosen rate, for each of its seeds."""
     specs = []
     for v in study.variants:
         lr = chosen.get(v.lr_from or v.label)
         if lr is None:
             continue
         steps = budget(study, v)[0]
-        specs += [RunSpec(v.label, lr, s, steps, "seeds") for s in study.seeds]
+        specs += [RunSpec(v.label, lr, s, steps, "seeds") for s in study.seeds_of(v)]
     ex.run_batch(specs)
 
 
@@ -819,13 +842,14 @@ def describe_plan(study: Study, ex: Executor, parallel: int) -> str:
             for _ in range(study.max_extend * len(study.selection_seeds))
         ],
     )
-    new_seeds = [s for s in study.seeds if s not in study.selection_seeds]
+    counts = "/".join(str(n) for n in sorted({len(study.seeds_of(v)) for v in study.variants}))
     add(
-        f"phase 2 ({len(study.seeds)} seeds; the selection seeds' runs at the chosen rate are reused)",
+        f"phase 2 ({counts} seeds; the selection seeds' runs at the chosen rate are reused)",
         [
             (v, budget(study, v)[0])
             for v in study.variants
-            for _ in (new_seeds if v.lr_from is None else study.seeds)
+            for s in study.seeds_of(v)
+            if v.lr_from is not None or s not in study.selection_seeds
         ],
     )
     rate, overhead, basis = estimate(study, ex)

@@ -48,6 +48,12 @@ questions:
         ),
         (GOOD.replace("kind: difference", "kind: equivalence"), r":10: .*equivalence test needs its margin"),
         (GOOD + "seeds: [1]\n", r":11: question 'q' is a paired test and needs at least two seeds"),
+        (
+            GOOD.replace("lr_from: a", "lr_from: a\n    seeds: [1, 6]"),
+            r"question 'q' is a paired test and needs at least two seeds that 'b' shares with 'a', got \[1\]",
+        ),
+        (GOOD.replace("lr_from: a", "lr_from: a\n    seeds: [1, 1]"), r":6: variant 'b': seeds is a list of"),
+        (GOOD.replace("lr_from: a", "lr_from: a\n    seeds: 5"), r":6: variant 'b': seeds is a list of"),
         (GOOD.replace("variants: [b]", "variants: [c]"), r":10: .*unknown: c"),
         (GOOD.replace("{model.n_head: 1}", "{train.lr: 0.1}"), r":6: variant 'b': the study chooses lr"),
         (GOOD.replace("{model.n_head: 1}", "{model.n_haed: 1}"), r":6: variant 'b': .*n_haed"),
@@ -225,6 +231,28 @@ def test_a_diverged_run_is_an_outcome_that_a_restart_neither_resumes_nor_repeats
     assert started == [interrupted.name(study)]
     assert ex.records[diverged.name(study)]["status"] == "diverged"
     assert study_mod.score(study, ex, [diverged]) == math.inf  # its rate loses
+
+
+def test_a_variant_with_seeds_of_its_own_runs_those_in_phase_two_and_the_plan_counts_them(
+    tmp_path, base_file, monkeypatch, capsys
+):
+    own = GOOD.replace("lr_from: a", "lr_from: a\n    seeds: [1, 2, 3, 4, 5, 6, 7]") + "seeds: [1, 2, 3]\n"
+    path = write_study(tmp_path, base_file, own)
+    study = load_study(path)
+    assert study.seeds_of(study.variant("a")) == [1, 2, 3]
+    assert study.seeds_of(study.variant("b")) == [1, 2, 3, 4, 5, 6, 7]
+    calls: list[str] = []
+    monkeypatch.setattr(Executor, "run_batch", fake_runs(0.004, calls))
+    study_mod.seed_runs(study, Executor(study, tmp_path / "out", parallel=1, threads=1), {"a": 0.004})
+    assert sorted(int(c.split("_seed-")[1].split("_")[0]) for c in calls if c.startswith("b_")) == list(
+        range(1, 8)
+    )
+    assert sorted(int(c.split("_seed-")[1].split("_")[0]) for c in calls if c.startswith("a_")) == [1, 2, 3]
+    assert main([str(path), "--out-dir", str(tmp_path / "o"), "--dry-run"]) == 0
+    # a: seed 3 (its selection seeds' runs are reused); b, at a's rate: all seven
+    assert "phase 2 (3/7 seeds; the selection seeds' runs at the chosen rate are reused): 8 runs" in (
+        capsys.readouterr().out
+    )
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, base_file, capsys):

@@ -295,6 +295,26 @@ def test_report_holds_setup_questions_and_plots(study_dir, tmp_path):
     assert "layer_grad_norms_heads.png" not in text  # only questions that move the LayerNorm
 
 
+def test_variants_with_seeds_of_their_own_are_named_with_their_seeds_and_compared_over_shared_seeds(
+    study_dir, tmp_path
+):
+    spec = json.loads((study_dir / "study.json").read_text())
+    # 16 heads ran seeds 1-3 only (the study gave it fewer seeds than the others)
+    spec["runs"] = [e for e in spec["runs"] if not (e["variant"] == "16 heads" and e["seed"] > 3)]
+    (study_dir / "study.json").write_text(json.dumps(spec))
+    text = study_report.write_study_report(study_dir, tmp_path / "out").read_text()
+    assert (
+        "seeds 1, 2, 3, 4, 5 for pre-LN, post-LN, post-LN, no warmup, 1 head; seeds 1, 2, 3 for 16 heads "
+        "(same seed = same data order, so differences are paired over shared seeds)" in text
+    )
+    sixteen = next(r for r in question(study_dir, "heads").rows if r.label == "16 heads")
+    assert sorted(sixteen.losses) == [1, 2, 3]
+    assert sixteen.paired.diff.mean == pytest.approx(np.mean(diffs_of("16 heads")[:3]))
+    assert sixteen.paired.mde == pytest.approx(
+        detectable_difference(np.std(diffs_of("16 heads")[:3], ddof=1), 3, power=0.8)
+    )
+
+
 def test_runs_copied_in_from_another_study_are_said_to_be_left_out_of_the_cpu_time(study_dir, tmp_path):
     spec = json.loads((study_dir / "study.json").read_text())
     for e in spec["runs"][:2]:  # two run directories made elsewhere: no runner record of their time
