@@ -109,7 +109,12 @@ def test_the_readme_rate_check_perplexities_are_the_committed_runs_scores():
 def test_the_heads_rate_check_table_is_the_committed_runs_scores():
     folder = REPO_ROOT / "reports" / "ablations-cpu-heads"
     rows = table_rows((folder / "README.md").read_text(), "| heads | lr | whole-validation loss")
-    summaries = sorted((folder / "rate-check").glob("*/summary.json"))
+    # the grid runs of 2 and 8 heads: seed 1, each scored on the whole validation split
+    summaries = [
+        path
+        for path in sorted((folder / "records" / "runs").glob("[28]-heads_*_seed-1_*/summary.json"))
+        if "whole_val/loss" in json.loads(path.read_text())
+    ]
     assert len(summaries) == len(rows) == 8
     for path in summaries:
         config = json.loads((path.parent / "config.json").read_text())
