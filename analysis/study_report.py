@@ -473,7 +473,8 @@ def setup_lines(study: Study) -> list[str]:
         seeds_text = f"seeds {', '.join(map(str, next(iter(seed_sets), ()))) or 'none'} for every variant"
     else:
         seeds_text = "; ".join(
-            f"seeds {', '.join(map(str, seeds))} for {', '.join(labels)}"
+            # labels may hold commas ("post-LN, no warmup"), so each is quoted as code
+            f"seeds {', '.join(map(str, seeds))} for {', '.join(f'`{label}`' for label in labels)}"
             for seeds, labels in seed_sets.items()
         )
     in_grid = [e for e in entries if is_grid_point(e)]

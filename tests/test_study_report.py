@@ -304,7 +304,8 @@ def test_variants_with_seeds_of_their_own_are_named_with_their_seeds_and_compare
     (study_dir / "study.json").write_text(json.dumps(spec))
     text = study_report.write_study_report(study_dir, tmp_path / "out").read_text()
     assert (
-        "seeds 1, 2, 3, 4, 5 for pre-LN, post-LN, post-LN, no warmup, 1 head; seeds 1, 2, 3 for 16 heads "
+        "seeds 1, 2, 3, 4, 5 for `pre-LN`, `post-LN`, `post-LN, no warmup`, `1 head`; seeds 1, 2, 3 for "
+        "`16 heads` "
         "(same seed = same data order, so differences are paired over shared seeds)" in text
     )
     sixteen = next(r for r in question(study_dir, "heads").rows if r.label == "16 heads")
