@@ -207,7 +207,7 @@ def load_study(path: str | Path) -> Study:
         keep=float(spec.get("keep", 1 / 3)),
         max_extend=int(spec.get("max_extend", 2)),
         selection_seeds=[int(s) for s in spec.get("selection_seeds", [1, 2])],
-        seeds=[int(s) for s in spec.get("seeds", [1, 2, 3, 4, 5])],
+        seeds=_seed_list(where("seeds"), spec.get("seeds", [1, 2, 3, 4, 5])),
         select_metric=str(spec.get("select_metric", "final_val/loss")),
         test_metric=str(spec.get("test_metric", "final_test/loss")),
     )
@@ -224,8 +224,6 @@ def load_study(path: str | Path) -> Study:
             f"{where('select_metric')}: the rate is chosen on validation, so a whole split to select on is "
             f"whole_val/loss, got {study.select_metric}"
         )
-    if len(set(study.seeds)) != len(study.seeds):
-        raise StudyError(f"{where('seeds')}: seeds repeat: {study.seeds}")
     for q in study.questions:
         if q.kind not in ("difference", "equivalence"):
             continue
@@ -262,6 +260,15 @@ def _learning_rates(where: str, grid: Any) -> list[float]:
     return sorted(float(lr) for lr in grid)
 
 
+def _seed_list(where: str, seeds: Any) -> list[int]:
+    """Seeds, the study's or a variant's: a non-empty list of distinct integers (YAML's ``true`` is
+    not one)."""
+    integers = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if not integers or not seeds or len(set(seeds)) != len(seeds):
+        raise StudyError(f"{where}: seeds is a list of distinct integers, got {seeds!r}")
+    return list(seeds)
+
+
 def _load_variants(path: Path, items: Any, node: yaml.Node) -> list[Variant]:
     if not isinstance(items, list) or not items:
         raise StudyError(f"{path}:{_line(node)}: variants is a non-empty list of {{label, overrides}}")
@@ -291,14 +298,7 @@ def _load_variants(path: Path, items: Any, node: yaml.Node) -> list[Variant]:
             grid = _learning_rates(f"{path}:{line}: variant {item['label']!r}", grid)
         seeds = item.get("seeds")
         if seeds is not None:
-            integers = isinstance(seeds, list) and all(
-                isinstance(x, int) and not isinstance(x, bool) for x in seeds
-            )
-            if not integers or not seeds or len(set(seeds)) != len(seeds):
-                raise StudyError(
-                    f"{path}:{line}: variant {item['label']!r}: seeds is a list of distinct integers, "
-                    f"got {seeds!r}"
-                )
+            seeds = _seed_list(f"{path}:{line}: variant {item['label']!r}", seeds)
         variants.append(Variant(str(item["label"]), dict(overrides), item.get("lr_from"), grid, seeds))
     labels = {v.label for v in variants}
     for variant, item_node in zip(variants, node.value, strict=True):

@@ -48,6 +48,7 @@ questions:
         ),
         (GOOD.replace("kind: difference", "kind: equivalence"), r":10: .*equivalence test needs its margin"),
         (GOOD + "seeds: [1]\n", r":11: question 'q' is a paired test and needs at least two seeds"),
+        (GOOD + "seeds: [1, 2, 2]\n", r"study.yaml:11: seeds is a list of distinct integers"),
         (
             GOOD.replace("lr_from: a", "lr_from: a\n    seeds: [1, 6]"),
             r"question 'q' is a paired test and needs at least two seeds that 'b' shares with 'a', got \[1\]",
