@@ -478,8 +478,20 @@ def setup_lines(study: Study) -> list[str]:
             for seeds, labels in seed_sets.items()
         )
     in_grid = [e for e in entries if is_grid_point(e)]
-    grid_seeds = sorted({e["seed"] for e in in_grid}, key=str)
-    rungs = sorted({float(e.get("fraction", 1.0)) for e in in_grid})
+    grid_seeds = s.get("selection_seeds") or sorted({e["seed"] for e in in_grid}, key=str)
+    # a rung may repeat a fraction (rungs [1, 1]: every rate on one seed, then the best on all), which the
+    # runs' own fractions cannot show
+    rungs = s.get("rungs") or sorted({float(e.get("fraction", 1.0)) for e in in_grid})
+    rungs_text = f"rungs at {', '.join(f'{f:.3g}' for f in rungs) or 'none'} of the budget"
+    if len(rungs) > 1 and len(grid_seeds) > 1:
+        grid_text = (
+            f"successive halving with {rungs_text}: seed {grid_seeds[0]} at every rung but the last, seeds "
+            f"{', '.join(map(str, grid_seeds))} at the last and for rates added past a winning edge."
+        )
+    else:
+        grid_text = (
+            f"seeds {', '.join(map(str, grid_seeds)) or 'none'}, successive halving with {rungs_text}."
+        )
     cpu = sum(e.get("cpu_user_s", 0.0) + e.get("cpu_sys_s", 0.0) for e in finished)
     # a finished run the study's runner did not train here (a run directory copied in from another study,
     # or one a W&B agent ran) has no CPU time in its record
@@ -515,8 +527,7 @@ def setup_lines(study: Study) -> list[str]:
             if one_budget
             else "- Budget per full run: each variant's own (the table's steps and warmup steps). "
         )
-        + f"Learning-rate grid (phase 1): seeds {', '.join(map(str, grid_seeds)) or 'none'}, "
-        f"successive halving with rungs at {', '.join(f'{f:.3g}' for f in rungs) or 'none'} of the budget.",
+        + f"Learning-rate grid (phase 1): {grid_text}",
         f"- Learning rate chosen on `{s['select_metric']}` (validation); questions answered on "
         f"`{s['test_metric']}` (test) of phase-2 runs, {seeds_text} (same seed = same data order, so "
         + (

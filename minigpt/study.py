@@ -10,9 +10,11 @@ A sweep runs a grid; a study runs the protocol a reviewer expects of an ablation
    the whole budget) train for that fraction of the steps (warmup scaled alike), and after each rung the
    best ``keep`` fraction of the rates (by mean ``select_metric`` over the rung's seeds: by default the
    run's own final validation estimate; with ``whole_val/loss`` each run's final checkpoint is first scored
-   on the whole validation split) goes on. A rung short of the whole budget uses the first selection seed;
-   the whole budget uses every selection seed. When the winner sits at an edge of the grid, the grid grows
-   by one step that way (up to ``max_extend`` times) until an inner value wins.
+   on the whole validation split) goes on. Every rung but the last uses the first selection seed; the last
+   uses every selection seed. A rung may repeat the whole budget (``rungs: [1.0, 1.0]``: every rate on one
+   seed, then the best ``keep`` of them on all, the first seed's runs reused). When the winner sits at an
+   edge of the grid, the grid grows by one step that way (up to ``max_extend`` times, each new rate with
+   every selection seed) until an inner value wins.
 2. **Seeds.** Each variant at its chosen rate (or, with ``lr_from``, at another variant's), for every one of
    ``seeds`` (or the variant's own ``seeds``, when some comparisons can afford more than others): runs with
    the same seed see the same batches, so comparisons are paired over the seeds both sides ran. Phase-1 runs

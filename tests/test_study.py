@@ -136,6 +136,27 @@ def test_successive_halving_keeps_the_best_third_and_runs_the_winner_with_every_
     assert {c.split("_")[1] for c in calls if c.endswith("_steps-2")} == {"lr-0.004", "lr-0.002"}
 
 
+def test_whole_budget_rungs_rank_every_rate_on_one_seed_then_give_the_best_half_every_selection_seed(
+    tmp_path, base_file, monkeypatch
+):
+    # the fake loss adds 0.01 per seed, so seed 2 cannot reorder the rates: 0.004 wins and 0.008 is second
+    repeated = GOOD + "rungs: [1.0, 1.0]\nkeep: 0.4\nmax_extend: 0\n"
+    study = load_study(write_study(tmp_path, base_file, repeated))
+    calls: list[str] = []
+    monkeypatch.setattr(Executor, "run_batch", fake_runs(0.005, calls))
+    chosen = choose_learning_rates(study, Executor(study, tmp_path / "out", parallel=1, threads=1))
+    assert chosen == {"a": 0.004}
+    assert sorted(c.split("_")[1] for c in calls if c.endswith("_seed-1_steps-6")) == [
+        "lr-0.001",
+        "lr-0.002",
+        "lr-0.004",
+        "lr-0.008",
+        "lr-0.016",
+    ]
+    assert sorted(c.split("_")[1] for c in calls if c.endswith("_seed-2_steps-6")) == ["lr-0.004", "lr-0.008"]
+    assert len(calls) == 5 + 2  # the seed-1 runs of the kept rates are not repeated
+
+
 def test_a_variant_with_its_own_grid_chooses_its_rate_from_that_grid(tmp_path, base_file, monkeypatch):
     own = GOOD.replace("lr_from: a", "lr_grid: [0.02, 0.04, 0.08]") + "rungs: [1.0]\nmax_extend: 0\n"
     study = load_study(write_study(tmp_path, base_file, own))

@@ -289,10 +289,24 @@ def test_report_holds_setup_questions_and_plots(study_dir, tmp_path):
     assert "load average at the runs' starts and ends: 1.60 to 2.00" in text
     assert '| post-LN | `model.norm_position="post"` | 0.0005, 0.001, 0.002, 0.004 | 0.001 | 8 | 5 |' in text
     assert "| 1 head | `model.n_head=1` | none (reuses pre-LN's) | 0.002 | 0 | 5 |" in text
-    assert "seeds 1, 2, successive halving with rungs at 0.333, 1 of the budget" in text
+    assert (
+        "successive halving with rungs at 0.333, 1 of the budget: seed 1 at every rung but the last, "
+        "seeds 1, 2 at the last" in text
+    )
     for png in ("lr_sensitivity.png", "val_loss.png", "layer_grad_norms_norm.png"):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in text
     assert "layer_grad_norms_heads.png" not in text  # only questions that move the LayerNorm
+
+
+def test_setup_names_the_rungs_from_the_study_file_when_a_rung_repeats_the_whole_budget(study_dir, tmp_path):
+    # rungs [1, 1]: every rate on seed 1, then the best half on seeds 1 and 2; the runs' fractions are all 1
+    spec = json.loads((study_dir / "study.json").read_text())
+    (study_dir / "study.json").write_text(json.dumps(spec | {"rungs": [1.0, 1.0], "selection_seeds": [1, 2]}))
+    text = study_report.write_study_report(study_dir, tmp_path / "two").read_text()
+    assert "rungs at 1, 1 of the budget: seed 1 at every rung but the last, seeds 1, 2 at the last" in text
+    (study_dir / "study.json").write_text(json.dumps(spec | {"rungs": [1.0], "selection_seeds": [1]}))
+    text = study_report.write_study_report(study_dir, tmp_path / "one").read_text()
+    assert "Learning-rate grid (phase 1): seeds 1, successive halving with rungs at 1 of the budget." in text
 
 
 def test_variants_with_seeds_of_their_own_are_named_with_their_seeds_and_compared_over_shared_seeds(
