@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import platform
 import resource
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,6 +26,30 @@ def cpu_has_fast_bf16() -> bool:
     Without it, bf16 on a CPU is emulated and far slower than fp32, so ``precision="auto"`` stays fp32.
     """
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def describe_hardware(device: torch.device) -> dict[str, Any]:
+    """What a run's figures were made on: the CPU model, the instruction set torch's CPU kernels use (runs
+    on AVX2 and AVX-512 machines differ in speed and, slightly, in their fp32 sums) and whether bf16 is
+    native; the GPU's name when the run uses one."""
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_fast_bf16": cpu_has_fast_bf16(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def measure_matmul_flops(

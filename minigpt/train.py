@@ -347,6 +347,7 @@ def run_metadata(
             "max_minutes": config.train.max_minutes,
             "run_dir": str(trainer.run_dir),
             "torch": torch.__version__,
+            "hardware": perf.describe_hardware(trainer.device),
             "resumed_from": saved["path"] if saved else None,
         },
     }

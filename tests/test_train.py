@@ -96,6 +96,10 @@ def test_run_directory_records_config_metrics_and_summary(finished_run):
     # every weight trains; the vocabulary's padding rows (50,304 rows for 50,257 tokens) are not parameters
     assert config.model.padded_vocab_size > config.model.vocab_size
     assert saved["_run"]["params_trainable"] == saved["_run"]["params"]
+    # what the run was made on: the kernels' instruction set decides its speed and, slightly, its fp32 sums
+    hardware = saved["_run"]["hardware"]
+    assert hardware["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and hardware["cpu"]
+    assert isinstance(hardware["cpu_fast_bf16"], bool) and "gpu" not in hardware
     if (REPO_ROOT / ".git").exists():
         assert re.fullmatch(r"[0-9a-f]{40}", saved["_run"]["git_commit"])
     rows = read_metrics(run_dir / "metrics.jsonl")
