@@ -216,7 +216,7 @@ def load_study(path: str | Path) -> Study:
     if not study.rungs or study.rungs[-1] != 1.0 or any(not 0 < r <= 1 for r in study.rungs):
         raise StudyError(f"{where('rungs')}: rungs are fractions in (0, 1] that end at 1, got {study.rungs}")
     if study.rungs != sorted(study.rungs):
-        raise StudyError(f"{where('rungs')}: rungs must increase, got {study.rungs}")
+        raise StudyError(f"{where('rungs')}: rungs must not decrease, got {study.rungs}")
     if not 0 < study.keep <= 1:
         raise StudyError(f"{where('keep')}: keep is a fraction in (0, 1], got {study.keep}")
     if not study.selection_seeds:
@@ -226,6 +226,7 @@ def load_study(path: str | Path) -> Study:
             f"{where('select_metric')}: the rate is chosen on validation, so a whole split to select on is "
             f"whole_val/loss, got {study.select_metric}"
         )
+    variant_lines = {v.label: _line(n) for v, n in zip(variants, value_nodes["variants"].value, strict=True)}
     for q in study.questions:
         if q.kind not in ("difference", "equivalence"):
             continue
@@ -233,8 +234,11 @@ def load_study(path: str | Path) -> Study:
         for label in q.variants:
             shared = sorted(baseline & set(study.seeds_of(study.variant(label))))
             if len(shared) < 2:
+                # the line to fix: a variant's own seeds where one side has them, else the study's
+                own = next((x for x in (label, q.baseline) if study.variant(x).seeds is not None), None)
+                line = f"{path}:{variant_lines[own]}" if own else where("seeds")
                 raise StudyError(
-                    f"{where('seeds')}: question {q.name!r} is a paired test and needs at least two seeds "
+                    f"{line}: question {q.name!r} is a paired test and needs at least two seeds "
                     f"that {label!r} shares with {q.baseline!r}, got {shared}"
                 )
     try:

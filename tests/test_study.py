@@ -51,7 +51,8 @@ questions:
         (GOOD + "seeds: [1, 2, 2]\n", r"study.yaml:11: seeds is a list of distinct integers"),
         (
             GOOD.replace("lr_from: a", "lr_from: a\n    seeds: [1, 6]"),
-            r"question 'q' is a paired test and needs at least two seeds that 'b' shares with 'a', got \[1\]",
+            r"study.yaml:6: question 'q' is a paired test and needs at least two seeds that 'b' shares "
+            r"with 'a', got \[1\]",
         ),
         (GOOD.replace("lr_from: a", "lr_from: a\n    seeds: [1, 1]"), r":6: variant 'b': seeds is a list of"),
         (GOOD.replace("lr_from: a", "lr_from: a\n    seeds: 5"), r":6: variant 'b': seeds is a list of"),
