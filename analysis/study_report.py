@@ -479,9 +479,11 @@ def setup_lines(study: Study) -> list[str]:
         )
     in_grid = [e for e in entries if is_grid_point(e)]
     grid_seeds = s.get("selection_seeds") or sorted({e["seed"] for e in in_grid}, key=str)
-    # a rung may repeat a fraction (rungs [1, 1]: every rate on one seed, then the best on all), which the
-    # runs' own fractions cannot show
-    rungs = s.get("rungs") or sorted({float(e.get("fraction", 1.0)) for e in in_grid})
+    # the runs' own fractions (what ran, rounded to whole steps), unless the study file repeats one (rungs
+    # [1, 1]: every rate on one seed, then the best on all), which those cannot show
+    rungs = sorted({float(e.get("fraction", 1.0)) for e in in_grid})
+    if len(s.get("rungs") or []) > len(rungs):
+        rungs = s["rungs"]
     rungs_text = f"rungs at {', '.join(f'{f:.3g}' for f in rungs) or 'none'} of the budget"
     if len(rungs) > 1 and len(grid_seeds) > 1:
         grid_text = (

@@ -301,6 +301,8 @@ def test_report_holds_setup_questions_and_plots(study_dir, tmp_path):
 def test_setup_names_the_rungs_from_the_study_file_when_a_rung_repeats_the_whole_budget(study_dir, tmp_path):
     # rungs [1, 1]: every rate on seed 1, then the best half on seeds 1 and 2; the runs' fractions are all 1
     spec = json.loads((study_dir / "study.json").read_text())
+    for run in spec["runs"]:
+        run["fraction"] = 1.0
     (study_dir / "study.json").write_text(json.dumps(spec | {"rungs": [1.0, 1.0], "selection_seeds": [1, 2]}))
     text = study_report.write_study_report(study_dir, tmp_path / "two").read_text()
     assert "rungs at 1, 1 of the budget: seed 1 at every rung but the last, seeds 1, 2 at the last" in text
