@@ -47,9 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from minigpt import checkpoint
+from minigpt import checkpoint, perf
 from minigpt.config import ConfigError, ExperimentConfig, apply_overrides, load_experiment
 from minigpt.storage import atomic_write_json
 from minigpt.sweep import OUTCOMES, PlannedRun, SweepRunner, load_average
@@ -246,12 +247,12 @@ def load_study(path: str | Path) -> Study:
         apply_overrides(base, study.overrides)
     except ConfigError as e:
         raise StudyError(f"{where('base')}: {e}") from None
-    variant_nodes = value_nodes["variants"].value
-    for variant, node in zip(variants, variant_nodes, strict=True):
+    for variant in variants:
         try:
             study.config_of(variant)
         except ConfigError as e:
-            raise StudyError(f"{path}:{_line(node)}: variant {variant.label!r}: {e}") from None
+            line = variant_lines[variant.label]
+            raise StudyError(f"{path}:{line}: variant {variant.label!r}: {e}") from None
     return study
 
 
@@ -872,20 +873,18 @@ def describe_plan(study: Study, ex: Executor, parallel: int) -> str:
 
 
 def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
+    """What the figures were measured on: what every run records (``perf.describe_hardware``), plus the
+    AVX and AMX flags ``lscpu`` lists."""
     info: dict[str, Any] = {"platform": platform.platform(), "cores": os.cpu_count()}
+    info |= perf.describe_hardware(torch.device("cpu"))
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return info
     for line in lscpu.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "Model name":
-            info["cpu"] = value.strip()
         if key.strip() == "Flags":
-            flags = value.split()
-            info["bf16"] = "avx512_bf16" in flags or "amx_bf16" in flags
-            info["flags"] = [f for f in flags if f.startswith(("avx", "amx"))]
+            info["flags"] = [f for f in value.split() if f.startswith(("avx", "amx"))]
     return info
 
 
