@@ -1,7 +1,7 @@
 """The figures the README quotes are the ones the records hold: the training-step table is the performance
 log's (benchmarks/README.md), the CPU check's figures those of its committed table, each quoted ratio the
-quotient of the two sides it stands beside, the CPU hour's perplexities its committed run's scores, and the
-ablation table the study report's."""
+quotient of the two sides it stands beside, the CPU hour's perplexities its committed run's scores, the
+ablation table the study report's, and the warmup study's rate table and checks their committed runs'."""
 
 import json
 import math
@@ -121,6 +121,39 @@ def test_the_heads_rate_check_table_is_the_committed_runs_scores():
         loss = json.loads(path.read_text())["whole_val/loss"]
         row = [str(config["model"]["n_head"]), f"{config['train']['lr']:g}", f"{loss:.4f}"]
         assert row in [cells[:3] for cells in rows], f"the table does not quote {path.parent.name}"
+
+
+def test_the_warmup_rate_choice_table_is_the_committed_grid_runs():
+    folder = REPO_ROOT / "reports" / "ablations-cpu-warmup"
+    study = json.loads((folder / "records" / "study.json").read_text())
+    header = "| variant | 0.0005 | 0.001 | 0.002 | 0.004 | 0.008 | 0.016 | 0.032 | chosen |"
+    rates = [float(cell) for cell in header.strip("|").split("|")[1:-1]]
+    rows = {cells[0]: cells[1:] for cells in table_rows((folder / "README.md").read_text(), header)}
+    chosen = {v["label"]: v["chosen_lr"] for v in study["variants"] if v["lr_grid"]}
+    assert rows.keys() == chosen.keys()
+    for label, cells in rows.items():
+        assert float(cells[-1]) == chosen[label], label
+        for rate, cell in zip(rates, cells[:-1], strict=True):
+            # seed 1, then seed 2 where the grid gave the rate a second seed
+            runs = {
+                (r["seed"], r["name"]) for r in study["runs"] if r["variant"] == label and r["lr"] == rate
+            }
+            summaries = [
+                folder / "records" / "runs" / n / "summary.json" for s, n in sorted(runs) if s in (1, 2)
+            ]
+            losses = [json.loads(path.read_text())["final_val/loss"] for path in summaries]
+            assert cell.strip("*") == ", ".join(f"{loss:.4f}" for loss in losses), (label, rate)
+
+
+def test_the_warmup_checks_outside_the_study_are_quoted_as_their_runs_ended():
+    folder = REPO_ROOT / "reports" / "ablations-cpu-warmup"
+    readme = (folder / "README.md").read_text()
+    # the 8-layer rate check and pre-LN's warmup check
+    summaries = sorted(folder.glob("*check*/*/summary.json"))
+    assert len(summaries) == 4
+    for path in summaries:
+        loss = json.loads(path.read_text())["final_val/loss"]
+        assert f"{loss:.4f}" in readme, f"the README does not quote {path.parent.name}'s {loss:.4f}"
 
 
 def cpu_hour_summaries() -> dict[int, dict]:
