@@ -673,7 +673,7 @@ DIAGNOSTICS = {
     ),
     "diag/attn_ratio/layer_": (
         "attention branch / residual",
-        "RMS of the attention output / RMS of the block input (log scale)",
+        "attention output / block input, RMS (log scale)",
     ),
 }
 """Per-block activation figures that ``minigpt.diagnostics`` logs: key prefix -> (caption, axis label)."""
