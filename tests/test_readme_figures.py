@@ -187,6 +187,28 @@ def test_the_readme_cpu_hour_budgets_are_the_committed_runs():
         assert f"at {summary['tokens_per_sec']:,.0f} tokens/s" in readme
 
 
+def test_the_width_128_grid_and_its_rate_claim_are_the_committed_runs_scores():
+    folder = REPO_ROOT / "reports" / "ablations-cpu-heads"
+    readme = " ".join((folder / "README.md").read_text().split())
+    runs = folder / "records" / "runs"
+
+    def whole_val(name: str) -> float:
+        return json.loads((runs / name / "summary.json").read_text())["whole_val/loss"]
+
+    grid = {
+        lr: whole_val(f"8-heads-of-16-width-128_lr-{lr}_seed-1_steps-1024")
+        for lr in ("0.004", "0.008", "0.016", "0.032")
+    }
+    assert min(grid, key=grid.get) == "0.004"
+    for lr, loss in grid.items():
+        assert f"{loss:.4f} at {lr}" in readme, f"the README does not quote width 128's {loss:.4f} at {lr}"
+    # against 4 heads' seed 1 at its own 0.016: behind at that rate, ahead at width 128's own
+    four_heads = whole_val("pre-ln_lr-0.016_seed-1_steps-1024")
+    behind = 100 * (math.exp(grid["0.016"] - four_heads) - 1)
+    ahead = 100 * (1 - math.exp(grid["0.004"] - four_heads))
+    assert f"{behind:.1f}% *behind* 4 heads' seed 1" in readme and f"against {ahead:.1f}% ahead" in readme
+
+
 STUDIES = (
     "ablations-cpu",
     "ablations-cpu-long",
