@@ -1,7 +1,8 @@
 """The figures the README quotes are the ones the records hold: the training-step table is the performance
 log's (benchmarks/README.md), the CPU check's figures those of its committed table, each quoted ratio the
 quotient of the two sides it stands beside, the CPU hour's perplexities its committed run's scores, the
-ablation table the study report's, and the warmup study's rate table and checks their committed runs'."""
+ablation table the study report's, the warmup study's rate table and checks their committed runs', and each
+per-seed range the heads study's README gives the paired ratios of its committed runs."""
 
 import json
 import math
@@ -209,6 +210,45 @@ def test_the_width_128_grid_and_its_rate_claim_are_the_committed_runs_scores():
     assert f"{behind:.1f}% *behind* 4 heads' seed 1" in readme and f"against {ahead:.1f}% ahead" in readme
 
 
+HEADS_BULLET = re.compile(r"^- \*\*(\d+ heads?)( of 16 \(width \d+)?.*?(?=^- |^$)", re.M | re.S)
+# "per seed 0.985–1.010" (ratios), "each seed 22-28% worse", "better in all five seeds (by 0.4–1.5%"
+SEED_RANGE = re.compile(r"(?:per seed|each seed|by) ([\d.]+)[–-]([\d.]+)(%)?(?: (worse|better))?")
+
+
+def test_each_heads_variants_per_seed_range_is_its_committed_runs_paired_ratios():
+    folder = REPO_ROOT / "reports" / "ablations-cpu-heads"
+    study = json.loads((folder / "records" / "study.json").read_text())
+    chosen = {v["label"]: v["chosen_lr"] for v in study["variants"]}
+
+    def whole_test_loss(label: str) -> dict[int, float]:
+        """Each seed's whole-test loss at the variant's chosen rate."""
+        runs = [r for r in study["runs"] if r["variant"] == label and r["lr"] == chosen[label]]
+        summaries = {r["seed"]: folder / "records" / "runs" / r["name"] / "summary.json" for r in runs}
+        return {seed: json.loads(path.read_text())["whole_test/loss"] for seed, path in summaries.items()}
+
+    baseline = whole_test_loss("pre-LN")
+    checked = []
+    for bullet in HEADS_BULLET.finditer((folder / "README.md").read_text()):
+        label = bullet[1] + (bullet[2] + ")" if bullet[2] else "")
+        text = " ".join(bullet[0].split())
+        quoted = SEED_RANGE.search(text)
+        if label not in chosen or quoted is None:
+            continue
+        low, high, percent, direction = quoted.groups()
+        variant = whole_test_loss(label)
+        ratios = [math.exp(variant[s] - baseline[s]) for s in study["seeds"]]
+        if percent:
+            better = direction == "better" or (direction is None and "better in all" in text)
+            values = sorted(100 * (1 - r) if better else 100 * (r - 1) for r in ratios)
+        else:
+            values = sorted(ratios)
+        assert (rounds_to(low, values[0]), rounds_to(high, values[-1])) == (True, True), (
+            f"{label}: the README says {low}-{high}, its five seeds give {values[0]:.3f}-{values[-1]:.3f}"
+        )
+        checked.append(label)
+    assert len(checked) >= 7, f"found per-seed ranges only for {checked}"
+
+
 STUDIES = (
     "ablations-cpu",
     "ablations-cpu-long",
@@ -221,9 +261,9 @@ STUDIES = (
 TRIPLE = re.compile(r"(\d+\.\d+),? \[(\d+\.\d+), (\d+\.\d+)\]")
 
 
-def rounds_to(quoted: str, value: str) -> bool:
-    """Whether the report's ``value`` rounds to the README's ``quoted`` at the README's precision."""
-    digits = len(quoted.split(".")[1])
+def rounds_to(quoted: str, value: str | float) -> bool:
+    """Whether ``value`` rounds to the README's ``quoted`` at the README's precision."""
+    digits = len(quoted.partition(".")[2])
     return f"{float(value):.{digits}f}" == quoted
 
 
