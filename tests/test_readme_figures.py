@@ -2,7 +2,7 @@
 log's (benchmarks/README.md), the CPU check's figures those of its committed table, each quoted ratio the
 quotient of the two sides it stands beside, the CPU hour's perplexities its committed run's scores, the
 ablation table the study report's, the warmup study's rate table and checks their committed runs', and each
-per-seed range the heads study's README gives the paired ratios of its committed runs."""
+per-seed range and Holm-adjusted p-value the heads study's README gives its committed runs' and report's."""
 
 import json
 import math
@@ -247,6 +247,24 @@ def test_each_heads_variants_per_seed_range_is_its_committed_runs_paired_ratios(
         )
         checked.append(label)
     assert len(checked) >= 7, f"found per-seed ranges only for {checked}"
+
+
+def test_each_heads_variants_holm_p_value_is_its_report_rows():
+    folder = REPO_ROOT / "reports" / "ablations-cpu-heads"
+    rows = table_rows((folder / "report.md").read_text(), "| variant | seeds | test ppl [95% CI]")
+    # the Holm-adjusted value stands in parentheses: "0.011 (0.032)"
+    holm = {row[0]: {"paired t": row[4], "TOST": row[9]} for row in rows}
+    checked = 0
+    for bullet in HEADS_BULLET.finditer((folder / "README.md").read_text()):
+        label = bullet[1] + (bullet[2] + ")" if bullet[2] else "")
+        text = " ".join(bullet[0].split())
+        for test, quoted in re.findall(r"(paired t|TOST) Holm(?:-adjusted)? p = ([\d.]+)", text):
+            reported = re.search(r"\(([\d.]+)\)", holm[label][test])[1]
+            assert rounds_to(quoted, reported), (
+                f"{label}: the README's {test} Holm p {quoted}, the report's {reported}"
+            )
+            checked += 1
+    assert checked >= 5
 
 
 STUDIES = (
