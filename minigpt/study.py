@@ -26,7 +26,8 @@ A sweep runs a grid; a study runs the protocol a reviewer expects of an ablation
 Re-running the command continues where it stopped: a run whose ``summary.json`` says ``finished`` or
 ``diverged`` is never repeated, a run stopped part-way continues from its last checkpoint, and the choices are
 recomputed from the records, so they come out the same. ``study.json`` in the study's folder records the plan,
-every run (with its load average at start and end and its CPU time) and each variant's chosen rate; the run
+every run (with its load average at start and end and its CPU time, kept for the runs that ended when a stop
+cuts a batch short) and each variant's chosen rate; the run
 directories are ``<out-dir>/<study>/runs/<run>/``.
 """
 
@@ -53,7 +54,7 @@ import yaml
 from minigpt import checkpoint, perf
 from minigpt.config import ConfigError, ExperimentConfig, apply_overrides, load_experiment
 from minigpt.storage import atomic_write_json
-from minigpt.sweep import OUTCOMES, PlannedRun, SweepRunner, load_average
+from minigpt.sweep import OUTCOMES, PlannedRun, SweepRunner, load_average, recorded_runs
 
 QUESTION_KINDS = ("difference", "equivalence", "success")
 STUDY_KEYS = {
@@ -508,6 +509,10 @@ class WandbRuns:
         return wandb.sweep(config, entity=entity or None, project=project)
 
 
+RUN_TIMES = ("returncode", "seconds", "load_start", "load_end", "cpu_user_s", "cpu_sys_s")
+"""What ``study.json`` keeps of how each run went (the sweep runner's ``PlannedRun`` fields)."""
+
+
 class Executor:
     """Runs batches of specs (here through the sweep runner, or as W&B sweeps) and keeps ``study.json`` up to
     date."""
@@ -561,23 +566,29 @@ class Executor:
         ]
         # A diverged run is an outcome (its rate loses), not a stop to resume: it would diverge again.
         todo = [r for r in planned if self.summary(r.name).get("status") not in OUTCOMES]
+        # A run that ended in a batch the study was stopped during has no times here; the runner wrote them.
+        ended = recorded_runs(self.runs_dir)
+        for r in planned:
+            if r not in todo and self.records[r.name].get("seconds") is None and r.name in ended:
+                self.records[r.name].update({k: ended[r.name].get(k) for k in RUN_TIMES})
         for r in todo:
             # A run stopped after a checkpoint continues from it (the runner resumes it, bit for bit on the
             # CPU); one stopped before its first starts again from nothing: its partial record would mislead.
             if not checkpoint.list_checkpoints(self.runs_dir / r.name):
                 shutil.rmtree(self.runs_dir / r.name, ignore_errors=True)
-        if todo:
-            SweepRunner(todo, self.runs_dir, self.parallel, self.threads).run()
-        for r in todo:
-            self.records[r.name].update(
-                {k: getattr(r, k) for k in ("returncode", "seconds", "load_start", "load_end")}
-                | {"cpu_user_s": r.cpu_user_s, "cpu_sys_s": r.cpu_sys_s}
-            )
-        for spec in specs:
-            self.records[spec.name(self.study)]["status"] = self.summary(spec.name(self.study)).get(
-                "status", "failed"
-            )
-        self.save()
+        try:
+            if todo:
+                SweepRunner(todo, self.runs_dir, self.parallel, self.threads).run()
+        finally:
+            # also when stopped: the runs that ended keep their times
+            for r in todo:
+                if r.returncode is not None:
+                    self.records[r.name].update({k: getattr(r, k) for k in RUN_TIMES})
+            for spec in specs:
+                self.records[spec.name(self.study)]["status"] = self.summary(spec.name(self.study)).get(
+                    "status", "failed"
+                )
+            self.save()
 
     def hand_to_agents(self, names: list[str]) -> None:
         """Go on when W&B has every run of this batch finished; else create its sweep (once) and stop."""

@@ -432,6 +432,16 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def recorded_runs(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """What ``sweep.json`` in ``sweep_dir`` says of each run, by name: the runner writes a run's outcome, time
+    and CPU time there the moment it ends, so it outlives a stop that its caller's own records do not."""
+    try:
+        runs = json.loads((sweep_dir / "sweep.json").read_text())["runs"]
+        return {r["name"]: r for r in runs}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 class SweepRunner:
     """Keeps up to ``parallel`` runs going, records each outcome in ``sweep.json`` as it happens."""
 
@@ -447,13 +457,9 @@ class SweepRunner:
         self.finished = finished or (lambda name: is_finished(sweep_dir / name))
         """Whether the job of that name has done its work (default: its run directory says finished)."""
         self.state_path = sweep_dir / "sweep.json"
-        try:
-            earlier = json.loads(self.state_path.read_text())["runs"]
-        except (OSError, ValueError, KeyError, TypeError):
-            earlier = []
         ours = {r.name for r in runs}
         # Another invocation into this folder (a study's next batch) keeps the records of the runs it left.
-        self.earlier: list[dict[str, Any]] = [e for e in earlier if e.get("name") not in ours]
+        self.earlier = [e for name, e in recorded_runs(sweep_dir).items() if name not in ours]
 
     def save_state(self) -> None:
         runs = self.earlier + [vars(r) for r in self.runs]

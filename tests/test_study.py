@@ -256,6 +256,54 @@ def test_a_diverged_run_is_an_outcome_that_a_restart_neither_resumes_nor_repeats
     assert study_mod.score(study, ex, [diverged]) == math.inf  # its rate loses
 
 
+def test_a_study_stopped_mid_batch_keeps_the_times_of_the_runs_that_ended(tmp_path, base_file, monkeypatch):
+    study = load_study(write_study(tmp_path, base_file, GOOD))
+    ex = Executor(study, tmp_path / "out", parallel=1, threads=1)
+    ended, cut_short = RunSpec("a", 0.016, 1, 6, "lr"), RunSpec("a", 0.008, 1, 6, "lr")
+
+    class Runner:
+        def __init__(self, runs, *args) -> None:
+            self.runs = runs
+
+        def run(self) -> list:
+            first = self.runs[0]
+            (ex.runs_dir / first.name).mkdir(parents=True)
+            (ex.runs_dir / first.name / "summary.json").write_text(json.dumps({"status": "finished"}))
+            first.returncode, first.seconds, first.cpu_user_s, first.cpu_sys_s = 0, 60.0, 59.0, 0.5
+            raise KeyboardInterrupt  # the stop, while the second run trains
+
+    monkeypatch.setattr(study_mod, "SweepRunner", Runner)
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_batch([ended, cut_short])
+    saved = {r["name"]: r for r in json.loads((ex.study_dir / "study.json").read_text())["runs"]}
+    assert (saved[ended.name(study)]["seconds"], saved[ended.name(study)]["cpu_user_s"]) == (60.0, 59.0)
+    assert saved[ended.name(study)]["status"] == "finished"
+    assert saved[cut_short.name(study)].get("seconds") is None
+    assert saved[cut_short.name(study)]["status"] == "failed"
+
+
+def test_a_restart_takes_the_times_of_runs_finished_before_a_stop_from_the_runners_record(
+    tmp_path, base_file, monkeypatch
+):
+    study = load_study(write_study(tmp_path, base_file, GOOD))
+    ex = Executor(study, tmp_path / "out", parallel=1, threads=1)
+    spec = RunSpec("a", 0.016, 1, 6, "lr")
+    run_dir = ex.runs_dir / spec.name(study)
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"status": "finished"}))
+    # what the sweep runner wrote as the run ended, before the study was stopped with its records unsaved
+    times = {"returncode": 0, "seconds": 61.5, "load_start": 0.1, "load_end": 1.9, "cpu_user_s": 60.2}
+    (ex.runs_dir / "sweep.json").write_text(json.dumps({"runs": [{"name": spec.name(study)} | times]}))
+
+    def no_runner(*args):
+        raise AssertionError("a finished run was started again")
+
+    monkeypatch.setattr(study_mod, "SweepRunner", no_runner)
+    ex.run_batch([spec])
+    record = json.loads((ex.study_dir / "study.json").read_text())["runs"][0]
+    assert {k: record[k] for k in times} == times and record["status"] == "finished"
+
+
 def test_a_variant_with_seeds_of_its_own_runs_those_in_phase_two_and_the_plan_counts_them(
     tmp_path, base_file, monkeypatch, capsys
 ):
