@@ -27,8 +27,7 @@ Re-running the command continues where it stopped: a run whose ``summary.json`` 
 ``diverged`` is never repeated, a run stopped part-way continues from its last checkpoint, and the choices are
 recomputed from the records, so they come out the same. ``study.json`` in the study's folder records the plan,
 every run (with its load average at start and end and its CPU time, kept for the runs that ended when a stop
-cuts a batch short) and each variant's chosen rate; the run
-directories are ``<out-dir>/<study>/runs/<run>/``.
+cuts a batch short) and each variant's chosen rate; the run directories are ``<out-dir>/<study>/runs/<run>/``.
 """
 
 from __future__ import annotations
