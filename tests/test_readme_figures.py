@@ -7,6 +7,7 @@ per-seed range and Holm-adjusted p-value the heads study's README gives its comm
 import json
 import math
 import re
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -265,6 +266,80 @@ def test_each_heads_variants_holm_p_value_is_its_report_rows():
             )
             checked += 1
     assert checked >= 5
+
+
+TYING = REPO_ROOT / "reports" / "ablations-cpu-tying-budget"
+
+
+def report_rows(report: str) -> dict[str, list[str]]:
+    """Each variant's cells in a study report's question tables, by variant name (bold baselines unbolded)."""
+    rows = table_rows(report, "| variant | seeds | test ppl [95% CI] | ppl ratio")
+    return {row[0].replace("**", "").removesuffix(" (baseline)"): row for row in rows}
+
+
+def test_the_tying_budget_table_is_its_report():
+    readme = (TYING / "README.md").read_text()
+    header = next(
+        line for line in readme.splitlines() if line.startswith("| budget | kept step / stopped at")
+    )
+    rows = table_rows(readme, header)
+    report = (TYING / "report.md").read_text()
+    questions, setup = report_rows(report), table_rows(report, "| variant | overrides | steps (warmup)")
+    kept = {row[0]: row[3] for row in setup}
+    assert [row[0] for row in rows] == ["1/4 epoch", "1 epoch", "4 epochs", "16 epochs"]
+    for budget, kept_cell, tied_ppl, ratio, detects in rows:
+        tied, untied = questions[f"tied, {budget}"], questions[f"untied, {budget}"]
+        seeds = int(untied[1])
+        assert f"(mean of {seeds})" in header and f"| {seeds} seeds detect |" in header, (budget, seeds)
+        assert tied_ppl == tied[2].split(" [")[0], budget
+        quoted = re.fullmatch(r"([\d.]+ \[[\d.]+, [\d.]+\]), p = ([\d.]+)", ratio)
+        assert quoted and quoted[1] == untied[3], (budget, ratio, untied[3])
+        reported = Decimal(untied[4].split(" (")[0])  # the README rounds the report's three decimals half up
+        assert quoted[2] == str(reported.quantize(Decimal(quoted[2]), ROUND_HALF_UP)), (
+            budget,
+            quoted[2],
+            reported,
+        )
+        mde = 100 * (number(untied[7]) - 1)
+        assert detects == f"{mde:.{len(detects.partition('.')[2].rstrip('%'))}f}%", (budget, detects, mde)
+        sides = {kept[f"tied, {budget}"], kept[f"untied, {budget}"]}
+        expected = (
+            sides.pop()
+            if len(sides) == 1
+            else (f"tied {kept[f'tied, {budget}']}, untied {kept[f'untied, {budget}']}")
+        )
+        assert kept_cell == expected, (budget, kept_cell, expected)
+
+
+def test_the_tying_budget_overfitting_ranges_are_its_committed_curves():
+    """Each tying's rise of the validation estimate from its best to where the 16-epoch run stopped."""
+    readme = " ".join((TYING / "README.md").read_text().split())
+    quoted = re.search(
+        r"validation estimate rises by (\d+\.\d+)[–-](\d+\.\d+) nats in the 16-epoch runs, "
+        r"tied's by (\d+\.\d+)[–-](\d+\.\d+)",
+        readme,
+    )
+    assert quoted, "the README no longer says how far each tying's validation estimate rises"
+    rises: dict[str, list[float]] = {"untied": [], "tied": []}
+    for run in sorted((TYING / "records" / "runs").glob("*-16-epochs_lr-*_seed-*")):
+        summary = json.loads((run / "summary.json").read_text())
+        if "whole_test/loss" not in summary:  # grid runs at other rates: not scored, not quoted
+            continue
+        estimates = {
+            r["step"]: r["val/loss"]
+            for r in map(json.loads, (run / "metrics.jsonl").open())
+            if "val/loss" in r
+        }
+        stopped = summary["early_stop/stopped_at_step"]
+        rises[run.name.split("-")[0]].append(estimates[stopped] - estimates[summary["val/best_step"]])
+    assert len(rises["tied"]) == len(rises["untied"]) >= 3
+    for (low, high), tying in zip(
+        (quoted.groups()[:2], quoted.groups()[2:]), ("untied", "tied"), strict=True
+    ):
+        least, most = min(rises[tying]), max(rises[tying])
+        assert (rounds_to(low, least), rounds_to(high, most)) == (True, True), (
+            f"{tying}: the README says {low}-{high}, its runs give {least:.3f}-{most:.3f}"
+        )
 
 
 STUDIES = (
