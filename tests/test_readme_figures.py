@@ -2,7 +2,8 @@
 log's (benchmarks/README.md), the CPU check's figures those of its committed table, each quoted ratio the
 quotient of the two sides it stands beside, the CPU hour's perplexities its committed run's scores, the
 ablation table the study report's, the warmup study's rate table and checks their committed runs', and each
-per-seed range and Holm-adjusted p-value the heads study's README gives its committed runs' and report's."""
+per-seed range and Holm-adjusted p-value the heads study's README gives its committed runs' and report's, and
+the tying budget study's table, overfitting ranges and rate check its report's and committed runs'."""
 
 import json
 import math
@@ -340,6 +341,20 @@ def test_the_tying_budget_overfitting_ranges_are_its_committed_curves():
         assert (rounds_to(low, least), rounds_to(high, most)) == (True, True), (
             f"{tying}: the README says {low}-{high}, its runs give {least:.3f}-{most:.3f}"
         )
+
+
+def test_the_tying_rate_check_table_is_the_committed_runs_scores():
+    rows = table_rows((TYING / "README.md").read_text(), "| tying | lr | seed 1 | seed 2 | mean |")
+    assert len(rows) == 10  # each tying's five rates
+    for tying, lr, *cells in rows:
+        losses = []
+        for seed in (1, 2):
+            name = f"{tying}-1-epoch_lr-{lr}_seed-{seed}_steps-128"
+            found = [TYING / folder / name / "summary.json" for folder in ("rate-check", "records/runs")]
+            (path,) = [f for f in found if f.is_file()]  # made by the check or by the study, not both
+            losses.append(json.loads(path.read_text())["final_val/loss"])
+        quoted = [f"{loss:.4f}" for loss in (*losses, sum(losses) / 2)]
+        assert cells == quoted, (tying, lr, cells, quoted)
 
 
 STUDIES = (
