@@ -416,6 +416,16 @@ def tokens_per_run(study: Study, variant: Variant) -> int:
     return config.train.max_steps * config.train.batch_size * config.model.block_size
 
 
+def training_flops(study: Study, spec: RunSpec) -> float:
+    """Approximate FLOPs of training ``spec`` (the model's ``flops_per_token`` times its tokens)."""
+    from minigpt.model import GPT
+
+    config = study.config_of(study.variant(spec.variant))
+    with torch.device("meta"):  # the shape alone: no memory, no initialisation
+        per_token = GPT(config.model).flops_per_token()
+    return per_token * spec.steps * config.train.batch_size * config.model.block_size
+
+
 def rung_steps(study: Study, variant: Variant, fraction: float) -> tuple[int, int]:
     steps, warmup = budget(study, variant)
     return max(1, round(steps * fraction)), round(warmup * fraction)
@@ -543,7 +553,7 @@ class Executor:
         return read_summary(self.runs_dir / name)
 
     def run_batch(self, specs: list[RunSpec]) -> None:
-        """Run every spec not finished yet, ``parallel`` at a time; record each."""
+        """Run every spec not finished yet, ``parallel`` at a time, the costliest first; record each."""
         specs = list(dict.fromkeys(specs))
         for spec in specs:
             name = spec.name(self.study)
@@ -565,6 +575,10 @@ class Executor:
         ]
         # A diverged run is an outcome (its rate loses), not a stop to resume: it would diverge again.
         todo = [r for r in planned if self.summary(r.name).get("status") not in OUTCOMES]
+        # Longest first: a batch's long runs then overlap its short ones instead of running on alone at
+        # its end while the other workers idle (a width-256 run takes five times a width-64 one).
+        flops = {spec.name(self.study): training_flops(self.study, spec) for spec in specs}
+        todo.sort(key=lambda r: -flops[r.name])
         # A run that ended in a batch the study was stopped during has no times here; the runner wrote them.
         ended = recorded_runs(self.runs_dir)
         for r in planned:

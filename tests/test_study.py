@@ -256,6 +256,35 @@ def test_a_diverged_run_is_an_outcome_that_a_restart_neither_resumes_nor_repeats
     assert study_mod.score(study, ex, [diverged]) == math.inf  # its rate loses
 
 
+def test_a_batch_starts_its_costliest_runs_first_so_no_long_run_ends_alone(tmp_path, base_file, monkeypatch):
+    wide = GOOD.replace("{model.n_head: 1}\n    lr_from: a", "{model.n_embd: 64}")
+    study = load_study(write_study(tmp_path, base_file, wide))
+    ex = Executor(study, tmp_path / "out", parallel=2, threads=1)
+    short, narrow, wider = (
+        RunSpec("a", 0.004, 1, 2, "lr"),
+        RunSpec("a", 0.004, 1, 6, "lr"),
+        RunSpec("b", 0.004, 1, 6, "lr"),
+    )
+    assert study_mod.training_flops(study, wider) > study_mod.training_flops(study, narrow) > 0
+    assert study_mod.training_flops(study, narrow) == 3 * study_mod.training_flops(study, short)
+    started: list[str] = []
+
+    class Runner:
+        def __init__(self, runs, *args) -> None:
+            self.runs = runs
+
+        def run(self) -> list:
+            started.extend(r.name for r in self.runs)
+            return self.runs
+
+    monkeypatch.setattr(study_mod, "SweepRunner", Runner)
+    ex.run_batch([short, narrow, wider])
+    assert started == [spec.name(study) for spec in (wider, narrow, short)]
+    assert [r["name"] for r in json.loads((ex.study_dir / "study.json").read_text())["runs"]] == [
+        spec.name(study) for spec in (short, narrow, wider)
+    ]  # the records keep the batch's own order
+
+
 def test_a_study_stopped_mid_batch_keeps_the_times_of_the_runs_that_ended(tmp_path, base_file, monkeypatch):
     study = load_study(write_study(tmp_path, base_file, GOOD))
     ex = Executor(study, tmp_path / "out", parallel=1, threads=1)
