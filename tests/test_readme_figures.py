@@ -2,7 +2,8 @@
 log's (benchmarks/README.md), the CPU check's figures those of its committed table, each quoted ratio the
 quotient of the two sides it stands beside, the CPU hour's perplexities its committed run's scores, the
 ablation table the study report's, the warmup study's rate table and checks their committed runs', and each
-per-seed range and Holm-adjusted p-value the heads study's README gives its committed runs' and report's, and
+per-seed range, Holm-adjusted p-value and grid score the heads study's README gives its committed runs' and
+report's (and each of its grids at least five rates spanning 16x, its winner inside), and
 the tying budget study's table, overfitting ranges and rate check its report's and committed runs'."""
 
 import json
@@ -109,21 +110,32 @@ def test_the_readme_rate_check_perplexities_are_the_committed_runs_scores():
         assert f"{ppl:.0f} at {layers}" in readme, f"the README does not quote {path.parent.name}'s {ppl:.1f}"
 
 
-def test_the_heads_rate_check_table_is_the_committed_runs_scores():
+def test_the_heads_grid_table_is_every_grid_runs_score_and_each_grid_spans_16x():
     folder = REPO_ROOT / "reports" / "ablations-cpu-heads"
-    rows = table_rows((folder / "README.md").read_text(), "| heads | lr | whole-validation loss")
-    # the grid runs of 2 and 8 heads: seed 1, each scored on the whole validation split
-    summaries = [
-        path
-        for path in sorted((folder / "records" / "runs").glob("[28]-heads_*_seed-1_*/summary.json"))
-        if "whole_val/loss" in json.loads(path.read_text())
-    ]
-    assert len(summaries) == len(rows) == 8
-    for path in summaries:
-        config = json.loads((path.parent / "config.json").read_text())
-        loss = json.loads(path.read_text())["whole_val/loss"]
-        row = [str(config["model"]["n_head"]), f"{config['train']['lr']:g}", f"{loss:.4f}"]
-        assert row in [cells[:3] for cells in rows], f"the table does not quote {path.parent.name}"
+    header = "| variant | 0.0005 | 0.001 | 0.002 | 0.004 | 0.008 | 0.016 | 0.032 | 0.064 | 0.128 | chosen |"
+    rates = header.strip("|").split("|")[1:-1]
+    rows = {cells[0]: cells for cells in table_rows((folder / "README.md").read_text(), header)}
+    study = json.loads((folder / "records" / "study.json").read_text())
+    chosen = {v["label"]: v["chosen_lr"] for v in study["variants"]}
+    # the seed-1 grid runs, each scored on the whole validation split (the study's select_metric)
+    grid: dict[str, dict[float, float]] = {label: {} for label in chosen}
+    for run in study["runs"]:
+        if run["in_grid"] and run["seed"] == 1:
+            summary = json.loads((folder / "records" / "runs" / run["name"] / "summary.json").read_text())
+            grid[run["variant"]][run["lr"]] = summary["whole_val/loss"]
+    assert sorted(rows) == sorted(grid)
+    for label, losses in grid.items():
+        cells = rows[label]
+        quoted = {float(rate): cell for rate, cell in zip(rates, cells[1:-1], strict=True) if cell}
+        assert sorted(quoted) == sorted(losses), f"{label}: the table's rates are not its grid's"
+        for lr, loss in losses.items():
+            assert number(quoted[lr]) == float(f"{loss:.4f}"), f"{label} at {lr:g}: not its run's {loss:.4f}"
+        best = min(losses, key=losses.get)
+        assert best == chosen[label] == number(cells[-1]), f"{label}: the chosen rate is not the best"
+        assert quoted[best].startswith("**") and sum(cell.startswith("**") for cell in quoted.values()) == 1
+        # the issue's grid: at least five rates spanning 16x, the winner inside it
+        assert len(losses) >= 5 and max(losses) / min(losses) >= 16, f"{label}'s grid is narrower"
+        assert min(losses) < best < max(losses), f"{label}'s best rate sits on its grid's edge"
 
 
 def test_the_warmup_rate_choice_table_is_the_committed_grid_runs():
@@ -200,7 +212,7 @@ def test_the_width_128_grid_and_its_rate_claim_are_the_committed_runs_scores():
 
     grid = {
         lr: whole_val(f"8-heads-of-16-width-128_lr-{lr}_seed-1_steps-1024")
-        for lr in ("0.004", "0.008", "0.016", "0.032")
+        for lr in ("0.002", "0.004", "0.008", "0.016", "0.032")
     }
     assert min(grid, key=grid.get) == "0.004"
     for lr, loss in grid.items():
