@@ -228,6 +228,20 @@ def test_the_whole_protocol_runs_resumes_and_never_repeats_a_run(tmp_path, base_
     assert f"--resume={killed_late}" in printed and f"--resume={killed_early}" not in printed
 
 
+def recording_runner(started: list[str]) -> type:
+    """A stand-in for the sweep runner: it notes the runs it is given, in the order given, and runs none."""
+
+    class Runner:
+        def __init__(self, runs, *args) -> None:
+            self.runs = runs
+
+        def run(self) -> list:
+            started.extend(r.name for r in self.runs)
+            return self.runs
+
+    return Runner
+
+
 def test_a_diverged_run_is_an_outcome_that_a_restart_neither_resumes_nor_repeats(
     tmp_path, base_file, monkeypatch
 ):
@@ -240,16 +254,7 @@ def test_a_diverged_run_is_an_outcome_that_a_restart_neither_resumes_nor_repeats
         (run_dir / "ckpt-4.pt").write_bytes(b"")  # the last good checkpoint
         (run_dir / "summary.json").write_text(json.dumps({"status": status}))
     started: list[str] = []
-
-    class Runner:
-        def __init__(self, runs, *args) -> None:
-            self.runs = runs
-
-        def run(self) -> list:
-            started.extend(r.name for r in self.runs)
-            return self.runs
-
-    monkeypatch.setattr(study_mod, "SweepRunner", Runner)
+    monkeypatch.setattr(study_mod, "SweepRunner", recording_runner(started))
     ex.run_batch([diverged, interrupted])
     assert started == [interrupted.name(study)]
     assert ex.records[diverged.name(study)]["status"] == "diverged"
@@ -268,16 +273,7 @@ def test_a_batch_starts_its_costliest_runs_first_so_no_long_run_ends_alone(tmp_p
     assert study_mod.training_flops(study, wider) > study_mod.training_flops(study, narrow) > 0
     assert study_mod.training_flops(study, narrow) == 3 * study_mod.training_flops(study, short)
     started: list[str] = []
-
-    class Runner:
-        def __init__(self, runs, *args) -> None:
-            self.runs = runs
-
-        def run(self) -> list:
-            started.extend(r.name for r in self.runs)
-            return self.runs
-
-    monkeypatch.setattr(study_mod, "SweepRunner", Runner)
+    monkeypatch.setattr(study_mod, "SweepRunner", recording_runner(started))
     ex.run_batch([short, narrow, wider])
     assert started == [spec.name(study) for spec in (wider, narrow, short)]
     assert [r["name"] for r in json.loads((ex.study_dir / "study.json").read_text())["runs"]] == [
