@@ -748,6 +748,22 @@ def score_whole(ex: Executor, metric: str, names: list[str], record_prefix: str)
     if split is None or ex.wandb is not None:
         return
     prefix = f"score-{split}-"
+    # A run copied in from committed records keeps its summary but not its weights: left to fail here, its
+    # rate would score inf and silently lose the choice.
+    weightless = [
+        name
+        for name in names
+        if ex.summary(name).get("status") == "finished"
+        and metric not in ex.summary(name)
+        and not checkpoint.list_checkpoints(ex.runs_dir / name)
+    ]
+    if weightless:
+        raise StudyError(
+            f"{len(weightless)} finished run(s) need a {metric} score but hold no checkpoint to score "
+            f"(records keep no weights): {', '.join(weightless)} in {ex.runs_dir}. Score them where they "
+            "were made (python -m minigpt.evaluate RUN_DIR --split "
+            f"{split} --into-summary), or delete their directories to train them again"
+        )
     jobs = [
         PlannedRun(
             prefix + name,

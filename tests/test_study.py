@@ -491,6 +491,21 @@ def test_choosing_on_the_whole_validation_split_scores_every_grid_run_once_and_r
     assert "score-val-" not in capsys.readouterr().out  # every grid run was scored once, not again
 
 
+def test_a_copied_in_run_without_weights_that_needs_a_whole_split_score_is_an_error_not_a_losing_rate(
+    tmp_path, base_file
+):
+    study = load_study(write_study(tmp_path, base_file, GOOD + "select_metric: whole_val/loss\n"))
+    ex = Executor(study, tmp_path / "out", parallel=1, threads=1)
+    scored, weightless = RunSpec("a", 0.004, 1, 6, "lr"), RunSpec("a", 0.004, 2, 6, "lr")
+    for spec, summary in ((scored, {"whole_val/loss": 5.0}), (weightless, {"final_val/loss": 5.1})):
+        run_dir = ex.runs_dir / spec.name(study)
+        run_dir.mkdir(parents=True)  # as records keep a run: its summary, no checkpoint
+        (run_dir / "summary.json").write_text(json.dumps({"status": "finished", **summary}))
+    study_mod.score_whole(ex, study.select_metric, [scored.name(study)], "select_score_")  # nothing to do
+    with pytest.raises(StudyError, match=rf"hold no checkpoint.*{weightless.name(study)}.*minigpt.evaluate"):
+        study_mod.score_whole(ex, study.select_metric, [s.name(study) for s in (scored, weightless)], "x_")
+
+
 def test_the_rate_is_ranked_by_the_select_metric_not_the_runs_own_estimate(tmp_path, base_file):
     study = load_study(write_study(tmp_path, base_file, GOOD + "select_metric: whole_val/loss\n"))
 
