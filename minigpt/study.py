@@ -577,8 +577,8 @@ class Executor:
         todo = [r for r in planned if self.summary(r.name).get("status") not in OUTCOMES]
         # Longest first: a batch's long runs then overlap its short ones instead of running on alone at
         # its end while the other workers idle (a width-256 run takes five times a width-64 one).
-        flops = {spec.name(self.study): training_flops(self.study, spec) for spec in specs}
-        todo.sort(key=lambda r: -flops[r.name])
+        spec_of = {spec.name(self.study): spec for spec in specs}
+        todo.sort(key=lambda r: -training_flops(self.study, spec_of[r.name]))
         # A run that ended in a batch the study was stopped during has no times here; the runner wrote them.
         ended = recorded_runs(self.runs_dir)
         for r in planned:
@@ -990,6 +990,9 @@ def main(argv: list[str] | None = None) -> int:
     except Pending as e:
         print(f"[study] {e}")
         return 0
+    except StudyError as e:  # found mid-study (a run that cannot be scored): the records so far are saved
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     ex.save(load_at_end=load_average(), last_session_seconds=round(time.time() - started, 1))
     failed = [name for name, r in ex.records.items() if r.get("status") != "finished"]
     if failed:

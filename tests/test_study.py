@@ -506,6 +506,18 @@ def test_a_copied_in_run_without_weights_that_needs_a_whole_split_score_is_an_er
         study_mod.score_whole(ex, study.select_metric, [s.name(study) for s in (scored, weightless)], "x_")
 
 
+def test_a_study_error_found_mid_study_exits_2_with_one_line(tmp_path, base_file, monkeypatch, capsys):
+    def unscorable(study, ex):
+        raise StudyError("1 finished run(s) need a whole_val/loss score but hold no checkpoint to score")
+
+    monkeypatch.setattr(study_mod, "choose_learning_rates", unscorable)
+    monkeypatch.setattr(study_mod, "unigram_loss", lambda study: 7.0)
+    path = write_study(tmp_path, base_file, GOOD)
+    assert main([str(path), "--out-dir", str(tmp_path / "studies")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 finished run(s)") and err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_the_rate_is_ranked_by_the_select_metric_not_the_runs_own_estimate(tmp_path, base_file):
     study = load_study(write_study(tmp_path, base_file, GOOD + "select_metric: whole_val/loss\n"))
 
