@@ -993,6 +993,12 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as e:  # found mid-study (a run that cannot be scored): the records so far are saved
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the sweep runner turns it into this): run_batch saved
+        print(
+            "\n[study] stopped: the runs that ended are kept with their times; the same command resumes",
+            file=sys.stderr,
+        )
+        return 130
     ex.save(load_at_end=load_average(), last_session_seconds=round(time.time() - started, 1))
     failed = [name for name, r in ex.records.items() if r.get("status") != "finished"]
     if failed:

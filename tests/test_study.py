@@ -518,6 +518,21 @@ def test_a_study_error_found_mid_study_exits_2_with_one_line(tmp_path, base_file
     assert err.startswith("error: 1 finished run(s)") and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_a_study_stopped_mid_study_exits_130_with_one_line_saying_how_to_resume(
+    tmp_path, base_file, monkeypatch, capsys
+):
+    def stopped(study, ex):
+        raise KeyboardInterrupt  # what the sweep runner raises on SIGTERM or Ctrl-C
+
+    monkeypatch.setattr(study_mod, "choose_learning_rates", stopped)
+    monkeypatch.setattr(study_mod, "unigram_loss", lambda study: 7.0)
+    path = write_study(tmp_path, base_file, GOOD)
+    assert main([str(path), "--out-dir", str(tmp_path / "studies")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("[study] stopped") and "same command resumes" in err and "\n" not in err
+    assert (tmp_path / "studies" / "s" / "study.json").is_file()
+
+
 def test_the_rate_is_ranked_by_the_select_metric_not_the_runs_own_estimate(tmp_path, base_file):
     study = load_study(write_study(tmp_path, base_file, GOOD + "select_metric: whole_val/loss\n"))
 
