@@ -138,6 +138,50 @@ def test_the_heads_grid_table_is_every_grid_runs_score_and_each_grid_spans_16x()
         assert min(losses) < best < max(losses), f"{label}'s best rate sits on its grid's edge"
 
 
+def test_the_heads_second_selection_seed_table_is_each_grids_best_two_and_names_the_moved_choices():
+    folder = REPO_ROOT / "reports" / "ablations-cpu-heads"
+    readme = (folder / "README.md").read_text()
+    study = json.loads((folder / "records" / "study.json").read_text())
+    chosen = {v["label"]: v["chosen_lr"] for v in study["variants"]}
+
+    def whole_val(path: Path) -> float:
+        return json.loads((path / "summary.json").read_text())["whole_val/loss"]
+
+    seed_1: dict[str, dict[float, float]] = {label: {} for label in chosen}
+    for run in study["runs"]:
+        if run["in_grid"] and run["seed"] == 1:
+            seed_1[run["variant"]][run["lr"]] = whole_val(folder / "records" / "runs" / run["name"])
+    check = folder / "selection-check"
+    seed_6 = {
+        (r["variant"], r["lr"]): whole_val(check / r["name"])
+        for r in json.loads((check / "records.json").read_text())
+    }
+    assert len(seed_6) == len(list(check.glob("*/summary.json"))) == 2 * len(chosen)
+    rows = table_rows(readme, "| variant | rate | seed 1 | seed 6 | mean |")
+    assert len(rows) == len(seed_6)
+    two_seed_choice = {}
+    for label, losses in seed_1.items():
+        best_two = sorted(sorted(losses, key=losses.get)[:2])  # the rung's keep: 0.4 of five rates
+        mine = [row for row in rows if row[0] == label]
+        assert [number(row[1].strip("*")) for row in mine] == best_two, f"{label}: not its best two rates"
+        means = {}
+        for row, lr in zip(mine, best_two, strict=True):
+            means[lr] = (losses[lr] + seed_6[label, lr]) / 2
+            quoted = [cell.strip("*") for cell in row[2:]]
+            assert quoted == [f"{x:.4f}" for x in (losses[lr], seed_6[label, lr], means[lr])], (label, lr)
+        two_seed_choice[label] = min(means, key=means.get)
+        bold = [number(row[1].strip("*")) for row in mine if row[1].startswith("**")]
+        assert bold == [two_seed_choice[label]], f"{label}: the bold rate is not the lower mean"
+    section = readme[readme.index("## Choosing on two seeds") :]
+    moved = {
+        m[0]: (float(m[1]), float(m[2]))
+        for m in re.findall(r"\*\*([^*]+)\*\* \(([\d.]+) → ([\d.]+)\)", section)
+    }
+    assert moved == {
+        label: (chosen[label], lr) for label, lr in two_seed_choice.items() if lr != chosen[label]
+    }
+
+
 def test_the_warmup_rate_choice_table_is_the_committed_grid_runs():
     folder = REPO_ROOT / "reports" / "ablations-cpu-warmup"
     study = json.loads((folder / "records" / "study.json").read_text())
