@@ -110,19 +110,28 @@ def test_the_readme_rate_check_perplexities_are_the_committed_runs_scores():
         assert f"{ppl:.0f} at {layers}" in readme, f"the README does not quote {path.parent.name}'s {ppl:.1f}"
 
 
+HEADS = REPO_ROOT / "reports" / "ablations-cpu-heads"
+
+
+def heads_seed_1_grid(study: dict) -> dict[str, dict[float, float]]:
+    """Each heads variant's seed-1 grid runs in the records, rate -> whole validation loss (the study's
+    select_metric)."""
+    grid: dict[str, dict[float, float]] = {v["label"]: {} for v in study["variants"]}
+    for run in study["runs"]:
+        if run["in_grid"] and run["seed"] == 1:
+            summary = json.loads((HEADS / "records" / "runs" / run["name"] / "summary.json").read_text())
+            grid[run["variant"]][run["lr"]] = summary["whole_val/loss"]
+    return grid
+
+
 def test_the_heads_grid_table_is_every_grid_runs_score_and_each_grid_spans_16x():
-    folder = REPO_ROOT / "reports" / "ablations-cpu-heads"
+    folder = HEADS
     header = "| variant | 0.0005 | 0.001 | 0.002 | 0.004 | 0.008 | 0.016 | 0.032 | 0.064 | 0.128 | chosen |"
     rates = header.strip("|").split("|")[1:-1]
     rows = {cells[0]: cells for cells in table_rows((folder / "README.md").read_text(), header)}
     study = json.loads((folder / "records" / "study.json").read_text())
     chosen = {v["label"]: v["chosen_lr"] for v in study["variants"]}
-    # the seed-1 grid runs, each scored on the whole validation split (the study's select_metric)
-    grid: dict[str, dict[float, float]] = {label: {} for label in chosen}
-    for run in study["runs"]:
-        if run["in_grid"] and run["seed"] == 1:
-            summary = json.loads((folder / "records" / "runs" / run["name"] / "summary.json").read_text())
-            grid[run["variant"]][run["lr"]] = summary["whole_val/loss"]
+    grid = heads_seed_1_grid(study)
     assert sorted(rows) == sorted(grid)
     for label, losses in grid.items():
         cells = rows[label]
@@ -139,21 +148,17 @@ def test_the_heads_grid_table_is_every_grid_runs_score_and_each_grid_spans_16x()
 
 
 def test_the_heads_second_selection_seed_table_is_each_grids_best_two_and_names_the_moved_choices():
-    folder = REPO_ROOT / "reports" / "ablations-cpu-heads"
+    folder = HEADS
     readme = (folder / "README.md").read_text()
     study = json.loads((folder / "records" / "study.json").read_text())
     chosen = {v["label"]: v["chosen_lr"] for v in study["variants"]}
 
-    def whole_val(path: Path) -> float:
-        return json.loads((path / "summary.json").read_text())["whole_val/loss"]
-
-    seed_1: dict[str, dict[float, float]] = {label: {} for label in chosen}
-    for run in study["runs"]:
-        if run["in_grid"] and run["seed"] == 1:
-            seed_1[run["variant"]][run["lr"]] = whole_val(folder / "records" / "runs" / run["name"])
+    seed_1 = heads_seed_1_grid(study)
     check = folder / "selection-check"
     seed_6 = {
-        (r["variant"], r["lr"]): whole_val(check / r["name"])
+        (r["variant"], r["lr"]): json.loads((check / r["name"] / "summary.json").read_text())[
+            "whole_val/loss"
+        ]
         for r in json.loads((check / "records.json").read_text())
     }
     assert len(seed_6) == len(list(check.glob("*/summary.json"))) == 2 * len(chosen)
@@ -247,7 +252,7 @@ def test_the_readme_cpu_hour_budgets_are_the_committed_runs():
 
 
 def test_the_width_128_grid_and_its_rate_claim_are_the_committed_runs_scores():
-    folder = REPO_ROOT / "reports" / "ablations-cpu-heads"
+    folder = HEADS
     readme = " ".join((folder / "README.md").read_text().split())
     runs = folder / "records" / "runs"
 
@@ -274,7 +279,7 @@ SEED_RANGE = re.compile(r"(?:per seed|each seed|by) ([\d.]+)[–-]([\d.]+)(%)?(?
 
 
 def test_each_heads_variants_per_seed_range_is_its_committed_runs_paired_ratios():
-    folder = REPO_ROOT / "reports" / "ablations-cpu-heads"
+    folder = HEADS
     study = json.loads((folder / "records" / "study.json").read_text())
     chosen = {v["label"]: v["chosen_lr"] for v in study["variants"]}
 
@@ -308,7 +313,7 @@ def test_each_heads_variants_per_seed_range_is_its_committed_runs_paired_ratios(
 
 
 def test_each_heads_variants_holm_p_value_is_its_report_rows():
-    folder = REPO_ROOT / "reports" / "ablations-cpu-heads"
+    folder = HEADS
     rows = table_rows((folder / "report.md").read_text(), "| variant | seeds | test ppl [95% CI]")
     # the Holm-adjusted value stands in parentheses: "0.011 (0.032)"
     holm = {row[0]: {"paired t": row[4], "TOST": row[9]} for row in rows}
