@@ -95,10 +95,16 @@ class Study:
         """The finished runs of phase 1 (the lr grid), including those phase 2 reused as seeds."""
         return [e for e in self.entries(**match) if is_grid_point(e)]
 
+    def is_at_chosen_lr(self, entry: dict[str, Any]) -> bool:
+        """Whether a run is at its variant's chosen lr. A choice can move when more selection runs come
+        in (a second selection seed); seed runs made at the earlier choice stay in ``study.json``."""
+        lr = self.variant(entry["variant"]).get("chosen_lr")
+        return isinstance(lr, int | float) and math.isclose(entry["lr"], lr, rel_tol=1e-9)
+
     def phase2(self, label: str) -> dict[Any, Run]:
         """Seed -> the variant's run at its chosen lr (phase 2), where it scored the test split."""
         entries = self.entries(self.spec["test_metric"], variant=label, phase="seeds")
-        return {e["seed"]: self.runs[e["name"]] for e in entries}
+        return {e["seed"]: self.runs[e["name"]] for e in entries if self.is_at_chosen_lr(e)}
 
     def colours(self) -> dict[str, str]:
         return {v["label"]: PALETTE[i % len(PALETTE)] for i, v in enumerate(self.variants)}
@@ -438,8 +444,8 @@ def baseline_lr_lines(rows: list[AtBaselineLr]) -> list[str]:
     if not rows:
         return []
     lines = [
-        f"At the baseline's lr ({rows[0].lr:g}), from the full-budget runs of the lr grid (fewer seeds; "
-        "unadjusted p-values; n marks the shared seeds):",
+        f"At the baseline's lr ({rows[0].lr:g}), from the full-budget runs at that rate (the lr grid's, or "
+        "seed runs of an earlier choice; fewer seeds; unadjusted p-values; n marks the shared seeds):",
         "",
         "| variant | n | ppl ratio to baseline [95% CI] | paired t p | sign-flip p |",
         "| --- | --- | --- | --- | --- |",
@@ -464,7 +470,7 @@ def setup_lines(study: Study) -> list[str]:
     # variants may have seeds of their own; variants with the same seeds are named together
     seeds_of: dict[str, set] = {}
     for e in entries:
-        if e.get("phase") == "seeds":
+        if e.get("phase") == "seeds" and study.is_at_chosen_lr(e):
             seeds_of.setdefault(e["variant"], set()).add(e["seed"])
     seed_sets: dict[tuple, list[str]] = {}
     for label, seeds in seeds_of.items():
@@ -511,8 +517,9 @@ def setup_lines(study: Study) -> list[str]:
     load = f"{min(loads):.2f} to {max(loads):.2f}" if loads else "not recorded"
     phases = {
         "lr": sum(is_grid_point(e) for e in finished),
-        "seeds": sum(e.get("phase") == "seeds" for e in finished),
+        "seeds": sum(e.get("phase") == "seeds" and study.is_at_chosen_lr(e) for e in finished),
     }
+    superseded = sum(e.get("phase") == "seeds" and not study.is_at_chosen_lr(e) for e in finished)
     unigram = s.get("unigram_loss")
     # warmup differs between variants that test it; a budget is the number of steps
     one_budget = len({(v.get("budget") or {}).get("steps") for v in study.variants}) <= 1
@@ -538,7 +545,14 @@ def setup_lines(study: Study) -> list[str]:
             else "differences are paired over shared seeds)."
         ),
         f"- Runs: {len(entries)} planned, {len(finished)} finished ({phases['lr']} in the lr grid, "
-        f"{phases['seeds']} at the chosen lr); total CPU time (user + sys) {cpu / 3600:.2f} h "
+        f"{phases['seeds']} at the chosen lr"
+        + (
+            f", {superseded} seed runs at a rate their variant chose before (the choice moved), kept in the "
+            "records and left out of the questions' statistics"
+            if superseded
+            else ""
+        )
+        + f"); total CPU time (user + sys) {cpu / 3600:.2f} h "
         f"({cpu:,.0f} s), wall time summed over runs {wall / 3600:.2f} h; 1-minute load average at the runs' "
         f"starts and ends: {load}."
         + (

@@ -721,8 +721,9 @@ def past_edge(grid: list[float], best: float) -> float | None:
     return None
 
 
-def seed_runs(study: Study, ex: Executor, chosen: dict[str, float]) -> None:
-    """Phase 2: every variant at its chosen rate, for each of its seeds."""
+def seed_runs(study: Study, ex: Executor, chosen: dict[str, float]) -> list[str]:
+    """Phase 2: every variant at its chosen rate, for each of its seeds; returns the runs' names. Seed runs
+    at a rate chosen before a later selection run moved the choice stay in the records, not in these."""
     specs = []
     for v in study.variants:
         lr = chosen.get(v.lr_from or v.label)
@@ -731,6 +732,7 @@ def seed_runs(study: Study, ex: Executor, chosen: dict[str, float]) -> None:
         steps = budget(study, v)[0]
         specs += [RunSpec(v.label, lr, s, steps, "seeds") for s in study.seeds_of(v)]
     ex.run_batch(specs)
+    return [spec.name(study) for spec in specs]
 
 
 def whole_split(metric: str) -> str | None:
@@ -984,8 +986,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "[study] chosen learning rates: " + ", ".join(f"{k} {v:g}" for k, v in chosen.items()), flush=True
         )
-        seed_runs(study, ex, chosen)
-        seeds = [name for name, r in ex.records.items() if r.get("phase") == "seeds"]
+        seeds = seed_runs(study, ex, chosen)
         score_whole(ex, study.test_metric, seeds, "score_")
     except Pending as e:
         print(f"[study] {e}")

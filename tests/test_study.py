@@ -220,7 +220,8 @@ def test_the_whole_protocol_runs_resumes_and_never_repeats_a_run(tmp_path, base_
     after = {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")}
     assert {p: t for p, t in after.items() if p in mtimes} == mtimes  # finished runs were not repeated
     assert json.loads((killed_early / "summary.json").read_text())["status"] == "finished"
-    assert "99.0" not in (killed_early / "metrics.jsonl").read_text()
+    rows = [json.loads(line) for line in (killed_early / "metrics.jsonl").read_text().splitlines()]
+    assert all(row.get("train/loss") != 99.0 for row in rows)  # the partial record was replaced
     resumed = json.loads((killed_late / "summary.json").read_text())
     assert resumed["status"] == "finished" and resumed["final_val/loss"] == late_summary["final_val/loss"]
     printed = capsys.readouterr().out
@@ -439,7 +440,7 @@ def test_an_agent_run_trains_the_run_its_name_stands_for(tmp_path, base_file, mo
 
 
 @pytest.mark.slow
-def test_a_whole_split_test_metric_scores_every_seed_run_once_with_a_bootstrap_interval(
+def test_a_whole_split_test_metric_scores_every_seed_run_at_the_chosen_rate_once_with_a_bootstrap_interval(
     tmp_path, base_file, monkeypatch
 ):
     monkeypatch.chdir(REPO_ROOT)
@@ -456,6 +457,18 @@ def test_a_whole_split_test_metric_scores_every_seed_run_once_with_a_bootstrap_i
         # the whole split, not the prefix the run's own final evaluation was limited to
         assert summary["whole_test/tokens"] >= summary["final_test/tokens"]
         assert summary["whole_test/step"] == summary["step"]
+    # a seed run at a rate chosen before a second selection seed moved the choice, copied in from records
+    # (no weights, no test score): it is left alone, not scored (which would stop the study on it)
+    superseded = dict(scored[0], name="a_lr-0.5_seed-2_superseded", lr=0.5)
+    for key in [k for k in superseded if k.startswith("score_")]:
+        del superseded[key]
+    state["runs"].append(superseded)
+    (out / "s" / "study.json").write_text(json.dumps(state))
+    summary = json.loads((out / "s" / "runs" / scored[0]["name"] / "summary.json").read_text())
+    (out / "s" / "runs" / superseded["name"]).mkdir()
+    (out / "s" / "runs" / superseded["name"] / "summary.json").write_text(
+        json.dumps({k: v for k, v in summary.items() if not k.startswith("whole_test")})
+    )
     mtimes = {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")}
     assert main([str(path), "--out-dir", str(out), "--parallel", "2", "--threads", "1"]) == 0
     assert {p: p.stat().st_mtime for p in (out / "s" / "runs").glob("*/summary.json")} == mtimes
