@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     fast_bf16 = device.type == "cuda" or perf.cpu_has_fast_bf16()
     ceiling = {
         "fp32": perf.measure_matmul_flops(device, torch.float32),
-        "bf16": perf.measure_matmul_flops(device, torch.bfloat16, size=1024 if fast_bf16 else 256),
+        "bf16": perf.measure_matmul_flops(device, torch.bfloat16, size=None if fast_bf16 else 256),
     }
 
     rows, notes = (

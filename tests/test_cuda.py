@@ -135,3 +135,22 @@ def test_sampling_on_cuda_follows_the_seed_and_matches_greedy_logits():
     with torch.no_grad():
         expected = F.softmax(model(idx)[0][:, -1].float(), dim=-1).argmax(dim=-1)
     assert torch.equal(greedy[:, -1], expected)
+
+
+def test_the_matmul_ceiling_on_cuda_outruns_a_1024_product_and_bounds_a_models_rate():
+    # a 1024 product kept an H200 at 63 of its bf16 TFLOP/s, below what GPT-2 small's own products reach
+    ceiling = perf.measure_matmul_flops(CUDA, torch.bfloat16)
+    assert ceiling > perf.measure_matmul_flops(CUDA, torch.bfloat16, size=1024)
+    a = torch.randn(8192, 768, device=CUDA, dtype=torch.bfloat16)
+    b = torch.randn(768, 3072, device=CUDA, dtype=torch.bfloat16)
+    a @ b
+    torch.cuda.synchronize()
+    start, runs = torch.cuda.Event(enable_timing=True), 50
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(runs):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    mlp_rate = 2 * 8192 * 768 * 3072 * runs / (start.elapsed_time(end) / 1e3)
+    assert mlp_rate < 1.1 * ceiling

@@ -78,6 +78,16 @@ def test_a_bad_study_file_is_an_error_naming_its_line(tmp_path, base_file, text,
         load_study(write_study(tmp_path, base_file, text))
 
 
+@pytest.mark.parametrize(
+    "path", sorted((REPO_ROOT / "sweeps" / "studies").glob("*.yaml")), ids=lambda path: path.name
+)
+def test_every_committed_study_file_loads_with_its_base_experiment_and_overrides(path, monkeypatch):
+    # the GPU study waits for a GPU session: a typo in it must show up here, not there
+    monkeypatch.chdir(REPO_ROOT)
+    study = load_study(path)
+    assert study.variants and study.questions
+
+
 def test_a_bad_study_file_exits_2_with_one_line(tmp_path, base_file, capsys):
     assert main([str(write_study(tmp_path, base_file, GOOD + "colour: red\n")), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
