@@ -410,10 +410,14 @@ def budget(study: Study, variant: Variant) -> tuple[int, int]:
     return train.max_steps, train.warmup_steps
 
 
+def tokens_per_step(study: Study, variant: Variant) -> int:
+    config = study.config_of(variant)
+    return config.train.batch_size * config.model.block_size
+
+
 def tokens_per_run(study: Study, variant: Variant) -> int:
     """Training tokens of one whole-budget run of ``variant``."""
-    config = study.config_of(variant)
-    return config.train.max_steps * config.train.batch_size * config.model.block_size
+    return budget(study, variant)[0] * tokens_per_step(study, variant)
 
 
 def training_flops(study: Study, spec: RunSpec) -> float:
@@ -859,17 +863,18 @@ def measure_speed(study: Study, threads: int) -> float:
 
 
 def describe_plan(study: Study, ex: Executor, parallel: int) -> str:
-    """Runs and tokens of each phase (phase 1 at its largest: every edge grown), and the time they take at
-    the measured speed."""
+    """Runs and tokens of each phase (phase 1 at its largest: every edge grown), how many of them have
+    finished (run directories copied in from elsewhere included), and the time the rest takes at the measured
+    speed."""
     tuned = [v for v in study.variants if v.lr_from is None]
     lines = [f"study {study.name}: {len(study.variants)} variants ({len(tuned)} with their own lr grid)"]
     totals = {"runs": 0, "tokens": 0}
+    planned: dict[str, list[int]] = {v.label: [] for v in study.variants}
 
     def add(phase: str, runs: list[tuple[Variant, int]]) -> None:
-        tokens = 0
+        tokens = sum(steps * tokens_per_step(study, variant) for variant, steps in runs)
         for variant, steps in runs:
-            train = study.config_of(variant).train
-            tokens += steps * train.batch_size * study.config_of(variant).model.block_size
+            planned[variant.label].append(steps)
         totals["runs"] += len(runs)
         totals["tokens"] += tokens
         lines.append(f"  {phase}: {len(runs)} runs, {tokens:,} training tokens")
@@ -902,16 +907,38 @@ def describe_plan(study: Study, ex: Executor, parallel: int) -> str:
         ],
     )
     rate, overhead, basis = estimate(study, ex)
-    finished = sum(ex.summary(name).get("status") == "finished" for name in ex.records)
+    done_runs, done_tokens = 0, 0
+    for label, steps in finished_steps(study, ex).items():
+        # a variant's finished runs beyond its plan (seeds at a rate chosen before) leave nothing less to do
+        counted = sorted(steps, reverse=True)[: len(planned[label])]
+        done_runs += len(counted)
+        done_tokens += sum(counted) * tokens_per_step(study, study.variant(label))
     lines.append(
-        f"  at most {totals['runs']} runs, {totals['tokens']:,} training tokens; {finished} already finished"
+        f"  at most {totals['runs']} runs, {totals['tokens']:,} training tokens; {done_runs} already finished"
     )
-    seconds = (totals["tokens"] / rate + totals["runs"] * overhead) / parallel
+    left_runs, left_tokens = max(0, totals["runs"] - done_runs), max(0, totals["tokens"] - done_tokens)
+    seconds = (left_tokens / rate + left_runs * overhead) / parallel
     lines.append(
-        f"  about {seconds / 3600:.1f} h at most with {parallel} in parallel, on this machine: "
+        f"  about {seconds / 3600:.1f} h at most for the {left_runs} left, {parallel} in parallel, here: "
         f"{rate:,.0f} tokens/s a run and {overhead:.0f} s of start-up and evaluation each ({basis})"
     )
     return "\n".join(lines)
+
+
+def finished_steps(study: Study, ex: Executor) -> dict[str, list[int]]:
+    """The step counts of each variant's finished runs: every run directory (or W&B run) named as this study
+    names its runs, those copied in from elsewhere included, not only the ones ``study.json`` records."""
+    if ex.wandb is not None:
+        names = list(ex.remote)
+    else:
+        names = [p.name for p in ex.runs_dir.iterdir() if p.is_dir()] if ex.runs_dir.is_dir() else []
+    slugs = {v.slug: v.label for v in study.variants}
+    steps: dict[str, list[int]] = {v.label: [] for v in study.variants}
+    for name in names:
+        match = RUN_NAME.fullmatch(name)
+        if match and match["slug"] in slugs and ex.summary(name).get("status") == "finished":
+            steps[slugs[match["slug"]]].append(int(match["steps"]))
+    return steps
 
 
 def machine() -> dict[str, Any]:

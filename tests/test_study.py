@@ -374,6 +374,29 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, base_file, capsys):
     assert study_mod.load_study  # the module imports without a GPU or W&B
 
 
+def test_dry_run_counts_finished_run_directories_copied_in_without_study_records(tmp_path, base_file, capsys):
+    path = write_study(tmp_path, base_file, GOOD)
+    study = load_study(path)
+    b = study.variant("b")
+    steps = study_mod.budget(study, b)[0]
+    runs = tmp_path / "o" / "s" / "runs"
+    seeds = study.seeds_of(b)
+    # b's seed runs copied in (no study.json), twice its plan; one interrupted run; one not of this study
+    for seed in range(1, 2 * len(seeds) + 1):
+        (runs / f"b_lr-0.004_seed-{seed}_steps-{steps}").mkdir(parents=True)
+        (runs / f"b_lr-0.004_seed-{seed}_steps-{steps}" / "summary.json").write_text('{"status": "finished"}')
+    (runs / f"a_lr-0.004_seed-1_steps-{steps}").mkdir()
+    (runs / f"a_lr-0.004_seed-1_steps-{steps}" / "summary.json").write_text('{"status": "interrupted"}')
+    (runs / f"c_lr-0.004_seed-1_steps-{steps}").mkdir()
+    (runs / f"c_lr-0.004_seed-1_steps-{steps}" / "summary.json").write_text('{"status": "finished"}')
+    assert main([str(path), "--out-dir", str(tmp_path / "o"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    total = int(out.split("  at most ")[1].split(" runs")[0])
+    # only as many of b's as its plan holds count; the interrupted run and the stranger do not
+    assert f"{len(seeds)} already finished" in out
+    assert f"for the {total - len(seeds)} left" in out
+
+
 class FakeWandb:
     """Records the sweeps a study creates and serves the runs it is told have finished, as W&B's API would."""
 
