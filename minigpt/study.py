@@ -868,15 +868,12 @@ def describe_plan(study: Study, ex: Executor, parallel: int) -> str:
     speed."""
     tuned = [v for v in study.variants if v.lr_from is None]
     lines = [f"study {study.name}: {len(study.variants)} variants ({len(tuned)} with their own lr grid)"]
-    totals = {"runs": 0, "tokens": 0}
-    planned: dict[str, list[int]] = {v.label: [] for v in study.variants}
+    planned: dict[str, list[int]] = {v.label: [] for v in study.variants}  # each planned run's steps
 
     def add(phase: str, runs: list[tuple[Variant, int]]) -> None:
         tokens = sum(steps * tokens_per_step(study, variant) for variant, steps in runs)
         for variant, steps in runs:
             planned[variant.label].append(steps)
-        totals["runs"] += len(runs)
-        totals["tokens"] += tokens
         lines.append(f"  {phase}: {len(runs)} runs, {tokens:,} training tokens")
 
     alive = {v.label: len(study.grid_of(v)) for v in tuned}
@@ -907,16 +904,16 @@ def describe_plan(study: Study, ex: Executor, parallel: int) -> str:
         ],
     )
     rate, overhead, basis = estimate(study, ex)
-    done_runs, done_tokens = 0, 0
-    for label, steps in finished_steps(study, ex).items():
+    finished = finished_steps(study, ex)
+    runs = tokens = done_runs = done_tokens = 0
+    for v in study.variants:
         # a variant's finished runs beyond its plan (seeds at a rate chosen before) leave nothing less to do
-        counted = sorted(steps, reverse=True)[: len(planned[label])]
-        done_runs += len(counted)
-        done_tokens += sum(counted) * tokens_per_step(study, study.variant(label))
-    lines.append(
-        f"  at most {totals['runs']} runs, {totals['tokens']:,} training tokens; {done_runs} already finished"
-    )
-    left_runs, left_tokens = max(0, totals["runs"] - done_runs), max(0, totals["tokens"] - done_tokens)
+        done = sorted(finished[v.label], reverse=True)[: len(planned[v.label])]
+        runs, done_runs = runs + len(planned[v.label]), done_runs + len(done)
+        tokens += sum(planned[v.label]) * tokens_per_step(study, v)
+        done_tokens += sum(done) * tokens_per_step(study, v)
+    lines.append(f"  at most {runs} runs, {tokens:,} training tokens; {done_runs} already finished")
+    left_runs, left_tokens = runs - done_runs, max(0, tokens - done_tokens)
     seconds = (left_tokens / rate + left_runs * overhead) / parallel
     lines.append(
         f"  about {seconds / 3600:.1f} h at most for the {left_runs} left, {parallel} in parallel, here: "
@@ -932,12 +929,14 @@ def finished_steps(study: Study, ex: Executor) -> dict[str, list[int]]:
         names = list(ex.remote)
     else:
         names = [p.name for p in ex.runs_dir.iterdir() if p.is_dir()] if ex.runs_dir.is_dir() else []
-    slugs = {v.slug: v.label for v in study.variants}
     steps: dict[str, list[int]] = {v.label: [] for v in study.variants}
     for name in names:
-        match = RUN_NAME.fullmatch(name)
-        if match and match["slug"] in slugs and ex.summary(name).get("status") == "finished":
-            steps[slugs[match["slug"]]].append(int(match["steps"]))
+        try:
+            spec = spec_from_name(study, name)
+        except StudyError:  # another study's run, or not a run
+            continue
+        if ex.summary(name).get("status") == "finished":
+            steps[spec.variant].append(spec.steps)
     return steps
 
 
