@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from benchmarks.common import CONFIGS, build_peers, environment, print_table, random_batches, write_json
 from minigpt import perf
 
-# "keep": the default of train.keep_freed_memory; "keep-all": also the blocks above glibc's 32 MiB ceiling.
+# "keep": glibc's thresholds raised (the blocks above its 32 MiB mmap ceiling still come and go); "keep-all":
+# those blocks kept too, the default of train.keep_freed_memory.
 SETTINGS = ("default", "keep", "keep-all")
 SIDES = ("minigpt", "hf")
 

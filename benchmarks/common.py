@@ -28,6 +28,7 @@ from minigpt.storage import atomic_write_json
 CONFIGS = {
     "tiny": dict(n_layer=2, n_head=4, n_embd=128, block_size=256),
     "cpu_hour": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),  # experiments/cpu_hour.py
+    "cpu_study": dict(n_layer=4, n_head=4, n_embd=64, block_size=128),  # experiments/ablations/cpu_study.py
     "seed": dict(n_layer=6, n_head=8, n_embd=512, block_size=512),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # GPT-2 small, 124M
     # A minuscule size that runs each benchmark in seconds: the smoke tests use it; its figures mean nothing.

@@ -97,16 +97,18 @@ _KEEP_FREED = ((_M_MMAP_THRESHOLD, 32 * 2**20), (_M_TRIM_THRESHOLD, 2**30), (_M_
 _KEEP_LARGE = ((_M_MMAP_MAX, 0),)
 
 
-def keep_freed_memory(large_blocks: bool = False) -> bool:
+def keep_freed_memory(large_blocks: bool = True) -> bool:
     """Make glibc's malloc keep freed memory in the process instead of returning it to the kernel.
 
     By default glibc serves every block over its (adaptive) mmap threshold with a fresh ``mmap`` and gives
     it back on ``free``, and trims the heap top whenever it exceeds 128 KiB. A training step frees and
     reallocates the same activations and gradients every step, so each step faults in freshly zeroed pages
     again: measured, 18-22% of a CPU run's time spent in the kernel. Raising the thresholds keeps those
-    pages mapped for the next step. glibc's mmap threshold stops at 32 MiB, so bigger blocks (a loss chunk,
-    a large model's activations) still come and go; ``large_blocks`` also keeps those, by serving every block
-    from the heap. Returns whether the setting took effect (False off glibc)."""
+    pages mapped for the next step. glibc's mmap threshold stops at 32 MiB, so bigger blocks (the loss's
+    64 MB logit chunks, a large model's activations) would still come and go: 16% of a study run's CPU
+    time (benchmarks/README.md). ``large_blocks`` (the default) keeps those too, by serving every block from
+    the heap; ``large_blocks=False`` is the thresholds alone, kept for the allocator benchmark's comparison.
+    Returns whether the setting took effect (False off glibc)."""
     libc_name = ctypes.util.find_library("c")
     if sys.platform != "linux" or libc_name is None:
         return False

@@ -14,7 +14,7 @@ from minigpt import perf
 from minigpt.model import GPT, GPTConfig
 torch.set_num_threads(1)
 if sys.argv[1] == "keep":
-    assert perf.keep_freed_memory()
+    assert perf.keep_freed_memory(large_blocks=False)
 torch.manual_seed(0)
 model = GPT(GPTConfig(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=64))
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -63,8 +63,7 @@ def test_keeping_freed_memory_leaves_losses_unchanged(tiny_corpus, tmp_path):
 LARGE_BLOCK_SCRIPT = """
 import resource, sys, torch
 from minigpt import perf
-if sys.argv[1] != "default":
-    assert perf.keep_freed_memory(large_blocks=sys.argv[1] == "keep-all")
+assert perf.keep_freed_memory() if sys.argv[1] == "default" else perf.keep_freed_memory(large_blocks=False)
 
 def churn():
     torch.ones(48 * 2**20 // 4)  # 48 MiB, above glibc's 32 MiB mmap ceiling, freed at once
@@ -80,7 +79,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
-def test_large_blocks_setting_keeps_the_blocks_above_the_mmap_ceiling_that_keep_returns():
+def test_training_default_keeps_the_blocks_above_the_mmap_ceiling_that_the_thresholds_alone_return():
     def faults(mode: str) -> int:
         out = subprocess.run(
             [sys.executable, "-c", LARGE_BLOCK_SCRIPT, mode], capture_output=True, text=True, check=True
@@ -88,5 +87,5 @@ def test_large_blocks_setting_keeps_the_blocks_above_the_mmap_ceiling_that_keep_
         return int(out.split()[-1])
 
     pages = 48 * 2**20 // 4096
-    assert faults("keep") > pages / 2  # the ordinary setting still maps the block afresh every time
-    assert faults("keep-all") < pages / 20
+    assert faults("thresholds") > pages / 2  # mmap'd afresh every time
+    assert faults("default") < pages / 20  # what training and scoring use
