@@ -115,9 +115,9 @@ class TrainConfig:
     threads: int = role(EXECUTION, 0)
     """CPU threads for torch; 0 keeps torch's default."""
     keep_freed_memory: bool = role(EXECUTION, True)
-    """Have glibc's malloc keep freed memory for the next step instead of returning it to the kernel, which
-    otherwise hands it back as fresh zeroed pages every step (a fifth of a CPU run's time). Linux/glibc only;
-    elsewhere it does nothing."""
+    """Have glibc's malloc keep freed memory, blocks of every size, for the next step instead of returning it
+    to the kernel, which otherwise hands it back as fresh zeroed pages every step (a fifth of a CPU run's
+    time). Linux/glibc only; elsewhere it does nothing."""
     batch_size: int = 32
     """Sequences per optimizer step, over all processes and accumulation steps."""
     micro_batch_size: int = role(EXECUTION, 8)
