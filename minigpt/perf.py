@@ -105,10 +105,10 @@ def keep_freed_memory(large_blocks: bool = True) -> bool:
     reallocates the same activations and gradients every step, so each step faults in freshly zeroed pages
     again: measured, 18-22% of a CPU run's time spent in the kernel. Raising the thresholds keeps those
     pages mapped for the next step. glibc's mmap threshold stops at 32 MiB, so bigger blocks (the loss's
-    64 MB logit chunks, a large model's activations) would still come and go: 16% of a study run's CPU
-    time (benchmarks/README.md). ``large_blocks`` (the default) keeps those too, by serving every block from
-    the heap; ``large_blocks=False`` is the thresholds alone, kept for the allocator benchmark's comparison.
-    Returns whether the setting took effect (False off glibc)."""
+    64 MB logit chunks, a large model's activations) would still come and go: 12-16% of a study run's
+    CPU time (benchmarks/README.md). ``large_blocks`` (the default) keeps those too, by serving every block
+    from the heap; ``large_blocks=False`` is the thresholds alone, kept for the allocator benchmark's
+    comparison. Returns whether the setting took effect (False off glibc)."""
     libc_name = ctypes.util.find_library("c")
     if sys.platform != "linux" or libc_name is None:
         return False

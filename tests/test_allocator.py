@@ -14,7 +14,7 @@ from minigpt import perf
 from minigpt.model import GPT, GPTConfig
 torch.set_num_threads(1)
 if sys.argv[1] == "keep":
-    assert perf.keep_freed_memory(large_blocks=False)
+    assert perf.keep_freed_memory()
 torch.manual_seed(0)
 model = GPT(GPTConfig(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=64))
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
