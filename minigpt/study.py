@@ -411,6 +411,7 @@ def budget(study: Study, variant: Variant) -> tuple[int, int]:
 
 
 def tokens_per_step(study: Study, variant: Variant) -> int:
+    """Training tokens of one optimizer step of ``variant``: sequences per step times context."""
     config = study.config_of(variant)
     return config.train.batch_size * config.model.block_size
 
