@@ -10,7 +10,6 @@ on disk.
 import json
 import lzma
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,12 +59,6 @@ def overrides(corpus: Path, tokenizer: Path, out_dir: Path) -> dict[str, str]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(
     args: dict[str, str], log_dir: Path, experiment: str | None = "experiments/tiny.py"
 ) -> list[str]:
@@ -74,9 +67,10 @@ def torchrun(
         sys.executable,
         "-m",
         "torch.distributed.run",
+        # As the README launches it. The rendezvous store binds port 0 and the processes reuse it: a port
+        # found free beforehand could be taken by another process before torchrun binds it.
+        "--standalone",
         "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
         f"--log-dir={log_dir}",
         "--tee=3",  # each rank's stdout and stderr also go to a file of its own under log_dir
         "run.py",
