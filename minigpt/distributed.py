@@ -10,6 +10,7 @@ joins nothing, and every helper here then acts as the identity, so the loop read
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator
 from datetime import timedelta
@@ -58,8 +59,18 @@ def setup(device: torch.device) -> torch.device:
 
 
 def teardown() -> None:
-    """Leave the process group (a no-op when there is none). Call it on success and on failure alike."""
+    """Leave the process group (a no-op when there is none). Call it on success and on failure alike, once
+    nothing refers to a model from ``wrap`` any more.
+
+    A DistributedDataParallel model keeps the group, and gloo's worker threads with it, alive past
+    ``destroy_process_group``. Left to the interpreter's exit, such a thread can release the last gradient
+    reduction while Python shuts down; the release asks for the GIL, a finalizing interpreter ends the thread
+    instead, and the process aborts ("terminate called without an active exception") after its work is done.
+    With the wrapper gone first, destroying the group joins those threads here. Collecting garbage frees a
+    wrapper held only by a reference cycle.
+    """
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

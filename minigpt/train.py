@@ -12,6 +12,7 @@ import dataclasses
 import math
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,12 +197,29 @@ def run(
         perf.keep_freed_memory()
     device = distributed.setup(perf.pick_device(config.train.device))
     try:
-        saved = checkpoint.load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume
-        config, base_weights = settle_config(config, saved, device)
-        trainer = prepare(config, device, saved, base_weights, command)
-        return train_and_evaluate(trainer)
+        return train_in_group(config, resume, command, device)
+    except BaseException as error:
+        if distributed.world_size() > 1:
+            # The traceback keeps the trainer and its DDP model, which must be gone before the group goes (see
+            # distributed.teardown). A post-mortem debugger then finds the failed frames' variables cleared.
+            traceback.clear_frames(error.__traceback__)
+        raise
     finally:
         distributed.teardown()
+
+
+def train_in_group(
+    config: ExperimentConfig,
+    resume: str | Path | dict[str, Any] | None,
+    command: list[str] | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    """``run`` inside the process group. The trainer lives in this frame only, so it is gone when this returns
+    and ``run`` leaves the group."""
+    saved = checkpoint.load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume
+    config, base_weights = settle_config(config, saved, device)
+    trainer = prepare(config, device, saved, base_weights, command)
+    return train_and_evaluate(trainer)
 
 
 def settle_config(

@@ -7,6 +7,7 @@ import functools
 import json
 import lzma
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,13 @@ from minigpt.model import GPTConfig
 from minigpt.tracking import read_metrics
 
 WIKI_VALID_RAW = Path("wikitext-2-raw-v1") / "wiki.valid.raw.xz"
+
+
+def free_port() -> int:
+    """A loopback port free now, for processes a test spawns (torchrun --standalone finds its own)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @functools.cache

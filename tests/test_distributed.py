@@ -7,6 +7,7 @@ processes and on one, resume the single-process run on two, and check what each 
 on disk.
 """
 
+import gc
 import json
 import lzma
 import os
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import interrupted_copy
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from helpers import free_port, interrupted_copy
+from torch.nn.parallel import DistributedDataParallel
 
 from minigpt import checkpoint, train
 from minigpt.config import ConfigError, TrainConfig, apply_overrides, load_experiment
@@ -259,3 +263,41 @@ def test_an_interrupted_two_process_run_with_dropout_resumes_exactly(setting, tm
     assert sorted(losses(resumed)) == list(range(1, STEPS + 1))
     assert losses(resumed) == losses(original)
     assert losses(resumed, "train/grad_norm") == losses(original, "train/grad_norm")
+
+
+def group_leaving_worker(rank: int, port: int, args: dict[str, str], fail: bool, out_dir: str) -> None:
+    """``train.run`` as one of two processes; writes how many DDP models are alive as it destroys the group.
+    With ``fail``, the run fails after training."""
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    destroy = dist.destroy_process_group
+
+    def counting_destroy() -> None:
+        alive = sum(isinstance(obj, DistributedDataParallel) for obj in gc.get_objects())
+        Path(out_dir, f"rank{rank}.txt").write_text(str(alive))
+        destroy()
+
+    def failing_evaluation(trainer: train.Trainer) -> None:
+        raise RuntimeError("injected failure")
+
+    dist.destroy_process_group = counting_destroy
+    if fail:
+        train.final_evaluation = failing_evaluation
+    try:
+        run_in_process(args)
+    except RuntimeError as error:
+        if not fail or str(error) != "injected failure":
+            raise
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fail", [False, True], ids=["finished", "failed"])
+def test_no_data_parallel_model_outlives_the_process_group(setting, tmp_path, fail):
+    """A DDP model still alive when the group is destroyed keeps gloo's threads until the interpreter exits,
+    where one of them can abort the process after the run is done (see ``distributed.teardown``); a run that
+    finishes or fails lets its model go first."""
+    args = setting["args"](tmp_path / "runs")
+    mp.spawn(group_leaving_worker, args=(free_port(), args, fail, str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == ["0", "0"]

@@ -2,13 +2,13 @@
 joining, and the collectives on two processes spawned here with gloo."""
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 from torch.nn.parallel import DistributedDataParallel
 
 from minigpt import distributed
@@ -50,12 +50,6 @@ def test_a_group_on_an_unsupported_device_is_refused_before_joining(monkeypatch)
     assert not dist.is_initialized()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def two_process_worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
@@ -73,22 +67,31 @@ def two_process_worker(rank: int, port: int, out_dir: str) -> None:
         }
         with distributed.local_main_first(), (out / "order.txt").open("a") as f:
             f.write(str(rank))
-        model = torch.nn.Linear(2, 1, bias=False)
-        torch.nn.init.constant_(model.weight, float(rank))  # DDP starts every replica from rank 0's weights
-        wrapped = distributed.wrap(model, device)
-        results["ddp"] = isinstance(wrapped, DistributedDataParallel)
-        results["start_weight"] = model.weight.detach().tolist()
-        x = torch.full((1, 2), rank + 1.0)
-        with distributed.gradient_sync(wrapped, enabled=False):
-            wrapped(x).sum().backward()
-        results["local_grad"] = model.weight.grad.tolist()  # not reduced: this rank's input only
-        model.weight.grad = None
-        with distributed.gradient_sync(wrapped, enabled=True):
-            wrapped(x).sum().backward()
-        results["synced_grad"] = model.weight.grad.tolist()  # the mean over ranks
+        results.update(data_parallel_gradients(rank, device))
         torch.save(results, out / f"rank{rank}.pt")
     finally:
         distributed.teardown()
+
+
+def data_parallel_gradients(rank: int, device: torch.device) -> dict:
+    """One DDP model's starting weights and gradients, unsynced and synced. The model is gone on return, as
+    ``distributed.teardown`` requires."""
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.constant_(model.weight, float(rank))  # DDP starts every replica from rank 0's weights
+    wrapped = distributed.wrap(model, device)
+    results = {
+        "ddp": isinstance(wrapped, DistributedDataParallel),
+        "start_weight": model.weight.detach().tolist(),
+    }
+    x = torch.full((1, 2), rank + 1.0)
+    with distributed.gradient_sync(wrapped, enabled=False):
+        wrapped(x).sum().backward()
+    results["local_grad"] = model.weight.grad.tolist()  # not reduced: this rank's input only
+    model.weight.grad = None
+    with distributed.gradient_sync(wrapped, enabled=True):
+        wrapped(x).sum().backward()
+    results["synced_grad"] = model.weight.grad.tolist()  # the mean over ranks
+    return results
 
 
 @pytest.mark.slow
