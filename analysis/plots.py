@@ -360,16 +360,21 @@ def plot_loss_curves(
     ylabel: str,
     title: str,
     path: str | Path,
+    each_seed: dict[str, list[Curve]] | None = None,
 ) -> Path | None:
     """One curve per variant (mean over seeds with its 95% band) against tokens seen, from the first
     logged point (step 0 where the run logged it), with the unigram level. A variant with one estimate (a
     run shorter than the estimate interval's second multiple) is a marker with its interval as an error bar.
-    When the second half of training is too flat to tell the variants apart on the whole run's axis, a second
-    panel shows it zoomed. None when no variant has an estimate."""
-    curves = {k: c for k, c in curves.items() if c is not None and len(c.tokens) >= 1}
-    if not curves:
+    A variant in ``each_seed`` is drawn as one thin line per seed instead (seeds whose outcomes split, which a
+    mean would misdescribe). When the second half of training is too flat to tell the variants apart on the
+    whole run's axis, a second panel shows it zoomed. None when no variant has an estimate."""
+    each_seed = {k: [c for c in v if len(c.tokens) > 1] for k, v in (each_seed or {}).items()}
+    each_seed = {k: v for k, v in each_seed.items() if v}
+    curves = {k: c for k, c in curves.items() if c is not None and len(c.tokens) >= 1 and k not in each_seed}
+    if not curves and not each_seed:
         return None
-    zoom = _zoom_window(curves)
+    seed_lines = {f"{k} {i}": c for k, v in each_seed.items() for i, c in enumerate(v)}
+    zoom = _zoom_window({**curves, **seed_lines})
     if zoom is None:
         fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
         axes = [ax]
@@ -397,6 +402,11 @@ def plot_loss_curves(
                 continue
             panel.plot(c.tokens, c.mean, color=colours[label], lw=1.5, ls=style, label=label)
             panel.fill_between(c.tokens, c.low, c.high, color=colours[label], alpha=0.18, linewidth=0)
+        for label, seeds in each_seed.items():
+            style = ("-", "--", ":", "-.")[repeat[label] % 4]
+            for i, c in enumerate(seeds):
+                shown = f"{label}: each seed (seeds split)" if i == 0 else None
+                panel.plot(c.tokens, c.mean, color=colours[label], lw=0.9, ls=style, alpha=0.85, label=shown)
         _unigram_line(panel, unigram)
         panel.set_xlabel("tokens seen")
         panel.xaxis.set_major_formatter(EngFormatter(sep=""))
@@ -406,12 +416,14 @@ def plot_loss_curves(
     ax.set_title(title, fontsize=11)
     if zoom is not None:
         start, low, high = zoom
-        end = max(float(c.tokens[-1]) for c in curves.values())
+        end = max(float(c.tokens[-1]) for c in [*curves.values(), *seed_lines.values()])
         axes[1].set_xlim(start, end + 0.02 * (end - start))
         axes[1].set_ylim(low, high)
         axes[1].set_title("the second half of training, zoomed", fontsize=11)
     handles, labels = ax.get_legend_handles_labels()
-    rank = {label: i for i, label in enumerate(curves)}  # the variants' order, whatever their marker
+    # the variants' order, whatever their marker or drawing
+    rank = {label: i for i, label in enumerate(colours)}
+    rank.update({f"{label}: each seed (seeds split)": rank.get(label, len(rank)) for label in each_seed})
     ordered = sorted(zip(labels, handles, strict=True), key=lambda lh: rank.get(lh[0], len(rank)))
     axes[-1].legend(
         [h for _, h in ordered],

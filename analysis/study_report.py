@@ -594,7 +594,12 @@ def setup_lines(study: Study) -> list[str]:
         overrides = (
             ", ".join(f"`{k}={json.dumps(val)}`" for k, val in v.get("overrides", {}).items()) or "none"
         )
-        grid = f"none (reuses {v['lr_from']}'s)" if v.get("lr_from") else ", ".join(map(fmt_lr, v["lr_grid"]))
+        if v.get("lr_from"):
+            grid = f"none (reuses {v['lr_from']}'s)"
+        elif v.get("lr"):
+            grid = "none (fixed in advance)"
+        else:
+            grid = ", ".join(map(fmt_lr, v["lr_grid"]))
         n_lr = len(study.entries(variant=v["label"], phase="lr"))
         seed_runs = list(study.phase2(v["label"]).values())
         cells = [v["label"], overrides]
@@ -693,6 +698,20 @@ DIAGNOSTICS = {
 """Per-block activation figures that ``minigpt.diagnostics`` logs: key prefix -> (caption, axis label)."""
 
 
+def split_seed_curves(study: Study, key: str) -> dict[str, list[Curve]]:
+    """``key`` for each seed of every variant whose seeds split, some training and some not, by the success
+    rule that covers it (see ``success_rule``): a mean over such seeds describes no run, and a band around it
+    suggests a spread no run shows."""
+    split = {}
+    for v in study.variants:
+        runs = [run for _, run in sorted(study.phase2(v["label"]).items(), key=lambda item: str(item[0]))]
+        rule = success_rule(study, {"kind": "difference", "baseline": v["label"], "variants": []})
+        if rule is not None and 0 < sum(trains(run, rule) for run in runs) < len(runs):
+            curves = [mean_curve([run], key) for run in runs]
+            split[v["label"]] = [c for c in curves if c is not None]
+    return {label: curves for label, curves in split.items() if curves}
+
+
 def layer_curves(runs: Sequence[Run], prefix: str = "grad_norm/layer_") -> dict[int, Curve]:
     keys = sorted({k for r in runs for h in r.history for k in h if k.startswith(prefix)})
     curves = {int(k.rsplit("_", 1)[1]): mean_curve(runs, k, log=True) for k in keys}
@@ -734,6 +753,7 @@ def write_figures(study: Study, out: Path) -> list[tuple[str, Path | None]]:
     val_curves = {
         v["label"]: mean_curve(list(study.phase2(v["label"]).values()), "val/loss") for v in study.variants
     }
+    each_seed = split_seed_curves(study, "val/loss")
     figures.append(
         (
             "Validation loss during training (phase 2)",
@@ -742,8 +762,10 @@ def write_figures(study: Study, out: Path) -> list[tuple[str, Path | None]]:
                 colours,
                 unigram,
                 "validation loss, periodic estimate (nats/token)",
-                "Validation loss at each variant's chosen lr: mean and 95% CI over seeds",
+                "Validation loss at each variant's chosen lr: mean and 95% CI over seeds"
+                + ("\nwhere a variant's seeds split, training and not: each seed" if each_seed else ""),
                 out / "val_loss.png",
+                each_seed,
             ),
         )
     )

@@ -235,6 +235,20 @@ def test_split_outcome_is_reported_as_such_not_as_a_t_interval(study_dir):
     assert "split outcome" not in verdicts[0] and "higher" in verdicts[0]
 
 
+def test_a_variant_whose_seeds_split_is_drawn_one_line_per_seed_not_as_a_mean(study_dir, tmp_path):
+    study = study_report.load_study(study_dir)
+    curves = study_report.split_seed_curves(study, "val/loss")
+    assert list(curves) == ["post-LN, no warmup"]  # 2 of 5 train; every other variant trains in every seed
+    finals = [float(c.mean[-1]) for c in curves["post-LN, no warmup"]]
+    assert len(finals) == 5 and max(finals) - min(finals) > 1.0  # the stalled and the trained seeds, apart
+    from analysis import plots
+
+    colours = {v["label"]: f"C{i}" for i, v in enumerate(study.variants)}
+    means = {"pre-LN": study_report.mean_curve(list(study.phase2("pre-LN").values()), "val/loss")}
+    path = plots.plot_loss_curves(means, colours, UNIGRAM, "loss", "t", tmp_path / "split.png", curves)
+    assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_a_variant_that_never_trains_is_named_as_such_beside_its_ratio():
     base = study_report.Row("pre-LN", {1: 6.0, 2: 6.1, 3: 6.05}, trained=[1, 2, 3])
     stalled = {1: 7.5, 2: 7.62, 3: 7.55}
