@@ -15,7 +15,8 @@ A sweep runs a grid; a study runs the protocol a reviewer expects of an ablation
    seed, then the best ``keep`` of them on all, the first seed's runs reused). When the winner sits at an
    edge of the grid, the grid grows by one step that way (up to ``max_extend`` times, each new rate with
    every selection seed) until an inner value wins.
-2. **Seeds.** Each variant at its chosen rate (or, with ``lr_from``, at another variant's), for every one of
+2. **Seeds.** Each variant at its chosen rate (or, with ``lr_from``, at another variant's; with ``lr``, at a
+   rate fixed in advance), for every one of
    ``seeds`` (or the variant's own ``seeds``, when some comparisons can afford more than others): runs with
    the same seed see the same batches, so comparisons are paired over the seeds both sides ran. Phase-1 runs
    at the chosen rate and whole budget count as seeds already.
@@ -38,6 +39,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -60,7 +62,7 @@ STUDY_KEYS = {
     "name": "the study's name: its folder under --out-dir",
     "base": "the experiment file every run starts from",
     "overrides": "config overrides for every run (the budget: train.max_steps, batch size, ...)",
-    "lr_grid": "learning rates tried for every variant that has neither lr_from nor a grid of its own",
+    "lr_grid": "learning rates tried for every variant without lr_from, lr or a grid of its own",
     "rungs": "fractions of the budget for successive halving, ending at 1",
     "keep": "fraction of the rates kept after each rung",
     "max_extend": "how often the grid may grow past an edge",
@@ -68,10 +70,10 @@ STUDY_KEYS = {
     "seeds": "seeds of phase 2, for every variant without seeds of its own",
     "select_metric": "what phase 1 minimises (whole_val/loss: validation scored whole after training)",
     "test_metric": "what the report tests (whole_<split>/loss: that split scored whole after training)",
-    "variants": "list of {label, overrides, lr_from or lr_grid, seeds}",
+    "variants": "list of {label, overrides, one of lr_from, lr_grid or lr, seeds}",
     "questions": "list of {name, title, kind, baseline, variants, margin, rule}",
 }
-VARIANT_KEYS = ("label", "overrides", "lr_from", "lr_grid", "seeds")
+VARIANT_KEYS = ("label", "overrides", "lr_from", "lr_grid", "lr", "seeds")
 QUESTION_KEYS = ("name", "title", "kind", "baseline", "variants", "margin", "rule")
 RULE_KEYS = ("metric", "below", "below_unigram_by")
 DEFAULT_RUNGS = (1 / 9, 1 / 3, 1.0)
@@ -91,8 +93,16 @@ class Variant:
     lr_from: str | None = None
     lr_grid: list[float] | None = None
     """The variant's own grid instead of the study's (a variant whose best rate lies elsewhere)."""
+    lr: float | None = None
+    """A rate fixed in advance instead of a choice: a variant at a rate the protocol would not pick (a lower
+    one, say, to ask whether it trains more reliably there)."""
     seeds: list[int] | None = None
     """The variant's own phase-2 seeds instead of the study's (a comparison that can afford more or fewer)."""
+
+    @property
+    def chooses_rate(self) -> bool:
+        """Whether phase 1 chooses this variant's rate from a grid."""
+        return self.lr_from is None and self.lr is None
 
     @property
     def slug(self) -> str:
@@ -291,28 +301,36 @@ def _load_variants(path: Path, items: Any, node: yaml.Node) -> list[Variant]:
         if any(k in ("train.lr", "lr", "train.seed", "seed") for k in overrides):
             raise StudyError(
                 f"{path}:{line}: variant {item['label']!r}: the study chooses lr and seed; "
-                "use lr_grid, lr_from and seeds instead"
+                "use lr_grid, lr_from, lr and seeds instead"
             )
         if item["label"] in {v.label for v in variants}:
             raise StudyError(f"{path}:{line}: two variants are labelled {item['label']!r}")
+        given = [key for key in ("lr_from", "lr_grid", "lr") if item.get(key) is not None]
+        if len(given) > 1:
+            raise StudyError(
+                f"{path}:{line}: variant {item['label']!r}: {' and '.join(given)} exclude each other (a "
+                "variant takes another's rate, chooses its own from its grid, or has one fixed in advance)"
+            )
         grid = item.get("lr_grid")
         if grid is not None:
-            if item.get("lr_from") is not None:
-                raise StudyError(
-                    f"{path}:{line}: variant {item['label']!r}: lr_from and lr_grid exclude each other "
-                    "(a variant either takes another's rate or chooses its own from its grid)"
-                )
             grid = _learning_rates(f"{path}:{line}: variant {item['label']!r}", grid)
+        lr = item.get("lr")
+        if lr is not None:
+            if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
+                raise StudyError(
+                    f"{path}:{line}: variant {item['label']!r}: lr is one positive number, got {lr!r}"
+                )
+            lr = float(lr)
         seeds = item.get("seeds")
         if seeds is not None:
             seeds = _seed_list(f"{path}:{line}: variant {item['label']!r}", seeds)
-        variants.append(Variant(str(item["label"]), dict(overrides), item.get("lr_from"), grid, seeds))
+        variants.append(Variant(str(item["label"]), dict(overrides), item.get("lr_from"), grid, lr, seeds))
     labels = {v.label for v in variants}
     for variant, item_node in zip(variants, node.value, strict=True):
         if variant.lr_from is None:
             continue
         source = next((v for v in variants if v.label == variant.lr_from), None)
-        if source is None or source.lr_from is not None:
+        if source is None or not source.chooses_rate:
             raise StudyError(
                 f"{path}:{_line(item_node)}: variant {variant.label!r}: lr_from must name a variant that "
                 f"chooses its own rate (one of {', '.join(sorted(labels - {variant.label}))}), "
@@ -647,6 +665,7 @@ class Executor:
                     "label": v.label,
                     "overrides": v.overrides,
                     "lr_from": v.lr_from,
+                    "lr": v.lr,
                     "lr_grid": self.grids.get(v.label, []),
                     "chosen_lr": self.chosen.get(v.lr_from or v.label),
                     "seeds": study.seeds_of(v),
@@ -671,8 +690,9 @@ class Executor:
 
 
 def choose_learning_rates(study: Study, ex: Executor) -> dict[str, float]:
-    """Phase 1: successive halving over each tuned variant's grid, then grow the grid past a winning edge."""
-    tuned = [v for v in study.variants if v.lr_from is None]
+    """Phase 1: successive halving over each tuned variant's grid, then grow the grid past a winning edge.
+    Returns the rate of every variant that has one of its own: chosen, or fixed in advance (``lr``)."""
+    tuned = [v for v in study.variants if v.chooses_rate]
     alive = {v.label: study.grid_of(v) for v in tuned}
     ex.grids = {v.label: study.grid_of(v) for v in tuned}
     for i, fraction in enumerate(study.rungs):
@@ -712,7 +732,7 @@ def choose_learning_rates(study: Study, ex: Executor) -> dict[str, float]:
             best = [RunSpec(label, chosen[label], s.seed, s.steps, "lr") for s in batch[label]]
             if score(study, ex, batch[label]) < score(study, ex, best):
                 chosen[label] = lr
-    return chosen
+    return chosen | {v.label: v.lr for v in study.variants if v.lr is not None}
 
 
 def past_edge(grid: list[float], best: float) -> float | None:
@@ -867,7 +887,7 @@ def describe_plan(study: Study, ex: Executor, parallel: int) -> str:
     """Runs and tokens of each phase (phase 1 at its largest: every edge grown), how many of them have
     finished (run directories copied in from elsewhere included), and the time the rest takes at the measured
     speed."""
-    tuned = [v for v in study.variants if v.lr_from is None]
+    tuned = [v for v in study.variants if v.chooses_rate]
     lines = [f"study {study.name}: {len(study.variants)} variants ({len(tuned)} with their own lr grid)"]
     planned: dict[str, list[int]] = {v.label: [] for v in study.variants}  # each planned run's steps
 
@@ -901,7 +921,7 @@ def describe_plan(study: Study, ex: Executor, parallel: int) -> str:
             (v, budget(study, v)[0])
             for v in study.variants
             for s in study.seeds_of(v)
-            if v.lr_from is not None or s not in study.selection_seeds
+            if not v.chooses_rate or s not in study.selection_seeds
         ],
     )
     rate, overhead, basis = estimate(study, ex)
@@ -957,6 +977,30 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def records_left_behind(records: Path, study_dir: Path) -> str | None:
+    """Why the study must not start, when ``records`` (which its report will rewrite) holds runs that the
+    study's folder lacks: started without them, it would train them all again. ``None`` when none."""
+    held = records / "runs"
+    if not held.is_dir():
+        return None
+    have = study_dir / "runs"
+    missing = sorted(p.name for p in held.iterdir() if p.is_dir() and not (have / p.name).is_dir())
+    if not missing:
+        return None
+    copy = (
+        f"cp -rn {shlex.quote(str(held))}/. {shlex.quote(str(study_dir / 'runs'))}/"
+        if study_dir.exists()
+        else f"mkdir -p {shlex.quote(str(study_dir.parent))} && cp -r {shlex.quote(str(records))} "
+        f"{shlex.quote(str(study_dir))}"
+    )
+    return (
+        f"--records {records} holds {len(missing)} run(s) that {study_dir} lacks ({', '.join(missing[:3])}"
+        f"{', ...' if len(missing) > 3 else ''}); started without them, the study would train them again "
+        f"and its report would overwrite their records. Copy them in first ({copy}), or give --records a "
+        "folder of its own"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minigpt.study", description=__doc__.split("\n")[0])
     parser.add_argument("file", help="the study file (YAML), e.g. sweeps/studies/cpu.yaml")
@@ -998,6 +1042,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     study_dir = Path(args.out_dir) / study.name
+    if args.records and args.report_out:
+        problem = records_left_behind(Path(args.records), study_dir)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     remote = WandbRuns(args.wandb_sweep, study.path) if args.wandb_sweep else None
     ex = Executor(study, study_dir, args.parallel, threads, remote)
     print(describe_plan(study, ex, args.parallel), flush=True)

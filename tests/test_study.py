@@ -3,6 +3,7 @@ winning edge), and the whole protocol runs, resumes and never repeats a finished
 
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,13 @@ questions:
         (
             GOOD.replace("lr_from: a", "lr_from: a\n    lr_grid: [0.1, 0.2]"),
             r":6: .*lr_from and lr_grid exclude",
+        ),
+        (GOOD.replace("lr_from: a", "lr_from: a\n    lr: 0.1"), r":6: .*lr_from and lr exclude"),
+        (GOOD.replace("lr_from: a", "lr: [0.1]"), r":6: variant 'b': lr is one positive number"),
+        (GOOD.replace("lr_from: a", "lr: 0"), r":6: variant 'b': lr is one positive number"),
+        (
+            GOOD.replace("lr_from: a", "lr: 0.1\n  - label: c\n    lr_from: b"),
+            r":9: variant 'c': lr_from must name a variant that chooses its own rate",
         ),
         (GOOD.replace("lr_from: a", "lr_grid: [0.1]"), r":6: variant 'b': lr_grid needs at least two"),
         (GOOD.replace("lr_from: a", "lr_grid: [0.1, fast]"), r":6: variant 'b': lr_grid needs at least two"),
@@ -178,6 +186,31 @@ def test_a_variant_with_its_own_grid_chooses_its_rate_from_that_grid(tmp_path, b
     rates = sorted(c.split("_")[1] for c in calls if c.startswith("b_"))
     assert rates == ["lr-0.02", "lr-0.02", "lr-0.04", "lr-0.04", "lr-0.08", "lr-0.08"]  # 2 selection seeds
     assert sum(c.startswith("a_") for c in calls) == 5 * 2  # the study's grid, whole budget, 2 seeds
+
+
+def test_a_variant_with_a_rate_fixed_in_advance_trains_only_its_seeds_at_that_rate(
+    tmp_path, base_file, monkeypatch, capsys
+):
+    fixed = GOOD.replace("lr_from: a", "lr: 0.0005") + "rungs: [1.0]\nmax_extend: 0\nseeds: [1, 2, 3]\n"
+    path = write_study(tmp_path, base_file, fixed)
+    study = load_study(path)
+    calls: list[str] = []
+    monkeypatch.setattr(Executor, "run_batch", fake_runs(0.004, calls))
+    ex = Executor(study, tmp_path / "out", parallel=1, threads=1)
+    chosen = choose_learning_rates(study, ex)
+    assert chosen == {"a": 0.004, "b": 0.0005}  # b's rate is not chosen, though 0.004 would score better
+    assert not any(c.startswith("b_") for c in calls)  # no grid runs for b
+    ex.chosen = chosen
+    study_mod.seed_runs(study, ex, chosen)
+    fixed_runs = [f"b_lr-0.0005_seed-{seed}_steps-6" for seed in (1, 2, 3)]
+    assert sorted(c for c in calls if c.startswith("b_")) == fixed_runs
+    ex.save()
+    variant = json.loads((tmp_path / "out" / "study.json").read_text())["variants"][1]
+    assert (variant["lr"], variant["chosen_lr"], variant["lr_grid"]) == (0.0005, 0.0005, [])
+    assert main([str(path), "--out-dir", str(tmp_path / "plan"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "(1 with their own lr grid)" in out
+    assert "phase 2 (3 seeds; the selection seeds' runs at the chosen rate are reused): 4 runs" in out
 
 
 SMALL = """lr_grid: [0.003, 0.01]
@@ -395,6 +428,25 @@ def test_dry_run_counts_finished_run_directories_copied_in_without_study_records
     # only as many of b's as its plan holds count; the interrupted run and the stranger do not
     assert f"{len(seeds)} already finished" in out
     assert f"for the {total - len(seeds)} left" in out
+
+
+def test_a_study_whose_records_hold_runs_its_folder_lacks_refuses_to_start_and_says_how_to_copy_them(
+    tmp_path, base_file, capsys
+):
+    path = write_study(tmp_path, base_file, GOOD)
+    records = tmp_path / "report" / "records"
+    (records / "runs" / "b_lr-0.004_seed-1_steps-9").mkdir(parents=True)
+    (records / "runs" / "b_lr-0.004_seed-1_steps-9" / "summary.json").write_text('{"status": "finished"}')
+    args = [str(path), "--out-dir", str(tmp_path / "o"), "--report-out", str(tmp_path / "report")]
+    args += ["--records", str(records), "--dry-run"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds 1 run(s)" in err and "b_lr-0.004_seed-1_steps-9" in err
+    assert not (tmp_path / "o").exists()
+    command = err.split("Copy them in first (")[1].split("), or give")[0]
+    subprocess.run(command, shell=True, check=True)  # the command it names copies them in
+    assert (tmp_path / "o" / "s" / "runs" / "b_lr-0.004_seed-1_steps-9" / "summary.json").is_file()
+    assert main(args) == 0
 
 
 class FakeWandb:
