@@ -171,7 +171,12 @@ def success_rule(study: Study, question: dict[str, Any]) -> dict[str, Any] | Non
     ``DEFAULT_RULE_GAP`` nats below the unigram level), else None."""
     if question["kind"] == "success":
         return resolve_rule(study, question["rule"])
-    labels = {question["baseline"], *question["variants"]}
+    return rule_covering(study, {question["baseline"], *question["variants"]})
+
+
+def rule_covering(study: Study, labels: set[str]) -> dict[str, Any] | None:
+    """The first success rule of the study whose question covers one of ``labels``, else the default, else
+    None (see ``success_rule``)."""
     for q in study.spec["questions"]:
         if q["kind"] == "success" and labels & {q["baseline"], *q["variants"]}:
             return resolve_rule(study, q["rule"])
@@ -700,12 +705,12 @@ DIAGNOSTICS = {
 
 def split_seed_curves(study: Study, key: str) -> dict[str, list[Curve]]:
     """``key`` for each seed of every variant whose seeds split, some training and some not, by the success
-    rule that covers it (see ``success_rule``): a mean over such seeds describes no run, and a band around it
+    rule that covers it (see ``rule_covering``): a mean over such seeds describes no run, and a band around it
     suggests a spread no run shows."""
     split = {}
     for v in study.variants:
         runs = [run for _, run in sorted(study.phase2(v["label"]).items(), key=lambda item: str(item[0]))]
-        rule = success_rule(study, {"kind": "difference", "baseline": v["label"], "variants": []})
+        rule = rule_covering(study, {v["label"]})
         if rule is not None and 0 < sum(trains(run, rule) for run in runs) < len(runs):
             curves = [mean_curve([run], key) for run in runs]
             split[v["label"]] = [c for c in curves if c is not None]

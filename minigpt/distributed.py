@@ -10,7 +10,6 @@ joins nothing, and every helper here then acts as the identity, so the loop read
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 from collections.abc import Iterator
 from datetime import timedelta
@@ -66,11 +65,9 @@ def teardown() -> None:
     ``destroy_process_group``. Left to the interpreter's exit, such a thread can release the last gradient
     reduction while Python shuts down; the release asks for the GIL, a finalizing interpreter ends the thread
     instead, and the process aborts ("terminate called without an active exception") after its work is done.
-    With the wrapper gone first, destroying the group joins those threads here. Collecting garbage frees a
-    wrapper held only by a reference cycle.
+    With the wrapper gone first, destroying the group joins those threads here.
     """
     if dist.is_initialized():
-        gc.collect()
         dist.destroy_process_group()
 
 

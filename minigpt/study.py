@@ -988,7 +988,7 @@ def records_left_behind(records: Path, study_dir: Path) -> str | None:
     if not missing:
         return None
     copy = (
-        f"cp -rn {shlex.quote(str(held))}/. {shlex.quote(str(study_dir / 'runs'))}/"
+        f"cp -rn {shlex.quote(str(held))}/. {shlex.quote(str(have))}/"
         if study_dir.exists()
         else f"mkdir -p {shlex.quote(str(study_dir.parent))} && cp -r {shlex.quote(str(records))} "
         f"{shlex.quote(str(study_dir))}"
