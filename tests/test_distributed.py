@@ -295,9 +295,9 @@ def group_leaving_worker(rank: int, port: int, args: dict[str, str], fail: bool,
 @pytest.mark.slow
 @pytest.mark.parametrize("fail", [False, True], ids=["finished", "failed"])
 def test_no_data_parallel_model_outlives_the_process_group(setting, tmp_path, fail):
-    """A DDP model still alive when the group is destroyed keeps gloo's threads until the interpreter exits,
-    where one of them can abort the process after the run is done (see ``distributed.teardown``); a run that
-    finishes or fails lets its model go first."""
+    """A run that finishes or fails lets its DDP model go before it leaves the group, which keeps a gloo
+    thread's release of a finished collective from landing in the interpreter's shutdown and aborting the
+    process after the run is done (see ``distributed.teardown``)."""
     args = setting["args"](tmp_path / "runs")
     mp.spawn(group_leaving_worker, args=(free_port(), args, fail, str(tmp_path)), nprocs=2, join=True)
     assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == ["0", "0"]
