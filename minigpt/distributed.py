@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  (before any group exists: see teardown)
 from torch.nn.parallel import DistributedDataParallel
 
 from minigpt.config import check
@@ -62,14 +63,16 @@ def teardown() -> None:
     """Leave the process group (a no-op when there is none). Call it on success and on failure alike, once
     nothing refers to a model from ``wrap`` any more.
 
-    A rank could abort after its work was done ("terminate called without an active exception"): a gloo
-    worker thread releasing a finished collective after Python had begun to shut down asks for the GIL, a
-    finalizing interpreter ends the thread instead, and unwinding it through a C++ destructor terminates the
-    process. Once a DistributedDataParallel model has been built, destroying the group no longer joins those
-    threads (measured with torch 2.13; what keeps the group alive was not found), so nothing here can wait for
-    them. Dropping every wrapped model and collecting garbage before leaving lets those releases happen while
-    Python is still alive: it took a minimal two-process script from 11 aborts in 60 runs to none in 60 (a
-    mitigation, not a proof).
+    Destroying the group joins gloo's worker threads, so the last releases of finished collectives happen
+    while Python is alive. Anything still holding the group keeps those threads running into the
+    interpreter's shutdown, where a thread releasing a collective asks a finalizing interpreter for the GIL,
+    is ended, and unwinding it through a C++ destructor aborts the rank after its work is done ("terminate
+    called without an active exception"). Two holders were found (torch 2.13): a DistributedDataParallel
+    model (its reducer), which the caller drops and a collection here catches in a reference cycle; and
+    ``torch.distributed.nn.functional``, whose functions take ``group.WORLD`` as a default argument, bound
+    when the module is first imported. Building a DDP model imports it (through ``torch._dynamo``), so,
+    imported after the group was made, it would keep the group for the life of the process; this module
+    imports it first, when there is no group to bind.
     """
     if dist.is_initialized():
         gc.collect()

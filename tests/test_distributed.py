@@ -265,24 +265,35 @@ def test_an_interrupted_two_process_run_with_dropout_resumes_exactly(setting, tm
     assert losses(resumed, "train/grad_norm") == losses(original, "train/grad_norm")
 
 
+def thread_ids() -> set[str]:
+    return set(os.listdir("/proc/self/task"))
+
+
 def group_leaving_worker(rank: int, port: int, args: dict[str, str], fail: bool, out_dir: str) -> None:
-    """``train.run`` as one of two processes; writes how many DDP models are alive as it destroys the group.
-    With ``fail``, the run fails after training."""
+    """``train.run`` as one of two processes; writes how many DDP models are alive as it destroys the group,
+    and how many of the threads the group started are still running after the run. With ``fail``, the run
+    fails after training."""
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     torch.set_num_threads(1)
-    destroy = dist.destroy_process_group
+    init, destroy = dist.init_process_group, dist.destroy_process_group
+    group_threads: set[str] = set()
+
+    def recording_init(*args: object, **kwargs: object) -> None:
+        before = thread_ids()
+        init(*args, **kwargs)
+        group_threads.update(thread_ids() - before)
 
     def counting_destroy() -> None:
         alive = sum(isinstance(obj, DistributedDataParallel) for obj in gc.get_objects())
-        Path(out_dir, f"rank{rank}.txt").write_text(str(alive))
+        Path(out_dir, f"rank{rank}-models.txt").write_text(str(alive))
         destroy()
 
     def failing_evaluation(trainer: train.Trainer) -> None:
         raise RuntimeError("injected failure")
 
-    dist.destroy_process_group = counting_destroy
+    dist.init_process_group, dist.destroy_process_group = recording_init, counting_destroy
     if fail:
         train.final_evaluation = failing_evaluation
     try:
@@ -290,14 +301,18 @@ def group_leaving_worker(rank: int, port: int, args: dict[str, str], fail: bool,
     except RuntimeError as error:
         if not fail or str(error) != "injected failure":
             raise
+    assert group_threads, "the group started no threads to watch"
+    Path(out_dir, f"rank{rank}-threads.txt").write_text(str(len(group_threads & thread_ids())))
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc (Linux)")
 @pytest.mark.parametrize("fail", [False, True], ids=["finished", "failed"])
-def test_no_data_parallel_model_outlives_the_process_group(setting, tmp_path, fail):
-    """A run that finishes or fails lets its DDP model go before it leaves the group, which keeps a gloo
-    thread's release of a finished collective from landing in the interpreter's shutdown and aborting the
-    process after the run is done (see ``distributed.teardown``)."""
+def test_a_finished_or_failed_run_leaves_the_process_group_with_nothing_holding_it(setting, tmp_path, fail):
+    """A run that finishes or fails lets its DDP model go before it leaves the group, and nothing else holds
+    the group, so leaving it stops gloo's threads: none is left to release a finished collective during the
+    interpreter's shutdown and abort the process after the run is done (see ``distributed.teardown``)."""
     args = setting["args"](tmp_path / "runs")
     mp.spawn(group_leaving_worker, args=(free_port(), args, fail, str(tmp_path)), nprocs=2, join=True)
-    assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == ["0", "0"]
+    assert [(tmp_path / f"rank{rank}-threads.txt").read_text() for rank in (0, 1)] == ["0", "0"]
+    assert [(tmp_path / f"rank{rank}-models.txt").read_text() for rank in (0, 1)] == ["0", "0"]
