@@ -63,16 +63,16 @@ def teardown() -> None:
     """Leave the process group (a no-op when there is none). Call it on success and on failure alike, once
     nothing refers to a model from ``wrap`` any more.
 
-    Destroying the group joins gloo's worker threads, so the last releases of finished collectives happen
-    while Python is alive. Anything still holding the group keeps those threads running into the
-    interpreter's shutdown, where a thread releasing a collective asks a finalizing interpreter for the GIL,
-    is ended, and unwinding it through a C++ destructor aborts the rank after its work is done ("terminate
-    called without an active exception"). Two holders were found (torch 2.13): a DistributedDataParallel
-    model (its reducer), which the caller drops and a collection here catches in a reference cycle; and
-    ``torch.distributed.nn.functional``, whose functions take ``group.WORLD`` as a default argument, bound
-    when the module is first imported. Building a DDP model imports it (through ``torch._dynamo``), so,
-    imported after the group was made, it would keep the group for the life of the process; this module
-    imports it first, when there is no group to bind.
+    Leaving the group must end it: its last reference, dropped here with the GIL released, joins gloo's worker
+    threads while Python is alive. Two things held it past this point (torch 2.13). One is
+    ``torch.distributed.nn.functional``, whose functions take ``group.WORLD`` as a default argument bound when
+    the module is first imported; building a DDP model imports it (through ``torch._dynamo``), so imported
+    after the group was made it would keep the group for the life of the process, and a worker thread still
+    running at shutdown, releasing a finished collective, asks a finalizing interpreter for the GIL, is ended,
+    and aborts the rank after its work is done ("terminate called without an active exception"). This module
+    imports it first, when there is no group to bind. The other is a DDP model's reducer: dropped after this,
+    it would release the group with the GIL held while a worker thread waits for the GIL (a deadlock), so the
+    caller drops its models first, and the collection here catches one kept only by a reference cycle.
     """
     if dist.is_initialized():
         gc.collect()
